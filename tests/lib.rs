@@ -1,0 +1,1 @@
+//! see pipeline.rs

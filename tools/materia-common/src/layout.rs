@@ -1,0 +1,122 @@
+//! The one place that names Materia's files, directories and environment variables.
+//!
+//! Every tool takes `--data-dir` (env [`ENV_DATA_DIR`]) and derives everything else from
+//! it through [`Layout`], so the tools agree on paths without depending on each other.
+//!
+//! ```text
+//! DATA_DIR/                          MATERIA_DATA_DIR, default /data/materia
+//!   landing/                         immutable landing zone (psd-extract writes, others read)
+//!     .state.sqlite                  state DB: runs of every tool (MATERIA_STATE_DB overrides)
+//!     psd/{year}/{month}/{etag}.csv.gzip
+//!   lakehouse.duckdb                 lake-transform's database (its exclusive writer)
+//!   lakehouse.duckdb.lock            lock shared by lake-transform and serve-export
+//!   analytics.duckdb                 what the web app reads (serve-export publishes it)
+//!   locks/{tool}.lock                one exclusive lock per step
+//!   triggers/landing.updated         written when new files landed (a systemd path unit watches it)
+//! ```
+//!
+//! The environment variables, all in one table (README.md repeats it):
+//!
+//! | variable | used by | meaning |
+//! |---|---|---|
+//! | `MATERIA_DATA_DIR` | every tool | the data directory (default `/data/materia`) |
+//! | `MATERIA_STATE_DB` | every tool | the state DB (default `DATA_DIR/landing/.state.sqlite`) |
+//! | `MATERIA_WAIT_LOCK` | every tool | seconds to wait for the step lock (default 0: fail at once) |
+//! | `RUST_LOG` | every tool | log filter; overrides `-v`/`-q` |
+//! | `PSD_BASE_URL` | psd-extract | PSD Online base URL (default `https://apps.fas.usda.gov/psdonline`) |
+//! | `PSD_FILES` | psd-extract | comma-separated PSD file names (default `psd_coffee_csv.zip`) |
+
+use std::path::{Path, PathBuf};
+
+/// The data directory every tool works in.
+pub const ENV_DATA_DIR: &str = "MATERIA_DATA_DIR";
+/// Default for [`ENV_DATA_DIR`].
+pub const DEFAULT_DATA_DIR: &str = "/data/materia";
+/// Overrides the state DB path (default `DATA_DIR/landing/.state.sqlite`).
+pub const ENV_STATE_DB: &str = "MATERIA_STATE_DB";
+/// Seconds a tool waits for its step lock before giving up (default 0).
+pub const ENV_WAIT_LOCK: &str = "MATERIA_WAIT_LOCK";
+/// psd-extract: PSD Online base URL.
+pub const ENV_PSD_BASE_URL: &str = "PSD_BASE_URL";
+/// Default for [`ENV_PSD_BASE_URL`].
+pub const DEFAULT_PSD_BASE_URL: &str = "https://apps.fas.usda.gov/psdonline";
+/// psd-extract: comma-separated list of PSD bulk files to fetch.
+pub const ENV_PSD_FILES: &str = "PSD_FILES";
+/// Default for [`ENV_PSD_FILES`].
+pub const DEFAULT_PSD_FILE: &str = "psd_coffee_csv.zip";
+
+/// Trigger written by psd-extract when at least one new file landed.
+pub const TRIGGER_LANDING_UPDATED: &str = "landing.updated";
+
+/// Paths derived from the data directory.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    data_dir: PathBuf,
+    state_db: PathBuf,
+}
+
+impl Layout {
+    /// A layout rooted at `data_dir`; `state_db` overrides the default state DB path.
+    pub fn new(data_dir: impl Into<PathBuf>, state_db: Option<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
+        let state_db = state_db.unwrap_or_else(|| data_dir.join("landing").join(".state.sqlite"));
+        Self { data_dir, state_db }
+    }
+
+    /// `DATA_DIR`.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// `DATA_DIR/landing`: the immutable landing zone.
+    pub fn landing(&self) -> PathBuf {
+        self.data_dir.join("landing")
+    }
+
+    /// The SQLite state DB.
+    pub fn state_db(&self) -> &Path {
+        &self.state_db
+    }
+
+    /// `DATA_DIR/lakehouse.duckdb`.
+    pub fn lakehouse(&self) -> PathBuf {
+        self.data_dir.join("lakehouse.duckdb")
+    }
+
+    /// `DATA_DIR/lakehouse.duckdb.lock`: held by whoever opens the lakehouse.
+    pub fn lakehouse_lock(&self) -> PathBuf {
+        self.data_dir.join("lakehouse.duckdb.lock")
+    }
+
+    /// `DATA_DIR/analytics.duckdb`.
+    pub fn analytics(&self) -> PathBuf {
+        self.data_dir.join("analytics.duckdb")
+    }
+
+    /// `DATA_DIR/locks/{step}.lock`: one exclusive lock per step.
+    pub fn step_lock(&self, step: &str) -> PathBuf {
+        self.data_dir.join("locks").join(format!("{step}.lock"))
+    }
+
+    /// `DATA_DIR/triggers/{name}`: files the next step's path unit watches.
+    pub fn trigger(&self, name: &str) -> PathBuf {
+        self.data_dir.join("triggers").join(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_derive_from_the_data_dir() {
+        let l = Layout::new("/d", None);
+        assert_eq!(l.landing(), Path::new("/d/landing"));
+        assert_eq!(l.state_db(), Path::new("/d/landing/.state.sqlite"));
+        assert_eq!(l.lakehouse(), Path::new("/d/lakehouse.duckdb"));
+        assert_eq!(l.analytics(), Path::new("/d/analytics.duckdb"));
+        assert_eq!(l.step_lock("psd-extract"), Path::new("/d/locks/psd-extract.lock"));
+        let l = Layout::new("/d", Some("/s.sqlite".into()));
+        assert_eq!(l.state_db(), Path::new("/s.sqlite"));
+    }
+}

@@ -1,0 +1,156 @@
+//! What every Materia tool needs, and nothing else: the data layout and env names
+//! ([`layout`]), the state DB ([`state`]), per-step locks ([`lock`]), atomic writes
+//! ([`atomic`]), exit codes ([`exit`]), logging and progress.
+//!
+//! A tool's `run` parses its flags (flattening [`CommonArgs`]), then does its work
+//! inside [`run_step`], which takes the step lock, opens the state DB and records the run.
+
+pub mod atomic;
+pub mod exit;
+pub mod layout;
+pub mod lock;
+pub mod month;
+pub mod state;
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+pub use exit::Outcome;
+pub use layout::Layout;
+pub use month::Month;
+pub use state::StateDb;
+
+/// Flags every tool takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// Data directory: landing zone, state DB, DuckDB files, locks and triggers.
+    #[arg(long, global = true, value_name = "DIR", env = layout::ENV_DATA_DIR, default_value = layout::DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+
+    /// State DB file [default: DATA_DIR/landing/.state.sqlite].
+    #[arg(long, global = true, value_name = "FILE", env = layout::ENV_STATE_DB)]
+    pub state_db: Option<PathBuf>,
+
+    /// If another instance is running, wait up to SECS for it instead of failing at once.
+    #[arg(long, global = true, value_name = "SECS", env = layout::ENV_WAIT_LOCK, default_value_t = 0)]
+    pub wait_lock: u64,
+
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only warnings and errors. RUST_LOG overrides.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+impl CommonArgs {
+    /// The layout these flags name.
+    pub fn layout(&self) -> Layout {
+        Layout::new(&self.data_dir, self.state_db.clone())
+    }
+}
+
+/// Log to stderr (journald adds time and unit): `level: message`. `-v`/`-q` set the
+/// level, `RUST_LOG` overrides both.
+pub fn init_logging(common: &CommonArgs) {
+    let level = match (common.quiet, common.verbose) {
+        (true, _) => log::LevelFilter::Warn,
+        (false, 0) => log::LevelFilter::Info,
+        (false, 1) => log::LevelFilter::Debug,
+        (false, _) => log::LevelFilter::Trace,
+    };
+    let mut b = env_logger::Builder::new();
+    b.filter_level(level)
+        .format(|buf, record| {
+            use std::io::Write as _;
+            writeln!(buf, "{}: {}", record.level().as_str().to_ascii_lowercase(), record.args())
+        })
+        .target(env_logger::Target::Stderr);
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        b.parse_filters(&filter);
+    }
+    let _ = b.try_init();
+}
+
+/// A progress bar when stderr is a terminal, a hidden one otherwise (plain logs then).
+pub fn progress_bar(len: Option<u64>, template: &str) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = match len {
+        Some(n) => indicatif::ProgressBar::new(n),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// What a step's work reports back to [`run_step`].
+#[derive(Debug)]
+pub struct Report {
+    /// Changed or unchanged (ignored when `failure` is set).
+    pub outcome: Outcome,
+    /// One line for the run record and the log.
+    pub summary: String,
+    /// Counters for the run record.
+    pub stats: serde_json::Value,
+    /// Set when the run failed after doing part of its work; the run is recorded as
+    /// failed, with this summary and stats, and the error is returned.
+    pub failure: Option<anyhow::Error>,
+}
+
+/// A running step: its layout, the state DB and its run id, under its lock.
+#[derive(Debug)]
+pub struct Step {
+    /// Paths.
+    pub layout: Layout,
+    /// The state DB.
+    pub db: StateDb,
+    /// This run's row in `runs`.
+    pub run_id: i64,
+    _lock: lock::Lock,
+}
+
+/// Take `tool`'s step lock, open the state DB, record a run, do `work`, record how it
+/// ended. A second instance fails with `already running (pid N)` (exit
+/// [`exit::LOCKED`]) unless `--wait-lock` lets it wait.
+pub fn run_step(
+    tool: &str,
+    common: &CommonArgs,
+    work: impl FnOnce(&mut Step) -> anyhow::Result<Report>,
+) -> anyhow::Result<Outcome> {
+    let layout = common.layout();
+    let lock = lock::Lock::acquire(&layout.step_lock(tool), Duration::from_secs(common.wait_lock))?;
+    let db = StateDb::open(layout.state_db())?;
+    let run_id = db.begin_run(tool)?;
+    let mut step = Step { layout, db, run_id, _lock: lock };
+    let result = work(&mut step);
+    let (status, code, summary, error, stats, ret) = match result {
+        Ok(Report { failure: None, outcome, summary, stats }) => {
+            let status = match outcome {
+                Outcome::Changed => state::RunStatus::Success,
+                Outcome::Unchanged => state::RunStatus::Unchanged,
+            };
+            (status, outcome.code(), summary, None, stats, Ok(outcome))
+        }
+        Ok(Report { failure: Some(err), summary, stats, .. }) => {
+            let code = exit::code_for(&err);
+            (state::RunStatus::Failed, code, summary, Some(exit::one_line(&err)), stats, Err(err))
+        }
+        Err(err) => {
+            let code = exit::code_for(&err);
+            let line = exit::one_line(&err);
+            (state::RunStatus::Failed, code, format!("failed: {line}"), Some(line), serde_json::json!({}), Err(err))
+        }
+    };
+    step.db
+        .finish_run(run_id, status, code, &summary, error.as_deref(), &stats)
+        .context("recording the end of the run")?;
+    ret
+}

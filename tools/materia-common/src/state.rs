@@ -1,0 +1,284 @@
+//! The state DB (`landing/.state.sqlite`): one SQLite file, WAL mode, where every tool
+//! records its runs and what it did. Schema changes are numbered migrations applied on
+//! open (`PRAGMA user_version`), so any tool may be the first to open a fresh file.
+//!
+//! One `runs` table serves every tool (`tool` names it); `extraction_runs` is the view
+//! the extractors' operators query:
+//!
+//! ```sh
+//! sqlite3 landing/.state.sqlite "SELECT extractor, status, finished_at FROM extraction_runs ORDER BY run_id DESC LIMIT 20"
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension as _, params};
+
+/// A state DB failure, with the file it concerns.
+#[derive(Debug, thiserror::Error)]
+#[error("state DB {}: {source}", path.display())]
+pub struct StateError {
+    path: PathBuf,
+    #[source]
+    source: rusqlite::Error,
+}
+
+/// Result alias for state DB calls.
+pub type Result<T, E = StateError> = std::result::Result<T, E>;
+
+/// Numbered migrations; entry `i` moves `user_version` from `i` to `i + 1`.
+/// Never edit a shipped entry: append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: runs of every tool, and psd-extract's records.
+    r#"
+    CREATE TABLE runs (
+        run_id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        tool        TEXT    NOT NULL,            -- psd-extract, lake-transform, ...
+        status      TEXT    NOT NULL CHECK (status IN ('running', 'success', 'unchanged', 'failed', 'aborted')),
+        started_at  TEXT    NOT NULL,            -- UTC, ISO 8601 with milliseconds
+        finished_at TEXT,
+        duration_ms INTEGER,
+        exit_code   INTEGER,
+        pid         INTEGER NOT NULL,
+        summary     TEXT,                        -- one line: what the run did
+        error       TEXT,                        -- one line: why it failed
+        stats       TEXT    NOT NULL DEFAULT '{}' -- JSON object of counters, per tool
+    );
+    CREATE INDEX runs_by_tool ON runs (tool, run_id);
+
+    CREATE VIEW extraction_runs AS
+        SELECT run_id, tool AS extractor, status, started_at, finished_at, duration_ms,
+               exit_code, summary, error, stats
+        FROM runs WHERE tool LIKE '%-extract';
+
+    -- One row per file in the landing zone. Landing is immutable: rows are only added.
+    CREATE TABLE landed_files (
+        file_id       INTEGER PRIMARY KEY,
+        path          TEXT    NOT NULL UNIQUE,   -- relative to landing/, e.g. psd/2024/03/x.csv.gzip
+        source        TEXT    NOT NULL,          -- the upstream file name, e.g. psd_coffee_csv.zip
+        source_url    TEXT    NOT NULL,
+        release_month TEXT    NOT NULL,          -- YYYY-MM
+        etag          TEXT,                      -- as the server sent it
+        last_modified TEXT,
+        sha256        TEXT    NOT NULL UNIQUE,   -- of the CSV content (uncompressed)
+        bytes         INTEGER NOT NULL,          -- of the landed .csv.gzip
+        csv_bytes     INTEGER NOT NULL,
+        rows          INTEGER NOT NULL,          -- data rows, header excluded
+        run_id        INTEGER NOT NULL REFERENCES runs (run_id),
+        landed_at     TEXT    NOT NULL
+    );
+
+    -- The validators last seen per URL, for conditional GETs.
+    CREATE TABLE http_validators (
+        url           TEXT PRIMARY KEY,
+        etag          TEXT,
+        last_modified TEXT,
+        sha256        TEXT,                      -- content behind these validators
+        updated_at    TEXT NOT NULL
+    );
+
+    -- What each run did with each URL.
+    CREATE TABLE fetches (
+        run_id      INTEGER NOT NULL REFERENCES runs (run_id),
+        url         TEXT    NOT NULL,
+        outcome     TEXT    NOT NULL CHECK (outcome IN
+                        ('landed', 'duplicate', 'not_modified', 'not_released', 'failed')),
+        http_status INTEGER,
+        attempts    INTEGER NOT NULL,
+        bytes       INTEGER,                     -- downloaded
+        file_id     INTEGER REFERENCES landed_files (file_id),
+        detail      TEXT,
+        at          TEXT    NOT NULL
+    );
+    CREATE INDEX fetches_by_url ON fetches (url, outcome);
+    "#,
+];
+
+/// SQL for "now" as stored everywhere: UTC, ISO 8601, milliseconds.
+pub const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+/// An open state DB.
+#[derive(Debug)]
+pub struct StateDb {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// Final status of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    /// Did work.
+    Success,
+    /// Nothing to do.
+    Unchanged,
+    /// Failed.
+    Failed,
+}
+
+impl RunStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Success => "success",
+            RunStatus::Unchanged => "unchanged",
+            RunStatus::Failed => "failed",
+        }
+    }
+}
+
+impl StateDb {
+    /// Open (creating if needed) and migrate the state DB at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let err = |source| StateError { path: path.to_owned(), source };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        }
+        let mut conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(err)?;
+        migrate(&mut conn).map_err(err)?;
+        Ok(Self { conn, path: path.to_owned() })
+    }
+
+    /// Open an existing state DB read-only (status readers; never migrates or creates).
+    pub fn open_read_only(path: &Path) -> Result<Self> {
+        let err = |source| StateError { path: path.to_owned(), source };
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
+        Ok(Self { conn, path: path.to_owned() })
+    }
+
+    /// The underlying connection, for a tool's own tables.
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Wrap a rusqlite error with this DB's path.
+    pub fn err(&self, source: rusqlite::Error) -> StateError {
+        StateError { path: self.path.clone(), source }
+    }
+
+    /// Record the start of a run of `tool`. Call while holding the tool's step lock: any
+    /// row of this tool still `running` belongs to a process that died, and is marked
+    /// `aborted`.
+    pub fn begin_run(&self, tool: &str) -> Result<i64> {
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        tx.execute(
+            &format!(
+                "UPDATE runs SET status = 'aborted', finished_at = {NOW},
+                    error = 'process ended without finishing the run (killed?)'
+                 WHERE tool = ?1 AND status = 'running'"
+            ),
+            params![tool],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.execute(
+            &format!("INSERT INTO runs (tool, status, started_at, pid) VALUES (?1, 'running', {NOW}, ?2)"),
+            params![tool, std::process::id()],
+        )
+        .map_err(|e| self.err(e))?;
+        let id = tx.last_insert_rowid();
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(id)
+    }
+
+    /// Record how a run ended.
+    pub fn finish_run(
+        &self,
+        run_id: i64,
+        status: RunStatus,
+        exit_code: u8,
+        summary: &str,
+        error: Option<&str>,
+        stats: &serde_json::Value,
+    ) -> Result<()> {
+        self.conn
+            .execute(
+                &format!(
+                    "UPDATE runs SET status = ?2, finished_at = {NOW}, exit_code = ?3, summary = ?4,
+                        error = ?5, stats = ?6,
+                        duration_ms = CAST(ROUND((julianday({NOW}) - julianday(started_at)) * 86400000) AS INTEGER)
+                     WHERE run_id = ?1"
+                ),
+                params![run_id, status.as_str(), exit_code, summary, error, stats.to_string()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Status of one run (for tests and status readers).
+    pub fn run_status(&self, run_id: i64) -> Result<Option<String>> {
+        self.conn
+            .query_row("SELECT status FROM runs WHERE run_id = ?1", params![run_id], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let version = usize::try_from(version).unwrap_or(usize::MAX);
+    if version > MIGRATIONS.len() {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
+            Some(format!(
+                "schema version {version} is newer than this tool knows ({}); upgrade the tool",
+                MIGRATIONS.len()
+            )),
+        ));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+    }
+    tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_are_recorded_and_dead_ones_marked_aborted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("landing/.state.sqlite");
+        let db = StateDb::open(&path).unwrap();
+        let dead = db.begin_run("psd-extract").unwrap();
+        let run = db.begin_run("psd-extract").unwrap();
+        assert_eq!(db.run_status(dead).unwrap().as_deref(), Some("aborted"));
+        db.finish_run(run, RunStatus::Unchanged, 3, "nothing new", None, &serde_json::json!({"checked": 1}))
+            .unwrap();
+        drop(db);
+        // reopening migrates nothing twice
+        let db = StateDb::open(&path).unwrap();
+        let rows: Vec<(String, String)> = db
+            .conn()
+            .prepare("SELECT extractor, status FROM extraction_runs ORDER BY run_id DESC LIMIT 20")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, vec![("psd-extract".into(), "unchanged".into()), ("psd-extract".into(), "aborted".into())]);
+        let mode: String = db.conn().query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        drop(StateDb::open(&path).unwrap());
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", 999).unwrap();
+        let err = StateDb::open(&path).unwrap_err();
+        assert!(format!("{err}").contains("newer than this tool knows"), "{err}");
+    }
+}
