@@ -19,6 +19,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 pub use exit::Outcome;
+pub use indicatif::ProgressBar;
 pub use layout::Layout;
 pub use month::Month;
 pub use state::StateDb;

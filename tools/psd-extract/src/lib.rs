@@ -1,1 +1,455 @@
-//! placeholder
+//! psd-extract: USDA FAS PSD Online bulk files into Materia's immutable landing zone.
+//!
+//! `psd-extract` checks each configured file at the current endpoint (and, with
+//! `--since`, every monthly archive up to `--until`) with a conditional GET, validates
+//! what changed, and lands it as `landing/psd/{yyyy}/{mm}/{etag}.csv.gzip`. Every run,
+//! every URL's outcome and every landed file is recorded in the state DB. When
+//! something new landed it writes `DATA_DIR/triggers/landing.updated` for the next step.
+//!
+//! stdout gets the path of each landed file, one per line; logs go to stderr.
+
+mod http;
+mod land;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use materia_common::exit::Usage;
+use materia_common::layout::{self, Layout};
+use materia_common::{CommonArgs, Month, Outcome, Report, StateDb, Step};
+use rusqlite::{OptionalExtension as _, params};
+
+pub use land::{PSD_HEADER, etag_file_name};
+
+/// The tool's name: binary, step lock and `runs.tool`.
+pub const TOOL: &str = "psd-extract";
+
+/// Download USDA FAS PSD Online releases into the landing zone.
+///
+/// Without a subcommand: checks the current file of each --file (and, with --since, the
+/// monthly archives) with conditional GETs and lands what is new. Exit codes: 0 something landed,
+/// 3 nothing new, 1 failed, 2 usage, 4 already running, 5 input rejected.
+#[derive(Debug, Parser)]
+#[command(name = TOOL, version)]
+pub struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+
+    #[command(flatten)]
+    fetch: FetchArgs,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Land a zip fetched by hand (an offline machine), with the same validation.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+struct FetchArgs {
+    /// PSD Online base URL: files are fetched from {URL}/downloads/{file} and
+    /// {URL}/downloads/archives/{yyyy}/{mm}/{file}.
+    #[arg(long, value_name = "URL", env = layout::ENV_PSD_BASE_URL, default_value = layout::DEFAULT_PSD_BASE_URL)]
+    base_url: String,
+
+    /// A PSD bulk file to fetch (repeatable, or comma-separated in the env).
+    #[arg(long = "file", value_name = "NAME", env = layout::ENV_PSD_FILES, value_delimiter = ',',
+          default_value = layout::DEFAULT_PSD_FILE)]
+    files: Vec<String>,
+
+    /// Backfill the monthly archives from this month on; months already landed are not
+    /// requested again, months not released (404) are skipped.
+    #[arg(long, value_name = "YYYY-MM")]
+    since: Option<Month>,
+
+    /// Last archive month to backfill [default: the current month].
+    #[arg(long, value_name = "YYYY-MM", requires = "since")]
+    until: Option<Month>,
+
+    /// Seconds a connect, or a wait for the next bytes, may take.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    timeout: u64,
+
+    /// Retries per URL after timeouts, connection errors, 408, 429 and 5xx.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    retries: u32,
+
+    /// First retry delay in milliseconds; it doubles each retry (at most 60 s), with jitter.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    retry_delay_ms: u64,
+
+    /// Total seconds one URL may take, retries and Retry-After waits included.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    retry_budget: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+struct ImportArgs {
+    /// The zip, as PSD Online serves it.
+    #[arg(value_name = "FILE.zip")]
+    zip: PathBuf,
+
+    /// The release month it belongs to.
+    #[arg(long, value_name = "YYYY-MM")]
+    release: Month,
+
+    /// Upstream file name to record [default: the zip's file name].
+    #[arg(long, value_name = "NAME")]
+    source: Option<String>,
+}
+
+/// Run the tool.
+pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    materia_common::init_logging(&cli.common);
+    match cli.command {
+        Some(Command::Import(args)) => import(&cli.common, &args),
+        None => fetch(&cli.common, &cli.fetch),
+    }
+}
+
+/// One URL to check.
+#[derive(Debug)]
+struct Source {
+    file: String,
+    url: String,
+    month: Month,
+    archive: bool,
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    checked: u64,
+    landed: u64,
+    unchanged: u64,
+    not_released: u64,
+    skipped: u64,
+    failed: u64,
+    downloaded: u64,
+    landed_bytes: u64,
+}
+
+impl Tally {
+    fn summary(&self) -> String {
+        format!(
+            "checked {}, landed {}, unchanged {}, not released {}, already landed {}, failed {}; downloaded {} bytes, landed {} bytes",
+            self.checked,
+            self.landed,
+            self.unchanged,
+            self.not_released,
+            self.skipped,
+            self.failed,
+            self.downloaded,
+            self.landed_bytes
+        )
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        serde_json::json!({
+            "checked": self.checked, "landed": self.landed, "unchanged": self.unchanged,
+            "not_released": self.not_released, "skipped": self.skipped, "failed": self.failed,
+            "downloaded_bytes": self.downloaded, "landed_bytes": self.landed_bytes,
+        })
+    }
+
+    /// The report for `run_step`: failed if any source failed, changed if anything landed.
+    fn report(self, errors: Vec<anyhow::Error>) -> Report {
+        let summary = self.summary();
+        log::info!("{summary}");
+        let failure = errors.into_iter().next().map(|first| {
+            if self.failed > 1 {
+                first.context(format!("{} of {} sources failed; the first", self.failed, self.checked))
+            } else {
+                first
+            }
+        });
+        let outcome = if self.landed > 0 { Outcome::Changed } else { Outcome::Unchanged };
+        Report { outcome, summary, stats: self.stats(), failure }
+    }
+}
+
+fn fetch(common: &CommonArgs, args: &FetchArgs) -> anyhow::Result<Outcome> {
+    for f in &args.files {
+        let ok = f.len() <= 200
+            && f.ends_with(".zip")
+            && f.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            && !f.starts_with('.');
+        if !ok {
+            return Err(Usage(format!("--file {f:?}: expected a PSD file name such as psd_coffee_csv.zip")).into());
+        }
+    }
+    let base = args.base_url.trim_end_matches('/');
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        return Err(Usage(format!("--base-url {base:?}: expected an http:// or https:// URL")).into());
+    }
+    let now = Month::current_utc();
+    let until = args.until.unwrap_or(now);
+    let policy = http::RetryPolicy {
+        retries: args.retries,
+        base_delay: Duration::from_millis(args.retry_delay_ms),
+        budget: Duration::from_secs(args.retry_budget),
+    };
+
+    materia_common::run_step(TOOL, common, |step| {
+        let landing = prepare_landing(&step.layout)?;
+        let client = http::client(Duration::from_secs(args.timeout))?;
+        let mut sources = Vec::new();
+        for file in &args.files {
+            if let Some(since) = args.since {
+                for m in since.through(until) {
+                    let url = format!("{base}/downloads/archives/{:04}/{:02}/{file}", m.year(), m.month());
+                    sources.push(Source { file: file.clone(), url, month: m, archive: true });
+                }
+            }
+            sources.push(Source { file: file.clone(), url: format!("{base}/downloads/{file}"), month: now, archive: false });
+        }
+
+        let mut tally = Tally::default();
+        let mut errors = Vec::new();
+        let bar = materia_common::progress_bar(
+            Some(sources.len() as u64),
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+        );
+        let download_bar = materia_common::progress_bar(None, "  {spinner} {bytes}/{total_bytes} {bytes_per_sec}");
+        for src in &sources {
+            bar.set_message(src.url.clone());
+            if src.archive && archive_done(&step.db, &src.url)? {
+                log::debug!("{}: already landed, not requested again", src.url);
+                tally.skipped += 1;
+                bar.inc(1);
+                continue;
+            }
+            tally.checked += 1;
+            let rec = fetch_one(step, &landing, &client, &policy, src, &download_bar);
+            bar.inc(1);
+            record_fetch(&step.db, step.run_id, &src.url, &rec)?;
+            match rec.outcome {
+                FetchOutcome::Landed { bytes, ref path } => {
+                    tally.landed += 1;
+                    tally.landed_bytes += bytes;
+                    println!("{}", landing.join(path).display());
+                }
+                FetchOutcome::Duplicate | FetchOutcome::NotModified => tally.unchanged += 1,
+                FetchOutcome::NotReleased => tally.not_released += 1,
+                FetchOutcome::Failed(_) => tally.failed += 1,
+            }
+            tally.downloaded += rec.bytes.unwrap_or(0);
+            if let FetchOutcome::Failed(err) = rec.outcome {
+                log::error!("{}: {}", src.url, materia_common::exit::one_line(&err));
+                errors.push(err.context(src.url.clone()));
+            }
+        }
+        bar.finish_and_clear();
+        download_bar.finish_and_clear();
+        if tally.landed > 0 {
+            signal_landed(step)?;
+        }
+        Ok(tally.report(errors))
+    })
+}
+
+fn import(common: &CommonArgs, args: &ImportArgs) -> anyhow::Result<Outcome> {
+    let zip = std::fs::File::open(&args.zip).with_context(|| format!("cannot open {}", args.zip.display()))?;
+    let abs = std::path::absolute(&args.zip).unwrap_or_else(|_| args.zip.clone());
+    let source = match &args.source {
+        Some(s) => s.clone(),
+        None => abs.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+    };
+    let url = format!("file://{}", abs.display());
+    materia_common::run_step(TOOL, common, |step| {
+        let landing = prepare_landing(&step.layout)?;
+        let origin = land::Origin { source: &source, source_url: &url, month: args.release, etag: None, last_modified: None };
+        let mut tally = Tally { checked: 1, downloaded: 0, ..Tally::default() };
+        let result = land::land_zip(&step.db, &landing, step.run_id, zip, &origin)
+            .with_context(|| format!("importing {}", args.zip.display()));
+        let (outcome, file_id) = outcome_of(result);
+        let rec = FetchRecord { outcome, status: None, attempts: 1, bytes: None, file_id };
+        record_fetch(&step.db, step.run_id, &url, &rec)?;
+        let mut errors = Vec::new();
+        match rec.outcome {
+            FetchOutcome::Landed { bytes, path } => {
+                tally.landed = 1;
+                tally.landed_bytes = bytes;
+                println!("{}", landing.join(path).display());
+                signal_landed(step)?;
+            }
+            FetchOutcome::Failed(err) => {
+                tally.failed = 1;
+                errors.push(err);
+            }
+            _ => tally.unchanged = 1,
+        }
+        Ok(tally.report(errors))
+    })
+}
+
+/// Create the landing dir and clear temp files a killed run left (we hold the lock).
+fn prepare_landing(layout: &Layout) -> anyhow::Result<PathBuf> {
+    let landing = layout.landing();
+    std::fs::create_dir_all(&landing).with_context(|| format!("cannot create {}", landing.display()))?;
+    let swept = materia_common::atomic::remove_stale_temps(&landing.join("psd"))
+        .with_context(|| format!("clearing temp files in {}", landing.display()))?;
+    if swept > 0 {
+        log::warn!("removed {swept} temp file(s) left by an interrupted run");
+    }
+    Ok(landing)
+}
+
+fn signal_landed(step: &Step) -> anyhow::Result<()> {
+    let trigger = step.layout.trigger(layout::TRIGGER_LANDING_UPDATED);
+    std::fs::create_dir_all(trigger.parent().unwrap_or(Path::new(".")))
+        .with_context(|| format!("cannot create {}", trigger.display()))?;
+    materia_common::atomic::write_replace(&trigger, format!("run_id={}\n", step.run_id).as_bytes())?;
+    Ok(())
+}
+
+#[derive(Debug)]
+enum FetchOutcome {
+    Landed { bytes: u64, path: String },
+    Duplicate,
+    NotModified,
+    NotReleased,
+    Failed(anyhow::Error),
+}
+
+#[derive(Debug)]
+struct FetchRecord {
+    outcome: FetchOutcome,
+    status: Option<u16>,
+    attempts: u32,
+    bytes: Option<u64>,
+    file_id: Option<i64>,
+}
+
+/// The fetch outcome of a landing, and the landed file it concerns.
+fn outcome_of(result: anyhow::Result<land::Landed>) -> (FetchOutcome, Option<i64>) {
+    match result {
+        Ok(land::Landed::New { file_id, path, bytes, rows }) => {
+            log::info!("landed {path} ({rows} rows, {bytes} bytes)");
+            (FetchOutcome::Landed { bytes, path }, Some(file_id))
+        }
+        Ok(land::Landed::Duplicate { file_id, path }) => {
+            log::info!("same content as {path}: not landed again");
+            (FetchOutcome::Duplicate, Some(file_id))
+        }
+        Err(e) => (FetchOutcome::Failed(e), None),
+    }
+}
+
+fn fetch_one(
+    step: &Step,
+    landing: &Path,
+    client: &reqwest::blocking::Client,
+    policy: &http::RetryPolicy,
+    src: &Source,
+    bar: &materia_common::ProgressBar,
+) -> FetchRecord {
+    let known = match validators(&step.db, &src.url) {
+        Ok(v) => v,
+        Err(e) => {
+            let outcome = FetchOutcome::Failed(e);
+            return FetchRecord { outcome, status: None, attempts: 0, bytes: None, file_id: None };
+        }
+    };
+    let res = http::fetch(client, &src.url, &known, policy, landing, bar);
+    let mut rec = FetchRecord { outcome: FetchOutcome::NotModified, status: res.status, attempts: res.attempts, bytes: None, file_id: None };
+    rec.outcome = match res.result {
+        Err(e) => FetchOutcome::Failed(e),
+        Ok(http::Fetched::NotModified) => {
+            log::info!("{}: not modified", src.url);
+            if let Err(e) = save_validators(&step.db, &src.url, &known) {
+                FetchOutcome::Failed(e)
+            } else {
+                FetchOutcome::NotModified
+            }
+        }
+        Ok(http::Fetched::NotFound) if src.archive => {
+            log::debug!("{}: not released (404)", src.url);
+            FetchOutcome::NotReleased
+        }
+        Ok(http::Fetched::NotFound) => FetchOutcome::Failed(anyhow::anyhow!("server answered HTTP 404 Not Found")),
+        Ok(http::Fetched::Body { file, bytes, validators }) => {
+            rec.bytes = Some(bytes);
+            let origin = land::Origin {
+                source: &src.file,
+                source_url: &src.url,
+                month: src.month,
+                etag: validators.etag.as_deref(),
+                last_modified: validators.last_modified.as_deref(),
+            };
+            let (outcome, file_id) = outcome_of(land::land_zip(&step.db, landing, step.run_id, file, &origin));
+            rec.file_id = file_id;
+            match outcome {
+                FetchOutcome::Failed(_) => outcome,
+                ok => match save_validators(&step.db, &src.url, &validators) {
+                    Ok(()) => ok,
+                    Err(e) => FetchOutcome::Failed(e),
+                },
+            }
+        }
+    };
+    rec
+}
+
+fn archive_done(db: &StateDb, url: &str) -> anyhow::Result<bool> {
+    Ok(db
+        .conn()
+        .query_row(
+            "SELECT 1 FROM fetches WHERE url = ?1 AND outcome IN ('landed', 'duplicate') LIMIT 1",
+            params![url],
+            |_| Ok(()),
+        )
+        .optional()
+        .map_err(|e| db.err(e))?
+        .is_some())
+}
+
+fn validators(db: &StateDb, url: &str) -> anyhow::Result<http::Validators> {
+    Ok(db
+        .conn()
+        .query_row("SELECT etag, last_modified FROM http_validators WHERE url = ?1", params![url], |r| {
+            Ok(http::Validators { etag: r.get(0)?, last_modified: r.get(1)? })
+        })
+        .optional()
+        .map_err(|e| db.err(e))?
+        .unwrap_or_default())
+}
+
+fn save_validators(db: &StateDb, url: &str, v: &http::Validators) -> anyhow::Result<()> {
+    db.conn()
+        .execute(
+            &format!(
+                "INSERT INTO http_validators (url, etag, last_modified, updated_at) VALUES (?1, ?2, ?3, {now})
+                 ON CONFLICT (url) DO UPDATE SET etag = ?2, last_modified = ?3, updated_at = {now}",
+                now = materia_common::state::NOW
+            ),
+            params![url, v.etag, v.last_modified],
+        )
+        .map_err(|e| db.err(e))?;
+    Ok(())
+}
+
+fn record_fetch(db: &StateDb, run_id: i64, url: &str, rec: &FetchRecord) -> anyhow::Result<()> {
+    let (outcome, detail) = match &rec.outcome {
+        FetchOutcome::Landed { path, .. } => ("landed", Some(path.clone())),
+        FetchOutcome::Duplicate => ("duplicate", None),
+        FetchOutcome::NotModified => ("not_modified", None),
+        FetchOutcome::NotReleased => ("not_released", None),
+        FetchOutcome::Failed(e) => ("failed", Some(materia_common::exit::one_line(e))),
+    };
+    db.conn()
+        .execute(
+            &format!(
+                "INSERT INTO fetches (run_id, url, outcome, http_status, attempts, bytes, file_id, detail, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, {})",
+                materia_common::state::NOW
+            ),
+            params![run_id, url, outcome, rec.status, rec.attempts, rec.bytes, rec.file_id, detail],
+        )
+        .map_err(|e| db.err(e))?;
+    Ok(())
+}
