@@ -1,0 +1,195 @@
+//! Fixtures (hand-made PSD zips, the real release from ../shared) and a runner for the
+//! psd-extract binary in its own temp data dir.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const HEADER: &str = "Commodity_Code,Commodity_Description,Country_Code,Country_Name,Market_Year,\
+Calendar_Year,Month,Attribute_ID,Attribute_Description,Unit_ID,Unit_Description,Value";
+
+/// A PSD-shaped CSV with `rows` rows; `seed` makes the content distinct.
+pub fn psd_csv(rows: usize, seed: &str) -> Vec<u8> {
+    let mut s = format!("{HEADER}\r\n");
+    for i in 0..rows {
+        s.push_str(&format!(
+            "0711100,\"Coffee, Green\",BR,Brazil,{},2022,12,028,Production,02,\"(1000 60 KG BAGS)\",{}.{:04}\r\n",
+            1960 + i % 64,
+            i,
+            seed.len() * 7 + i % 10
+        ));
+    }
+    s.push_str(&format!("0711100,\"Coffee, Green\",XX,{seed},2023,2022,12,057,\"Rst,Ground Dom. Consum\",02,\"(1000 60 KG BAGS)\",1.0000\r\n"));
+    s.into_bytes()
+}
+
+/// A zip holding `entries`, deflated, as USDA serves it.
+pub fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    zip_with(entries, zip::CompressionMethod::Deflated)
+}
+
+fn zip_with(entries: &[(&str, &[u8])], method: zip::CompressionMethod) -> Vec<u8> {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default().compression_method(method);
+    for (name, body) in entries {
+        w.start_file(*name, opts).unwrap();
+        w.write_all(body).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+/// A valid PSD zip of `rows` rows.
+pub fn psd_zip(rows: usize, seed: &str) -> Vec<u8> {
+    zip_of(&[("psd_coffee.csv", &psd_csv(rows, seed))])
+}
+
+/// A zip whose entry fails its CRC check: stored (not deflated), one body byte flipped.
+pub fn corrupt_zip() -> Vec<u8> {
+    let name = "psd_coffee.csv";
+    let mut z = zip_with(&[(name, &psd_csv(50, "corrupt"))], zip::CompressionMethod::Stored);
+    let offset = 30 + name.len() + 500; // local header + name, then into the data
+    z[offset] ^= 0x55;
+    z
+}
+
+/// The real USDA release, or `None` (with a note on stderr) when ../shared is absent.
+pub fn real_release() -> Option<Vec<u8>> {
+    let path = shared_fixture();
+    match std::fs::read(&path) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            eprintln!("SKIPPED: the real PSD release is not available at {} ({e}); CI always has it", path.display());
+            None
+        }
+    }
+}
+
+pub fn shared_fixture() -> PathBuf {
+    match std::env::var_os("MATERIA_SHARED") {
+        Some(dir) => PathBuf::from(dir).join("fixtures/psd_coffee_csv.zip"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/psd_coffee_csv.zip"),
+    }
+}
+
+/// The current UTC month as `YYYY/MM`, as psd-extract names the current file's dir.
+pub fn current_month_dir() -> String {
+    let out = Command::new("date").args(["-u", "+%Y/%m"]).output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// One test's data dir and a way to run the binary in it.
+pub struct Env {
+    _tmp: tempfile::TempDir,
+    pub root: PathBuf,
+    pub data: PathBuf,
+}
+
+/// A finished run.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn error_line(&self) -> &str {
+        self.stderr.lines().find(|l| l.starts_with("psd-extract: error: ")).unwrap_or_else(|| {
+            panic!("no error line in stderr:\n{}", self.stderr)
+        })
+    }
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_owned();
+        let data = root.join("data");
+        Env { _tmp: tmp, root, data }
+    }
+
+    /// The binary, with this env's data dir and a clean environment.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_psd-extract"));
+        for var in ["MATERIA_DATA_DIR", "MATERIA_STATE_DB", "MATERIA_WAIT_LOCK", "PSD_BASE_URL", "PSD_FILES", "RUST_LOG"] {
+            c.env_remove(var);
+        }
+        c.env("MATERIA_DATA_DIR", &self.data);
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.cmd().args(args).output().unwrap().into()
+    }
+
+    /// Fetch from `base` with fast retries, plus `extra` flags.
+    pub fn fetch(&self, base: &str, extra: &[&str]) -> Run {
+        self.run(&self.fetch_args(base, extra).iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    pub fn fetch_args(&self, base: &str, extra: &[&str]) -> Vec<String> {
+        let mut a: Vec<String> = ["--base-url", base, "--retries", "3", "--retry-delay-ms", "20", "--timeout", "5"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    }
+
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.data.join("landing/.state.sqlite")).unwrap()
+    }
+
+    pub fn landing(&self) -> PathBuf {
+        self.data.join("landing")
+    }
+
+    /// Every file under landing/ except the state DB, relative, sorted.
+    pub fn landed(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        walk(&self.landing(), &self.landing(), &mut out);
+        out.retain(|p| !p.starts_with(".state.sqlite"));
+        out.sort();
+        out
+    }
+
+    /// (status, error) of the newest run.
+    pub fn last_run(&self) -> (String, Option<String>) {
+        self.db()
+            .query_row("SELECT status, error FROM runs ORDER BY run_id DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+    }
+
+    pub fn count(&self, sql: &str) -> i64 {
+        self.db().query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            walk(root, &p, out);
+        } else {
+            out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+        }
+    }
+}
+
+/// Decompress a landed file.
+pub fn gunzip(path: &Path) -> Vec<u8> {
+    let out = Command::new("gzip").arg("-dc").arg(path).output().unwrap();
+    assert!(out.status.success(), "gzip -dc {}", path.display());
+    out.stdout
+}
