@@ -1,1 +1,83 @@
+//! The pipeline as `scripts/run-all.sh` runs it: the built tools chained through files.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// The tools `cargo test --workspace` built beside this test binary (target/debug).
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().to_owned(); // target/debug/deps -> target/debug
+    assert!(
+        dir.join("psd-extract").exists(),
+        "psd-extract is not built in {}: run the tests with `cargo test --workspace`",
+        dir.display()
+    );
+    dir
+}
+
+fn fixture() -> Option<PathBuf> {
+    let p = repo().join("../shared/fixtures/psd_coffee_csv.zip");
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!("SKIPPED: {} is absent; CI always has it", p.display());
+        None
+    }
+}
+
+fn run_all(data: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(repo().join("scripts/run-all.sh"))
+        .args(["--data-dir", data.to_str().unwrap()])
+        .args(args)
+        .env("MATERIA_BIN_DIR", bin_dir())
+        .env_remove("MATERIA_DATA_DIR")
+        .env_remove("MATERIA_STATE_DB")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn run_all_offline_lands_the_real_release_and_is_idempotent() {
+    let Some(zip) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let zip = zip.to_str().unwrap();
+
+    let out = run_all(&data, &["--import", zip, "--release", "2022-12"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let db = rusqlite::Connection::open(data.join("landing/.state.sqlite")).unwrap();
+    let (path, rows): (String, i64) =
+        db.query_row("SELECT path, rows FROM landed_files", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    assert!(path.starts_with("psd/2022/12/"), "{path}");
+    assert_eq!(rows, 77_957);
+    assert!(data.join("landing").join(&path).exists());
+    assert!(data.join("triggers/landing.updated").exists());
+
+    // A second run finds nothing new and still succeeds.
+    let out = run_all(&data, &["--import", zip, "--release", "2022-12"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let statuses: Vec<String> = db
+        .prepare("SELECT status FROM extraction_runs ORDER BY run_id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(statuses, ["success", "unchanged"]);
+}
+
+#[test]
+fn run_all_stops_at_the_first_failure_with_its_exit_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.zip");
+    std::fs::write(&bad, b"not a zip").unwrap();
+    let out = run_all(&tmp.path().join("data"), &["--import", bad.to_str().unwrap(), "--release", "2024-01"]);
+    assert_eq!(out.status.code(), Some(5));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("psd-extract: error: importing"), "{stderr}");
+    assert!(stderr.contains("run-all: psd-extract failed (exit 5); stopping"), "{stderr}");
+}
