@@ -210,11 +210,14 @@ fn fetch(common: &CommonArgs, args: &FetchArgs) -> anyhow::Result<Outcome> {
 
         let mut tally = Tally::default();
         let mut errors = Vec::new();
-        let bar = materia_common::progress_bar(
-            Some(sources.len() as u64),
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
-        );
-        let download_bar = materia_common::progress_bar(None, "  {spinner} {bytes}/{total_bytes} {bytes_per_sec}");
+        // One bar at a time on a terminal: sources for a backfill, bytes for a single file.
+        let hidden = materia_common::ProgressBar::hidden;
+        let (bar, download_bar) = if sources.len() > 1 {
+            let bar = materia_common::progress_bar(Some(sources.len() as u64), "[{elapsed}] {bar:30} {pos}/{len} {msg}");
+            (bar, hidden())
+        } else {
+            (hidden(), materia_common::progress_bar(None, "[{elapsed}] {bytes}/{total_bytes} {bytes_per_sec} {msg}"))
+        };
         for src in &sources {
             bar.set_message(src.url.clone());
             if src.archive && archive_done(&step.db, &src.url)? {

@@ -67,6 +67,21 @@ fn backfill_lands_every_release_and_records_it() {
     assert_eq!((month.as_str(), etag.as_str(), rows_n), ("2024-03", "\"a3:0\"", 34));
     assert_eq!(env.count("SELECT count(*) FROM fetches WHERE outcome = 'not_released'"), 1);
     assert!(env.data.join("triggers/landing.updated").exists());
+    // Not a terminal: plain log lines, no progress bar drawing.
+    assert!(!run.stderr.contains('\x1b') && !run.stderr.contains('\r'), "{:?}", run.stderr);
+}
+
+#[test]
+fn a_terminal_gets_a_progress_bar() {
+    let s = psd_server();
+    let env = Env::new();
+    let args = env.fetch_args(&s.url(), &["--since", "2024-01", "--until", "2024-04"]);
+    let cmd = std::iter::once(env!("CARGO_BIN_EXE_psd-extract").to_owned()).chain(args).collect::<Vec<_>>().join(" ");
+    // script(1) runs the command on a pseudo-terminal and copies what it drew.
+    let out = env.command("script").args(["-qfec", &cmd, "/dev/null"]).output().unwrap();
+    let drawn = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{drawn}");
+    assert!(drawn.contains("/5 http://"), "no progress bar drawn: {drawn:?}");
 }
 
 #[test]

@@ -120,7 +120,12 @@ impl Env {
 
     /// The binary, with this env's data dir and a clean environment.
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_psd-extract"));
+        self.command(env!("CARGO_BIN_EXE_psd-extract"))
+    }
+
+    /// `program` with this env's data dir and none of the tools' variables from outside.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
         for var in ["MATERIA_DATA_DIR", "MATERIA_STATE_DB", "MATERIA_WAIT_LOCK", "PSD_BASE_URL", "PSD_FILES", "RUST_LOG"] {
             c.env_remove(var);
         }

@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""Write a synthetic PSD-shaped release: a zip holding one CSV with the PSD header.
+
+usage: gen_psd.py ROWS OUT.zip [SEED]
+
+Rows cycle through commodities x countries x market years x attributes like the
+all-commodities file (psd_alldata_csv.zip, about 2M rows); SEED changes the values so
+several releases differ. Streams, so memory stays small for any ROWS.
+"""
+import random
+import sys
+import zipfile
+
+HEADER = ("Commodity_Code,Commodity_Description,Country_Code,Country_Name,Market_Year,"
+          "Calendar_Year,Month,Attribute_ID,Attribute_Description,Unit_ID,Unit_Description,Value")
+COMMODITIES = [("0711100", "Coffee, Green"), ("0410000", "Wheat"), ("0440000", "Corn"),
+               ("2222000", "Oilseed, Soybean"), ("0422110", "Rice, Milled"), ("0612000", "Sugar, Centrifugal")]
+ATTRIBUTES = [("020", "Beginning Stocks"), ("028", "Production"), ("057", "Imports"),
+              ("088", "Exports"), ("125", "Domestic Consumption"), ("176", "Ending Stocks"),
+              ("086", "Total Supply"), ("178", "Total Distribution"), ("058", "\"Rst,Ground Dom. Consum\"")]
+
+
+def main():
+    rows, out = int(sys.argv[1]), sys.argv[2]
+    rnd = random.Random(sys.argv[3] if len(sys.argv) > 3 else "materia")
+    countries = [(f"{i:02d}" if i < 100 else f"X{i}", f"Country {i}") for i in range(250)]
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        with z.open(out.rsplit("/", 1)[-1].replace("_csv.zip", ".csv").replace(".zip", ".csv"), "w",
+                    force_zip64=True) as f:
+            f.write((HEADER + "\r\n").encode())
+            buf, n = [], 0
+            while n < rows:
+                for code, desc in COMMODITIES:
+                    for ccode, cname in countries:
+                        for year in range(1960, 2025):
+                            for aid, adesc in ATTRIBUTES:
+                                if n >= rows:
+                                    break
+                                value = rnd.random() * 100000
+                                buf.append(f'{code},"{desc}",{ccode},{cname},{year},2024,12,{aid},{adesc},'
+                                           f'02,"(1000 MT)",{value:.4f}\r\n')
+                                n += 1
+                            if len(buf) >= 10000:
+                                f.write("".join(buf).encode())
+                                buf.clear()
+            f.write("".join(buf).encode())
+
+
+if __name__ == "__main__":
+    main()
