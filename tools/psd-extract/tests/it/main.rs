@@ -199,6 +199,38 @@ fn a_connection_cut_mid_body_is_retried() {
 }
 
 #[test]
+fn a_stalled_download_times_out_and_is_retried() {
+    let s = psd_server();
+    s.push_fault(COFFEE, Fault::Stall(Duration::from_secs(5)));
+    let env = Env::new();
+    let run = env.fetch(&s.url(), &["--timeout", "1"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(s.requests_to(COFFEE).len(), 2);
+    let warning = run.stderr.lines().find(|l| l.starts_with("warn:")).expect("a retry warning");
+    assert!(warning.contains("connection lost after 100 bytes") && warning.contains("retry 1/3"), "{warning}");
+    assert_eq!(env.landed().len(), 1);
+}
+
+#[test]
+fn memory_stays_bounded_whatever_the_release_size() {
+    // 400,000 rows: a 40 MB CSV. Holding it (or the zip) in memory would show in the peak RSS.
+    let body = psd_zip(400_000, "big");
+    let csv_len = psd_csv(400_000, "big").len();
+    assert!(csv_len > 35 << 20, "{csv_len}");
+    let s = Server::start();
+    s.set(COFFEE, Route::new(body, "\"big\""));
+    let env = Env::new();
+    let mut args = vec!["-f".to_owned(), "%M".to_owned(), "-o".to_owned(), env.root.join("rss").display().to_string()];
+    args.push(env!("CARGO_BIN_EXE_psd-extract").to_owned());
+    args.extend(env.fetch_args(&s.url(), &[]));
+    let out = env.command("/usr/bin/time").args(&args).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let rss_kib: u64 = std::fs::read_to_string(env.root.join("rss")).unwrap().trim().parse().unwrap();
+    assert!(rss_kib < 30 * 1024, "peak RSS {rss_kib} KiB for a {csv_len}-byte CSV");
+    assert_eq!(env.count("SELECT rows FROM landed_files"), 400_001);
+}
+
+#[test]
 fn cut_and_short_bodies_never_land() {
     for fault in [Fault::CutAfter(300), Fault::DeclareLength(1_000_000)] {
         let s = psd_server();

@@ -21,6 +21,8 @@ pub enum Fault {
     DeclareLength(usize),
     /// Send the body in chunks of `chunk` bytes with `pause` between them.
     Drip { chunk: usize, pause: Duration },
+    /// Send the headers and 100 body bytes, then go silent for this long, then close.
+    Stall(Duration),
 }
 
 /// What a path serves.
@@ -202,6 +204,12 @@ fn handle(shared: &Shared, mut conn: TcpStream) -> std::io::Result<()> {
             conn.flush()?;
             // A reset, not a clean close: what a dropped connection looks like.
             let _ = conn.shutdown(Shutdown::Both);
+            Ok(())
+        }
+        Some(Fault::Stall(pause)) => {
+            conn.write_all(&body[..100.min(body.len())])?;
+            conn.flush()?;
+            thread::sleep(pause);
             Ok(())
         }
         Some(Fault::Drip { chunk, pause }) => {

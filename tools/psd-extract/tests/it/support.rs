@@ -143,10 +143,13 @@ impl Env {
     }
 
     pub fn fetch_args(&self, base: &str, extra: &[&str]) -> Vec<String> {
-        let mut a: Vec<String> = ["--base-url", base, "--retries", "3", "--retry-delay-ms", "20", "--timeout", "5"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let defaults = [("--retries", "3"), ("--retry-delay-ms", "20"), ("--timeout", "5")];
+        let mut a = vec!["--base-url".to_owned(), base.to_owned()];
+        for (flag, value) in defaults {
+            if !extra.contains(&flag) {
+                a.extend([flag.to_owned(), value.to_owned()]);
+            }
+        }
         a.extend(extra.iter().map(|s| s.to_string()));
         a
     }
