@@ -1,4 +1,5 @@
 //! The pipeline as `scripts/run-all.sh` runs it: the built tools chained through files.
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

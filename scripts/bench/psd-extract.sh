@@ -67,19 +67,19 @@ printf '%-22s %-14s %10s %12s %10s %12s %8s %8s\n' input case "ours s" "ours MiB
 for file in "${inputs[@]}"; do
     url=$base/downloads/$file
     # First landing: a fresh data dir each run.
-    ours=$(for i in $(seq "$runs"); do
+    ours=$(for _ in $(seq "$runs"); do
         rm -rf "$work/d"
         measure "$bin" -q --data-dir "$work/d" --base-url "$base" --file "$file"
     done | median)
-    peer=$(for i in $(seq "$runs"); do
+    peer=$(for _ in $(seq "$runs"); do
         rm -f "$work/f.zip" "$work/f.csv.gz"
         measure bash -c "curl -s '$url' -o '$work/f.zip' && unzip -p '$work/f.zip' | gzip > '$work/f.csv.gz'"
     done | median)
     # No change: conditional requests against what the last run left.
-    ours_nc=$(for i in $(seq "$runs"); do
+    ours_nc=$(for _ in $(seq "$runs"); do
         measure "$bin" -q --data-dir "$work/d" --base-url "$base" --file "$file"
     done | median)
-    peer_nc=$(for i in $(seq "$runs"); do
+    peer_nc=$(for _ in $(seq "$runs"); do
         measure curl -s -z "$work/f.zip" -o "$work/f.zip" "$url"
     done | median)
     for row in "first landing|$ours|$peer" "no change|$ours_nc|$peer_nc"; do

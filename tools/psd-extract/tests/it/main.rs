@@ -1,4 +1,5 @@
 //! psd-extract against a real HTTP server on 127.0.0.1, real SQLite and real files.
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 mod server;
 mod support;
