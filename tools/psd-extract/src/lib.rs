@@ -188,6 +188,11 @@ fn fetch(common: &CommonArgs, args: &FetchArgs) -> anyhow::Result<Outcome> {
     }
     let now = Month::current_utc();
     let until = args.until.unwrap_or(now);
+    if let Some(since) = args.since
+        && since > until
+    {
+        return Err(Usage(format!("--since {since} is after --until {until}")).into());
+    }
     let policy = http::RetryPolicy {
         retries: args.retries,
         base_delay: Duration::from_millis(args.retry_delay_ms),

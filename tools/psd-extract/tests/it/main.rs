@@ -436,6 +436,9 @@ fn bad_flags_are_usage_errors() {
     assert!(run.stderr.contains("invalid month"), "{}", run.stderr);
     let run = env.run(&["--base-url", "ftp://x"]);
     assert_eq!(run.code, 2);
+    let run = env.run(&["--since", "2024-05", "--until", "2024-04"]);
+    assert_eq!(run.code, 2);
+    assert!(run.error_line().contains("--since 2024-05 is after --until 2024-04"), "{}", run.error_line());
     assert!(!env.data.join("landing").exists(), "usage errors touch nothing");
 }
 
