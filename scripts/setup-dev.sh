@@ -2,14 +2,17 @@
 # usage: scripts/setup-dev.sh
 #
 # Installs what building and testing Materia needs on Debian: the packages below
-# (apt, when run as root and something is missing) and checks for a Rust toolchain.
-# Idempotent: a second run installs nothing.
+# (apt, when run as root and something is missing), the pinned prebuilt DuckDB
+# library (into .duckdb/, where .cargo/config.toml points DUCKDB_LIB_DIR), and checks
+# for a Rust toolchain. Idempotent: a second run installs nothing.
 set -euo pipefail
 
 # Debian packages the build, the tests and scripts/ use.
 #   gcc, pkg-config: C parts of crates (SQLite, aws-lc); gzip, unzip, curl: tests and
-#   benchmarks; sqlite3: operators' queries; time: peak memory in benchmarks.
+#   benchmarks; sqlite3: operators' queries; time: peak memory in benchmarks;
+#   npm: fetches the prebuilt DuckDB library from its registry package.
 packages=(gcc pkg-config gzip unzip curl sqlite3 time ca-certificates)
+command -v npm >/dev/null || packages+=(npm)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -23,6 +26,26 @@ if ((${#missing[@]})); then
     echo "setup-dev: installing ${missing[*]}" >&2
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# DuckDB: ONE version everywhere. The crate (Cargo.toml: duckdb =1.10506.1), this
+# library and Python readers (duckdb==1.5.6) must match, or files will not open.
+duckdb_version=1.5.6
+duckdb_npm=@duckdb/node-bindings-linux-x64@1.5.6-r.1
+duckdb_sha256=3f4962cdd266eab2b479a5b5a4a6d063d279b2954ae814ed00385d553b747633
+duckdb_dir=$(cd "$(dirname "$0")/.." && pwd)/.duckdb/$duckdb_version
+if ! echo "$duckdb_sha256  $duckdb_dir/libduckdb.so" | sha256sum --check --status 2>/dev/null; then
+    echo "setup-dev: fetching libduckdb.so $duckdb_version ($duckdb_npm)" >&2
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    (cd "$tmp" && npm pack --silent "$duckdb_npm" >/dev/null && tar xzf ./*.tgz)
+    if ! echo "$duckdb_sha256  $tmp/package/libduckdb.so" | sha256sum --check --status; then
+        echo "setup-dev: libduckdb.so from $duckdb_npm does not match the pinned sha256" >&2
+        exit 1
+    fi
+    mkdir -p "$duckdb_dir"
+    mv "$tmp/package/libduckdb.so" "$duckdb_dir/libduckdb.so.tmp"
+    mv "$duckdb_dir/libduckdb.so.tmp" "$duckdb_dir/libduckdb.so"
 fi
 
 if ! command -v cargo >/dev/null; then

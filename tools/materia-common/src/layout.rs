@@ -13,6 +13,7 @@
 //!   analytics.duckdb                 what the web app reads (serve-export publishes it)
 //!   locks/{tool}.lock                one exclusive lock per step
 //!   triggers/landing.updated         written when new files landed (a systemd path unit watches it)
+//!   triggers/lakehouse.updated       written when a transform changed the lakehouse
 //! ```
 //!
 //! The environment variables, all in one table (README.md repeats it):
@@ -25,6 +26,7 @@
 //! | `RUST_LOG` | every tool | log filter; overrides `-v`/`-q` |
 //! | `PSD_BASE_URL` | psd-extract | PSD Online base URL (default `https://apps.fas.usda.gov/psdonline`) |
 //! | `PSD_FILES` | psd-extract | comma-separated PSD file names (default `psd_coffee_csv.zip`) |
+//! | `MATERIA_MODELS` | lake-transform | the models folder (default: the release's `models/`) |
 
 use std::path::{Path, PathBuf};
 
@@ -47,6 +49,10 @@ pub const DEFAULT_PSD_FILE: &str = "psd_coffee_csv.zip";
 
 /// Trigger written by psd-extract when at least one new file landed.
 pub const TRIGGER_LANDING_UPDATED: &str = "landing.updated";
+/// Trigger written by lake-transform when a run changed the lakehouse.
+pub const TRIGGER_LAKEHOUSE_UPDATED: &str = "lakehouse.updated";
+/// lake-transform: the models folder.
+pub const ENV_MODELS: &str = "MATERIA_MODELS";
 
 /// Paths derived from the data directory.
 #[derive(Debug, Clone)]

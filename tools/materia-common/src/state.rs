@@ -92,6 +92,25 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX fetches_by_url ON fetches (url, outcome);
     "#,
+    // 2: lake-transform's per-model and per-audit results.
+    r#"
+    CREATE TABLE model_runs (
+        run_id      INTEGER NOT NULL REFERENCES runs (run_id),
+        model       TEXT    NOT NULL,
+        action      TEXT    NOT NULL CHECK (action IN ('build', 'append', 'merge', 'skip')),
+        reason      TEXT,
+        rows        INTEGER,                     -- after the step; NULL for views and skips
+        duration_ms INTEGER NOT NULL
+    );
+    CREATE TABLE audit_results (
+        run_id       INTEGER NOT NULL REFERENCES runs (run_id),
+        model        TEXT    NOT NULL,
+        audit        TEXT    NOT NULL,
+        blocking     INTEGER NOT NULL,
+        failing_rows INTEGER NOT NULL,           -- 0: passed
+        sample       TEXT                        -- JSON array of up to 5 offending rows
+    );
+    "#,
 ];
 
 /// SQL for "now" as stored everywhere: UTC, ISO 8601, milliseconds.

@@ -1,0 +1,46 @@
+MODEL (
+  name raw.psd,
+  kind LANDING_INGEST (pattern 'psd/*/*/*.csv.gzip'),
+  description 'Every row of every landed PSD file, as landed: each file is loaded once, and every release (vintage) is kept. release is the first day of the landing folder''s month.',
+  column_descriptions (
+    release = 'first day of the release month (the landing folder psd/yyyy/mm)',
+    file = 'the landed file, relative to the landing dir',
+    _run_id = 'state DB run that loaded the file'
+  ),
+  audits (
+    number_of_rows(threshold := 1),
+    not_null(columns := (release, file, commodity_code, country_code, market_year, attribute_id))
+  )
+);
+
+SELECT
+  make_date(
+    CAST(regexp_extract(filename, '/psd/(\d{4})/(\d{2})/[^/]+$', 1) AS INTEGER),
+    CAST(regexp_extract(filename, '/psd/(\d{4})/(\d{2})/[^/]+$', 2) AS INTEGER),
+    1) AS release,
+  regexp_extract(filename, 'psd/\d{4}/\d{2}/[^/]+$') AS file,
+  Commodity_Code AS commodity_code,
+  Commodity_Description AS commodity,
+  Country_Code AS country_code,
+  Country_Name AS country,
+  Market_Year AS market_year,
+  Calendar_Year AS calendar_year,
+  "Month" AS month,
+  Attribute_ID AS attribute_id,
+  Attribute_Description AS attribute,
+  Unit_ID AS unit_id,
+  Unit_Description AS unit,
+  "Value" AS value,
+  CAST(@run_id AS BIGINT) AS _run_id,
+  now()::TIMESTAMP AS _loaded_at
+FROM read_csv(
+  @landing_files,
+  header = true, filename = true, compression = 'gzip',
+  columns = {
+    'Commodity_Code': 'VARCHAR', 'Commodity_Description': 'VARCHAR',
+    'Country_Code': 'VARCHAR', 'Country_Name': 'VARCHAR',
+    'Market_Year': 'INTEGER', 'Calendar_Year': 'INTEGER', 'Month': 'INTEGER',
+    'Attribute_ID': 'VARCHAR', 'Attribute_Description': 'VARCHAR',
+    'Unit_ID': 'VARCHAR', 'Unit_Description': 'VARCHAR', 'Value': 'DOUBLE'
+  }
+)

@@ -1,0 +1,188 @@
+//! lake-transform: SQL models over the landing zone into `lakehouse.duckdb`.
+//!
+//! The SQLMesh replacement: model files with a SQLMesh-style `MODEL (...)` header
+//! ([`model`]), dependencies read from the SQL and run in topological order
+//! ([`project`]), landing files ingested once each, models rebuilt only when their
+//! definition or inputs changed, audits after each model, and the whole run in one
+//! transaction ([`engine`]).
+//!
+//! stdout gets one line per model (`model<TAB>action<TAB>rows<TAB>reason`); logs go to stderr.
+
+pub mod audit;
+pub mod engine;
+pub mod model;
+pub mod project;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use duckdb::Connection;
+use materia_common::layout::{self, Layout};
+use materia_common::lock::Lock;
+use materia_common::{CommonArgs, Outcome, Report};
+
+use engine::Action;
+use project::Project;
+
+/// The tool's name: binary, step lock and `runs.tool`.
+pub const TOOL: &str = "lake-transform";
+
+/// Run the SQL models over the landing zone into lakehouse.duckdb.
+///
+/// Exit codes: 0 the lakehouse changed, 3 nothing to do, 1 failed, 2 bad models or
+/// flags, 4 already running or the lakehouse is held, 5 a blocking audit failed (rolled
+/// back), 6 a loaded landing file changed or disappeared.
+#[derive(Debug, Parser)]
+#[command(name = TOOL, version)]
+pub struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+
+    /// Models folder [default: models/ beside the release's bin/, else this source tree's].
+    #[arg(long, global = true, value_name = "DIR", env = layout::ENV_MODELS)]
+    models: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build what changed: new landing files, edited models and everything downstream.
+    Run {
+        /// Forget the engine state and rebuild every model from every landing file.
+        #[arg(long)]
+        rebuild: bool,
+    },
+    /// Print what `run` would do and why, touching nothing.
+    Plan {
+        /// Plan a --rebuild.
+        #[arg(long)]
+        rebuild: bool,
+    },
+}
+
+/// Run the tool.
+pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    materia_common::init_logging(&cli.common);
+    let models = cli.models.clone().unwrap_or_else(default_models_dir);
+    match cli.command {
+        Command::Run { rebuild } => run_models(&cli.common, &models, rebuild),
+        Command::Plan { rebuild } => plan(&cli.common, &models, rebuild),
+    }
+}
+
+/// `models/` beside a release's `bin/`, else the models of this source tree.
+fn default_models_dir() -> PathBuf {
+    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().and_then(Path::parent).map(|p| p.join("models")))
+        && dir.is_dir()
+    {
+        return dir;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
+}
+
+/// The lakehouse lock, shared with serve-export: whoever holds it may open the file.
+fn lakehouse_lock(layout: &Layout, wait: u64) -> anyhow::Result<Lock> {
+    let path = layout.lakehouse_lock();
+    Lock::acquire(&path, Duration::from_secs(wait))
+        .with_context(|| format!("the lakehouse is held by another writer ({})", path.display()))
+}
+
+fn plan(common: &CommonArgs, models: &Path, rebuild: bool) -> anyhow::Result<Outcome> {
+    let project = Project::load(models)?;
+    let layout = common.layout();
+    let _lock = lakehouse_lock(&layout, common.wait_lock)?;
+    let lakehouse = layout.lakehouse();
+    let conn = if lakehouse.exists() {
+        let cfg = duckdb::Config::default().access_mode(duckdb::AccessMode::ReadOnly)?;
+        Some(Connection::open_with_flags(&lakehouse, cfg).with_context(|| format!("opening {} read-only", lakehouse.display()))?)
+    } else {
+        None
+    };
+    let steps = engine::plan(&project, conn.as_ref(), &layout.landing(), rebuild)?;
+    for s in &steps {
+        let what = match &s.action {
+            Action::Append(files) => format!("append {}", files.iter().map(|f| f.rel.as_str()).collect::<Vec<_>>().join(" ")),
+            a => format!("{a:?}").to_ascii_lowercase(),
+        };
+        println!("{}\t{what}\t{}", s.model, s.reason);
+    }
+    Ok(if steps.iter().all(|s| s.action == Action::Skip) { Outcome::Unchanged } else { Outcome::Changed })
+}
+
+fn run_models(common: &CommonArgs, models: &Path, rebuild: bool) -> anyhow::Result<Outcome> {
+    // Bad models fail before anything is locked or opened.
+    let project = Project::load(models)?;
+    materia_common::run_step(TOOL, common, |step| {
+        let _lock = lakehouse_lock(&step.layout, common.wait_lock)?;
+        let lakehouse = step.layout.lakehouse();
+        let conn = Connection::open(&lakehouse).with_context(|| format!("opening {}", lakehouse.display()))?;
+        let steps = engine::plan(&project, Some(&conn), &step.layout.landing(), rebuild)?;
+        if steps.iter().all(|s| s.action == Action::Skip) {
+            let summary = format!("nothing to do: {} models unchanged", steps.len());
+            log::info!("{summary}");
+            return Ok(Report {
+                outcome: Outcome::Unchanged,
+                summary,
+                stats: serde_json::json!({"models_run": 0, "models_skipped": steps.len()}),
+                failure: None,
+            });
+        }
+        let out = engine::run(&project, &conn, &steps, step.run_id);
+        drop(conn);
+        record(&step.db, step.run_id, &out)?;
+        let ran: Vec<_> = out.models.iter().filter(|m| m.action != "skip").collect();
+        let failed_audits = out.audits.iter().filter(|a| a.failing_rows > 0).count();
+        let stats = serde_json::json!({
+            "models_run": ran.len(),
+            "models_skipped": out.models.len() - ran.len(),
+            "rows": out.models.iter().filter_map(|m| m.rows.map(|r| (m.model.clone(), serde_json::Value::from(r)))).collect::<serde_json::Map<_, _>>(),
+            "audits": out.audits.len(),
+            "audits_failed": failed_audits,
+            "committed": out.failure.is_none(),
+        });
+        if out.failure.is_none() {
+            for m in &out.models {
+                println!("{}\t{}\t{}\t{}", m.model, m.action, m.rows.map(|r| r.to_string()).unwrap_or_default(), m.reason);
+            }
+            let trigger = step.layout.trigger(layout::TRIGGER_LAKEHOUSE_UPDATED);
+            if let Some(dir) = trigger.parent() {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            materia_common::atomic::write_replace(&trigger, format!("run_id={}\n", step.run_id).as_bytes())?;
+        }
+        let summary = format!(
+            "{} models run, {} skipped, {} audits ({} failed){}",
+            ran.len(),
+            out.models.len() - ran.len(),
+            out.audits.len(),
+            failed_audits,
+            if out.failure.is_some() { "; rolled back" } else { "" }
+        );
+        log::info!("{summary}");
+        Ok(Report { outcome: Outcome::Changed, summary, stats, failure: out.failure })
+    })
+}
+
+/// Per-model and per-audit results into the state DB.
+fn record(db: &materia_common::StateDb, run_id: i64, out: &engine::RunOutcome) -> anyhow::Result<()> {
+    let c = db.conn();
+    for m in &out.models {
+        c.execute(
+            "INSERT INTO model_runs (run_id, model, action, reason, rows, duration_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            rusqlite::params![run_id, m.model, m.action, m.reason, m.rows, m.duration_ms],
+        )
+        .map_err(|e| db.err(e))?;
+    }
+    for a in &out.audits {
+        c.execute(
+            "INSERT INTO audit_results (run_id, model, audit, blocking, failing_rows, sample) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            rusqlite::params![run_id, a.model, a.audit, a.blocking, a.failing_rows, serde_json::to_string(&a.sample)?],
+        )
+        .map_err(|e| db.err(e))?;
+    }
+    Ok(())
+}

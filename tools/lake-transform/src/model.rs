@@ -1,0 +1,678 @@
+//! Model and audit files: a SQLMesh-style header, then SQL.
+//!
+//! ```sql
+//! MODEL (
+//!   name serving.commodity_balance,
+//!   kind FULL,                       -- FULL | VIEW | INCREMENTAL_BY_UNIQUE_KEY (unique_key (a, b))
+//!                                    -- | LANDING_INGEST (pattern 'psd/*/*/*.csv.gzip')
+//!   grain (commodity_code, country_code, market_year),
+//!   description 'One row per …',
+//!   column_descriptions (stocks_to_use = 'ending stocks / use'),
+//!   audits (not_null(columns := (commodity_code)), balance_identity(blocking := false)),
+//! );
+//! SELECT …
+//! ```
+//!
+//! ```sql
+//! AUDIT (name balance_identity, blocking false);
+//! SELECT * FROM @this_model WHERE …
+//! ```
+//!
+//! The supported subset: the properties above and nothing else. An unknown property,
+//! kind or argument is an error naming the file and line, never ignored.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A model or audit file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{}:{line}: {msg}", path.display())]
+pub struct ModelError {
+    /// The file.
+    pub path: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// What is wrong.
+    pub msg: String,
+}
+
+/// How a model is materialised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// Rebuilt as a table whenever it or its inputs change.
+    Full,
+    /// A view.
+    View,
+    /// Rows merged by key: existing rows with a key in the new result are replaced.
+    IncrementalByUniqueKey {
+        /// The key columns.
+        unique_key: Vec<String>,
+    },
+    /// Raw landing files: each file matching `pattern` (relative to the landing dir) is
+    /// loaded once; the SQL reads `@landing_files`.
+    LandingIngest {
+        /// e.g. `psd/*/*/*.csv.gzip`.
+        pattern: String,
+    },
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Kind::Full => write!(f, "FULL"),
+            Kind::View => write!(f, "VIEW"),
+            Kind::IncrementalByUniqueKey { unique_key } => {
+                write!(f, "INCREMENTAL_BY_UNIQUE_KEY (unique_key ({}))", unique_key.join(", "))
+            }
+            Kind::LandingIngest { pattern } => write!(f, "LANDING_INGEST (pattern '{pattern}')"),
+        }
+    }
+}
+
+/// A use of an audit in a model's `audits (...)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditCall {
+    /// Built-in or custom audit name.
+    pub name: String,
+    /// `key := value` arguments, as SQL text (tuples as `(a, b)`).
+    pub args: Vec<(String, Arg)>,
+    /// Line in the model file.
+    pub line: usize,
+}
+
+/// An argument value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arg {
+    /// A bare word (column name, TRUE/FALSE).
+    Ident(String),
+    /// A quoted string.
+    Str(String),
+    /// A number, as written.
+    Num(String),
+    /// `(a, b, ...)`.
+    Tuple(Vec<Arg>),
+}
+
+impl Arg {
+    /// As a SQL expression.
+    pub fn sql(&self) -> String {
+        match self {
+            Arg::Ident(s) | Arg::Num(s) => s.clone(),
+            Arg::Str(s) => format!("'{}'", s.replace('\'', "''")),
+            Arg::Tuple(items) => format!("({})", items.iter().map(Arg::sql).collect::<Vec<_>>().join(", ")),
+        }
+    }
+
+    /// Column names: a bare word or a tuple of them.
+    pub fn idents(&self) -> Option<Vec<String>> {
+        match self {
+            Arg::Ident(s) => Some(vec![s.clone()]),
+            Arg::Tuple(items) => items
+                .iter()
+                .map(|a| match a {
+                    Arg::Ident(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect(),
+            _ => None,
+        }
+    }
+}
+
+/// A parsed model file.
+#[derive(Debug, Clone)]
+pub struct Model {
+    /// `schema.table`.
+    pub name: String,
+    /// Materialisation.
+    pub kind: Kind,
+    /// The columns that identify a row.
+    pub grain: Vec<String>,
+    /// Free text.
+    pub description: Option<String>,
+    /// Column → text.
+    pub column_descriptions: Vec<(String, String)>,
+    /// Audits to run after each build.
+    pub audits: Vec<AuditCall>,
+    /// The SQL after the header.
+    pub sql: String,
+    /// The file.
+    pub path: PathBuf,
+    /// Line where the SQL starts.
+    pub sql_line: usize,
+}
+
+/// A custom audit file.
+#[derive(Debug, Clone)]
+pub struct AuditDef {
+    /// Its name.
+    pub name: String,
+    /// Blocking unless `blocking false` (a use may override).
+    pub blocking: bool,
+    /// SQL returning offending rows; `@this_model` names the audited table.
+    pub sql: String,
+    /// The file.
+    pub path: PathBuf,
+}
+
+impl Model {
+    /// Schema part of the name.
+    pub fn schema(&self) -> &str {
+        self.name.split_once('.').map_or("", |(s, _)| s)
+    }
+}
+
+// ---- tokens ----------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Word(String),
+    Str(String),
+    Num(String),
+    LParen,
+    RParen,
+    Comma,
+    Assign,
+    Semi,
+}
+
+struct Lexer<'a> {
+    src: &'a [u8],
+    pos: usize,
+    line: usize,
+}
+
+impl<'a> Lexer<'a> {
+    fn new(src: &'a str) -> Self {
+        Lexer { src: src.as_bytes(), pos: 0, line: 1 }
+    }
+
+    fn skip_trivia(&mut self) {
+        loop {
+            match self.src.get(self.pos) {
+                Some(b'\n') => {
+                    self.line += 1;
+                    self.pos += 1;
+                }
+                Some(c) if c.is_ascii_whitespace() => self.pos += 1,
+                Some(b'-') if self.src.get(self.pos + 1) == Some(&b'-') => {
+                    while self.src.get(self.pos).is_some_and(|&c| c != b'\n') {
+                        self.pos += 1;
+                    }
+                }
+                Some(b'/') if self.src.get(self.pos + 1) == Some(&b'*') => {
+                    self.pos += 2;
+                    while self.pos < self.src.len() && !self.src[self.pos..].starts_with(b"*/") {
+                        if self.src[self.pos] == b'\n' {
+                            self.line += 1;
+                        }
+                        self.pos += 1;
+                    }
+                    self.pos = (self.pos + 2).min(self.src.len());
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Next token and its line; `None` at the end.
+    fn next(&mut self) -> Result<Option<(Tok, usize)>, (usize, String)> {
+        self.skip_trivia();
+        let line = self.line;
+        let Some(&c) = self.src.get(self.pos) else { return Ok(None) };
+        let tok = match c {
+            b'(' => Tok::LParen,
+            b')' => Tok::RParen,
+            b',' => Tok::Comma,
+            b';' => Tok::Semi,
+            b'=' => Tok::Assign,
+            b':' if self.src.get(self.pos + 1) == Some(&b'=') => {
+                self.pos += 2;
+                return Ok(Some((Tok::Assign, line)));
+            }
+            b'\'' => {
+                let mut s = Vec::new();
+                self.pos += 1;
+                loop {
+                    match self.src.get(self.pos) {
+                        None => return Err((line, "unterminated string".into())),
+                        Some(b'\'') if self.src.get(self.pos + 1) == Some(&b'\'') => {
+                            s.push(b'\'');
+                            self.pos += 2;
+                        }
+                        Some(b'\'') => break,
+                        Some(&ch) => {
+                            if ch == b'\n' {
+                                self.line += 1;
+                            }
+                            s.push(ch);
+                            self.pos += 1;
+                        }
+                    }
+                }
+                self.pos += 1;
+                return Ok(Some((Tok::Str(String::from_utf8_lossy(&s).into_owned()), line)));
+            }
+            c if c.is_ascii_digit() || c == b'-' || c == b'.' => {
+                let start = self.pos;
+                self.pos += 1;
+                while self.src.get(self.pos).is_some_and(|c| c.is_ascii_digit() || b".eE+-".contains(c)) {
+                    self.pos += 1;
+                }
+                let s = String::from_utf8_lossy(&self.src[start..self.pos]).into_owned();
+                return Ok(Some((Tok::Num(s), line)));
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' || c == b'"' => {
+                let start = self.pos;
+                while self.src.get(self.pos).is_some_and(|c| c.is_ascii_alphanumeric() || b"_.\"".contains(c)) {
+                    self.pos += 1;
+                }
+                let s = String::from_utf8_lossy(&self.src[start..self.pos]).into_owned();
+                return Ok(Some((Tok::Word(s), line)));
+            }
+            other => return Err((line, format!("unexpected character {:?}", other as char))),
+        };
+        self.pos += 1;
+        Ok(Some((tok, line)))
+    }
+}
+
+// ---- parse tree ------------------------------------------------------------
+
+/// A property value or argument, as written.
+#[derive(Debug, Clone)]
+enum Val {
+    Word(String),
+    Str(String),
+    Num(String),
+    Call(String, Vec<Item>),
+    Tuple(Vec<Item>),
+}
+
+/// `key := value`, `key value`, or a bare value.
+#[derive(Debug, Clone)]
+struct Item {
+    key: Option<String>,
+    val: Val,
+    line: usize,
+}
+
+struct Parser<'a> {
+    lex: Lexer<'a>,
+    peeked: Option<Option<(Tok, usize)>>,
+    path: &'a Path,
+}
+
+impl<'a> Parser<'a> {
+    fn err(&self, line: usize, msg: impl Into<String>) -> ModelError {
+        ModelError { path: self.path.to_owned(), line, msg: msg.into() }
+    }
+
+    fn peek(&mut self) -> Result<Option<(Tok, usize)>, ModelError> {
+        if self.peeked.is_none() {
+            let t = self.lex.next().map_err(|(l, m)| self.err(l, m))?;
+            self.peeked = Some(t);
+        }
+        Ok(self.peeked.clone().flatten())
+    }
+
+    fn next(&mut self) -> Result<Option<(Tok, usize)>, ModelError> {
+        let t = self.peek()?;
+        self.peeked = None;
+        Ok(t)
+    }
+
+    fn expect(&mut self, want: Tok, what: &str) -> Result<usize, ModelError> {
+        match self.next()? {
+            Some((t, line)) if t == want => Ok(line),
+            Some((t, line)) => Err(self.err(line, format!("expected {what}, found {}", show(&t)))),
+            None => Err(self.err(self.lex.line, format!("expected {what}, found the end of the file"))),
+        }
+    }
+
+    /// `( item, item, ... )` after the opening paren was consumed.
+    fn items(&mut self) -> Result<Vec<Item>, ModelError> {
+        let mut out = Vec::new();
+        loop {
+            match self.peek()? {
+                Some((Tok::RParen, _)) => {
+                    self.next()?;
+                    return Ok(out);
+                }
+                Some(_) => {}
+                None => return Err(self.err(self.lex.line, "unclosed '('")),
+            }
+            out.push(self.item()?);
+            match self.next()? {
+                Some((Tok::Comma, _)) => {}
+                Some((Tok::RParen, _)) => return Ok(out),
+                Some((t, line)) => return Err(self.err(line, format!("expected ',' or ')', found {}", show(&t)))),
+                None => return Err(self.err(self.lex.line, "unclosed '('")),
+            }
+        }
+    }
+
+    fn item(&mut self) -> Result<Item, ModelError> {
+        let (tok, line) = self.next()?.ok_or_else(|| self.err(self.lex.line, "unexpected end of file"))?;
+        if let Tok::Word(w) = &tok {
+            match self.peek()? {
+                Some((Tok::Assign, _)) => {
+                    self.next()?;
+                    let val = self.value()?;
+                    return Ok(Item { key: Some(w.clone()), val, line });
+                }
+                Some((Tok::Word(_) | Tok::Str(_) | Tok::Num(_), _)) => {
+                    let val = self.value()?;
+                    return Ok(Item { key: Some(w.clone()), val, line });
+                }
+                _ => {}
+            }
+        }
+        let val = self.value_from(tok, line)?;
+        Ok(Item { key: None, val, line })
+    }
+
+    fn value(&mut self) -> Result<Val, ModelError> {
+        let (tok, line) = self.next()?.ok_or_else(|| self.err(self.lex.line, "expected a value"))?;
+        self.value_from(tok, line)
+    }
+
+    fn value_from(&mut self, tok: Tok, line: usize) -> Result<Val, ModelError> {
+        Ok(match tok {
+            Tok::Str(s) => Val::Str(s),
+            Tok::Num(n) => Val::Num(n),
+            Tok::LParen => Val::Tuple(self.items()?),
+            Tok::Word(w) => {
+                if matches!(self.peek()?, Some((Tok::LParen, _))) {
+                    self.next()?;
+                    Val::Call(w, self.items()?)
+                } else {
+                    Val::Word(w)
+                }
+            }
+            t => return Err(self.err(line, format!("expected a value, found {}", show(&t)))),
+        })
+    }
+}
+
+fn show(t: &Tok) -> String {
+    match t {
+        Tok::Word(w) => format!("'{w}'"),
+        Tok::Str(s) => format!("'{s}' (a string)"),
+        Tok::Num(n) => n.clone(),
+        Tok::LParen => "'('".into(),
+        Tok::RParen => "')'".into(),
+        Tok::Comma => "','".into(),
+        Tok::Assign => "':='".into(),
+        Tok::Semi => "';'".into(),
+    }
+}
+
+/// Parse `KEYWORD ( props ) ;` at the start of `src`; returns the properties and the
+/// byte offset and line where the SQL starts.
+fn header(src: &str, keyword: &str, path: &Path) -> Result<(Vec<Item>, usize, usize), ModelError> {
+    let mut p = Parser { lex: Lexer::new(src), peeked: None, path };
+    match p.next()? {
+        Some((Tok::Word(w), _)) if w.eq_ignore_ascii_case(keyword) => {}
+        Some((_, line)) => return Err(p.err(line, format!("expected the file to start with {keyword} (...)"))),
+        None => return Err(p.err(1, format!("empty file: expected {keyword} (...)"))),
+    }
+    p.expect(Tok::LParen, "'('")?;
+    let props = p.items()?;
+    if matches!(p.peek()?, Some((Tok::Semi, _))) {
+        p.next()?;
+    }
+    // Where the SQL starts: past the whitespace after the header.
+    let rest = &src[p.lex.pos..];
+    let lead = rest.len() - rest.trim_start().len();
+    let line = p.lex.line + rest[..lead].matches('\n').count();
+    Ok((props, p.lex.pos + lead, line))
+}
+
+const MODEL_PROPS: &str = "name, kind, grain, description, column_descriptions, audits";
+
+/// Parse a model file.
+pub fn parse_model(src: &str, path: &Path) -> Result<Model, ModelError> {
+    let err = |line, msg: String| ModelError { path: path.to_owned(), line, msg };
+    let (props, offset, sql_line) = header(src, "MODEL", path)?;
+    let mut name = None;
+    let mut kind = None;
+    let mut grain = Vec::new();
+    let mut description = None;
+    let mut column_descriptions = Vec::new();
+    let mut audits = Vec::new();
+    for item in props.into_iter().map(as_property) {
+        let line = item.line;
+        let Some(key) = item.key.as_deref() else {
+            return Err(err(line, format!("expected a property ({MODEL_PROPS})")));
+        };
+        match (key.to_ascii_lowercase().as_str(), item.val) {
+            ("name", Val::Word(w)) => {
+                let parts: Vec<&str> = w.split('.').collect();
+                if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+                    return Err(err(line, format!("model name '{w}': expected schema.table")));
+                }
+                name = Some(w.to_ascii_lowercase());
+            }
+            ("kind", v) => kind = Some(parse_kind(v, line, path)?),
+            ("grain", v) => grain = idents(&v).ok_or_else(|| err(line, "grain: expected a column or (a, b, ...)".into()))?,
+            ("description", Val::Str(s)) => description = Some(s),
+            ("column_descriptions", Val::Tuple(items)) => {
+                for i in items {
+                    match (i.key, i.val) {
+                        (Some(k), Val::Str(s)) => column_descriptions.push((k, s)),
+                        _ => return Err(err(i.line, "column_descriptions: expected (column = 'text', ...)".into())),
+                    }
+                }
+            }
+            ("audits", Val::Tuple(items)) => {
+                for i in items {
+                    audits.push(audit_call(i, path)?);
+                }
+            }
+            ("audits", v @ (Val::Call(..) | Val::Word(_))) => {
+                audits.push(audit_call(Item { key: None, val: v, line }, path)?)
+            }
+            (k @ ("name" | "description" | "column_descriptions" | "audits"), _) => {
+                return Err(err(line, format!("property '{k}' has a value of the wrong form")));
+            }
+            (other, _) => {
+                return Err(err(line, format!("unknown MODEL property '{other}' (supported: {MODEL_PROPS})")));
+            }
+        }
+    }
+    let name = name.ok_or_else(|| err(1, "MODEL has no name".into()))?;
+    let kind = kind.ok_or_else(|| err(1, "MODEL has no kind".into()))?;
+    let sql = src[offset..].trim().trim_end_matches(';').trim().to_owned();
+    if sql.is_empty() {
+        return Err(err(sql_line, "no SQL after the MODEL header".into()));
+    }
+    Ok(Model { name, kind, grain, description, column_descriptions, audits, sql, path: path.to_owned(), sql_line })
+}
+
+/// Parse a custom audit file.
+pub fn parse_audit(src: &str, path: &Path) -> Result<AuditDef, ModelError> {
+    let err = |line, msg: String| ModelError { path: path.to_owned(), line, msg };
+    let (props, offset, sql_line) = header(src, "AUDIT", path)?;
+    let mut name = None;
+    let mut blocking = true;
+    for item in props.into_iter().map(as_property) {
+        match (item.key.as_deref().map(str::to_ascii_lowercase).as_deref(), item.val) {
+            (Some("name"), Val::Word(w)) => name = Some(w.to_ascii_lowercase()),
+            (Some("blocking"), Val::Word(w)) => blocking = parse_bool(&w).ok_or_else(|| err(item.line, "blocking: expected true or false".into()))?,
+            (Some(k), _) => return Err(err(item.line, format!("unknown AUDIT property '{k}' (supported: name, blocking)"))),
+            (None, _) => return Err(err(item.line, "expected a property (name, blocking)".into())),
+        }
+    }
+    let sql = src[offset..].trim().trim_end_matches(';').trim().to_owned();
+    if sql.is_empty() {
+        return Err(err(sql_line, "no SQL after the AUDIT header".into()));
+    }
+    Ok(AuditDef { name: name.ok_or_else(|| err(1, "AUDIT has no name".into()))?, blocking, sql, path: path.to_owned() })
+}
+
+/// At the top of a header, `grain (a, b)` reads like a call: it is property `grain`
+/// with the tuple `(a, b)`.
+fn as_property(item: Item) -> Item {
+    match item {
+        Item { key: None, val: Val::Call(name, items), line } => Item { key: Some(name), val: Val::Tuple(items), line },
+        other => other,
+    }
+}
+
+/// `true`/`false`, any case.
+pub fn parse_bool(s: &str) -> Option<bool> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    }
+}
+
+fn idents(v: &Val) -> Option<Vec<String>> {
+    match v {
+        Val::Word(w) => Some(vec![w.clone()]),
+        Val::Tuple(items) => items
+            .iter()
+            .map(|i| match (&i.key, &i.val) {
+                (None, Val::Word(w)) => Some(w.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    }
+}
+
+fn parse_kind(v: Val, line: usize, path: &Path) -> Result<Kind, ModelError> {
+    let err = |line, msg: String| ModelError { path: path.to_owned(), line, msg };
+    const KINDS: &str = "FULL, VIEW, INCREMENTAL_BY_UNIQUE_KEY (unique_key (...)), LANDING_INGEST (pattern '...')";
+    let (name, args) = match v {
+        Val::Word(w) => (w, Vec::new()),
+        Val::Call(w, args) => (w, args),
+        _ => return Err(err(line, format!("kind: expected one of {KINDS}"))),
+    };
+    let arg = |key: &str| -> Option<Val> {
+        args.iter().find_map(|i| match (&i.key, &i.val) {
+            (Some(k), v) if k.eq_ignore_ascii_case(key) => Some(v.clone()),
+            (None, Val::Call(k, items)) if k.eq_ignore_ascii_case(key) => Some(Val::Tuple(items.clone())),
+            _ => None,
+        })
+    };
+    let known = |keys: &[&str]| -> Result<(), ModelError> {
+        for i in &args {
+            let k = match (&i.key, &i.val) {
+                (Some(k), _) => k.clone(),
+                (None, Val::Call(k, _)) => k.clone(),
+                _ => return Err(err(i.line, format!("kind {name}: expected key value arguments"))),
+            };
+            if !keys.iter().any(|x| x.eq_ignore_ascii_case(&k)) {
+                return Err(err(i.line, format!("kind {name}: unknown argument '{k}' (supported: {})", keys.join(", "))));
+            }
+        }
+        Ok(())
+    };
+    match name.to_ascii_uppercase().as_str() {
+        "FULL" => {
+            known(&[])?;
+            Ok(Kind::Full)
+        }
+        "VIEW" => {
+            known(&[])?;
+            Ok(Kind::View)
+        }
+        "INCREMENTAL_BY_UNIQUE_KEY" => {
+            known(&["unique_key"])?;
+            let key = arg("unique_key").and_then(|v| idents(&v));
+            let unique_key = key.filter(|k| !k.is_empty()).ok_or_else(|| err(line, "INCREMENTAL_BY_UNIQUE_KEY needs unique_key (col, ...)".into()))?;
+            Ok(Kind::IncrementalByUniqueKey { unique_key })
+        }
+        "LANDING_INGEST" => {
+            known(&["pattern"])?;
+            match arg("pattern") {
+                Some(Val::Str(p)) if !p.starts_with('/') && !p.split('/').any(|s| s == ".." || s.is_empty()) => {
+                    Ok(Kind::LandingIngest { pattern: p })
+                }
+                _ => Err(err(line, "LANDING_INGEST needs pattern 'dir/*/file*.ext', relative to the landing dir".into())),
+            }
+        }
+        other => Err(err(line, format!("unknown kind '{other}' (supported: {KINDS})"))),
+    }
+}
+
+fn audit_call(item: Item, path: &Path) -> Result<AuditCall, ModelError> {
+    let err = |line, msg: String| ModelError { path: path.to_owned(), line, msg };
+    let (name, args) = match item.val {
+        Val::Word(w) => (w, Vec::new()),
+        Val::Call(w, args) => (w, args),
+        _ => return Err(err(item.line, "audits: expected audit_name(arg := value, ...)".into())),
+    };
+    let mut out = Vec::new();
+    for a in args {
+        let key = a.key.clone().ok_or_else(|| err(a.line, format!("audit {name}: arguments are key := value")))?;
+        out.push((key.to_ascii_lowercase(), to_arg(a.val, a.line, path)?));
+    }
+    Ok(AuditCall { name: name.to_ascii_lowercase(), args: out, line: item.line })
+}
+
+fn to_arg(v: Val, line: usize, path: &Path) -> Result<Arg, ModelError> {
+    Ok(match v {
+        Val::Word(w) => Arg::Ident(w),
+        Val::Str(s) => Arg::Str(s),
+        Val::Num(n) => Arg::Num(n),
+        Val::Tuple(items) => Arg::Tuple(
+            items.into_iter().map(|i| to_arg(i.val, i.line, path)).collect::<Result<_, _>>()?,
+        ),
+        Val::Call(..) => {
+            return Err(ModelError { path: path.to_owned(), line, msg: "audit arguments cannot be calls".into() });
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(src: &str) -> Result<Model, String> {
+        parse_model(src, Path::new("m.sql")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn parses_the_supported_header() {
+        let m = p("-- leading comment\nMODEL (\n  name Serving.X,\n  kind INCREMENTAL_BY_UNIQUE_KEY (unique_key (a, b)),\n  grain (a, b),\n  description 'it''s',\n  column_descriptions (a = 'the a'),\n  audits (not_null(columns := (a, b)), number_of_rows(threshold := 1), custom(blocking := false)),\n);\nSELECT 1 AS a, 2 AS b;\n").unwrap();
+        assert_eq!(m.name, "serving.x");
+        assert_eq!(m.kind, Kind::IncrementalByUniqueKey { unique_key: vec!["a".into(), "b".into()] });
+        assert_eq!(m.grain, ["a", "b"]);
+        assert_eq!(m.description.as_deref(), Some("it's"));
+        assert_eq!(m.column_descriptions, [("a".to_owned(), "the a".to_owned())]);
+        assert_eq!(m.audits.len(), 3);
+        assert_eq!(m.audits[0].args[0].1.idents().unwrap(), ["a", "b"]);
+        assert_eq!(m.sql, "SELECT 1 AS a, 2 AS b");
+        assert_eq!(m.sql_line, 10);
+        let m = p("MODEL (name raw.psd, kind LANDING_INGEST (pattern 'psd/*/*/*.csv.gzip')); SELECT 1").unwrap();
+        assert_eq!(m.kind, Kind::LandingIngest { pattern: "psd/*/*/*.csv.gzip".into() });
+        let m = p("MODEL (name a.b, kind INCREMENTAL_BY_UNIQUE_KEY (unique_key := id)); SELECT 1").unwrap();
+        assert_eq!(m.kind, Kind::IncrementalByUniqueKey { unique_key: vec!["id".into()] });
+    }
+
+    #[test]
+    fn errors_name_the_file_and_line() {
+        assert_eq!(
+            p("MODEL (\n name a.b,\n kind FULL,\n cron '@daily'\n);\nSELECT 1").unwrap_err(),
+            "m.sql:4: unknown MODEL property 'cron' (supported: name, kind, grain, description, column_descriptions, audits)"
+        );
+        assert_eq!(p("MODEL (name a.b,\n kind SCD_TYPE_2); SELECT 1").unwrap_err().split(" (supported").next().unwrap(), "m.sql:2: unknown kind 'SCD_TYPE_2'");
+        assert!(p("MODEL (name ab, kind FULL); SELECT 1").unwrap_err().contains("expected schema.table"));
+        assert!(p("MODEL (name a.b, kind FULL);").unwrap_err().contains("no SQL after the MODEL header"));
+        assert!(p("MODEL (name a.b, kind FULL").unwrap_err().contains("unclosed"));
+        assert!(p("SELECT 1").unwrap_err().starts_with("m.sql:1: expected the file to start with MODEL"));
+        assert!(p("MODEL (name a.b, kind LANDING_INGEST (pattern '../x/*')); SELECT 1").unwrap_err().contains("relative to the landing dir"));
+        assert!(p("MODEL (name a.b, kind FULL (x 1)); SELECT 1").unwrap_err().contains("unknown argument 'x'"));
+    }
+
+    #[test]
+    fn audit_files() {
+        let a = parse_audit("AUDIT (name Bal, blocking false);\nSELECT * FROM @this_model WHERE x < 0;", Path::new("a.sql")).unwrap();
+        assert_eq!((a.name.as_str(), a.blocking, a.sql.as_str()), ("bal", false, "SELECT * FROM @this_model WHERE x < 0"));
+        assert!(parse_audit("AUDIT (name x, severity 1); SELECT 1", Path::new("a.sql")).unwrap_err().to_string().contains("unknown AUDIT property 'severity'"));
+    }
+}
