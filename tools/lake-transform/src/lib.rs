@@ -12,6 +12,7 @@ pub mod audit;
 pub mod engine;
 pub mod model;
 pub mod project;
+pub mod unittest;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -62,6 +63,11 @@ enum Command {
         #[arg(long)]
         rebuild: bool,
     },
+    /// Run the model unit tests (models/tests/*.toml) in an in-memory DuckDB.
+    Test {
+        /// Only the tests whose name contains this.
+        filter: Option<String>,
+    },
 }
 
 /// Run the tool.
@@ -71,7 +77,33 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Run { rebuild } => run_models(&cli.common, &models, rebuild),
         Command::Plan { rebuild } => plan(&cli.common, &models, rebuild),
+        Command::Test { filter } => test(&models, filter.as_deref()),
     }
+}
+
+fn test(models: &Path, filter: Option<&str>) -> anyhow::Result<Outcome> {
+    let project = Project::load(models)?;
+    let cases = unittest::load(models, &project)?;
+    let cases: Vec<_> = cases.iter().filter(|c| filter.is_none_or(|f| c.name.contains(f))).collect();
+    if cases.is_empty() {
+        return Err(materia_common::exit::Usage(format!("no model tests in {}/tests match", models.display())).into());
+    }
+    let scratch = tempfile::tempdir().context("creating a scratch dir")?;
+    let mut failed = 0;
+    for case in &cases {
+        match unittest::run_case(&project, case, scratch.path()) {
+            Ok(()) => println!("ok\t{}", case.name),
+            Err(e) => {
+                failed += 1;
+                println!("FAILED\t{}\t{}: {}", case.name, case.path.display(), materia_common::exit::one_line(&e));
+            }
+        }
+    }
+    println!("{} passed, {failed} failed", cases.len() - failed);
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} model tests failed", cases.len());
+    }
+    Ok(Outcome::Changed)
 }
 
 /// `models/` beside a release's `bin/`, else the models of this source tree.

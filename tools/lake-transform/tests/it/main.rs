@@ -453,3 +453,43 @@ fn plan_touches_nothing_and_no_landing_files_means_nothing_to_do() {
     assert!(!env.data.join("lakehouse.duckdb").exists());
     assert_eq!(env.run(&["run"]).code, 3);
 }
+
+#[test]
+fn every_shipped_model_has_a_passing_unit_test() {
+    let env = Env::new();
+    let run = env.run(&["test"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.ends_with("7 passed, 0 failed\n"), "{}", run.stdout);
+    let tests = std::fs::read_to_string(env.models.join("tests/psd.toml")).unwrap();
+    let mut models = 0;
+    for f in std::fs::read_dir(&env.models).unwrap() {
+        let src = std::fs::read_to_string(f.unwrap().path()).unwrap_or_default();
+        if let Some(name) = src.lines().find_map(|l| l.trim().strip_prefix("name ")) {
+            let name = name.trim_end_matches(',');
+            models += 1;
+            assert!(tests.contains(&format!("model = \"{name}\"")), "no unit test for {name}");
+        }
+    }
+    assert_eq!(models, 7);
+    assert!(!env.data.exists(), "unit tests never touch the data dir");
+}
+
+#[test]
+fn a_failing_unit_test_says_which_row_and_exits_non_zero() {
+    let mut env = Env::new();
+    let models = env.own_models();
+    let path = models.join("tests/psd.toml");
+    let src = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, src.replace("change = 1.5 }", "change = 1.25 }")).unwrap();
+    let run = env.run(&["test", "revisions"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let line = run.stdout.lines().find(|l| l.starts_with("FAILED\t")).unwrap();
+    assert!(line.contains("revisions_compare_with_the_previous_release_that_had_the_value") && line.contains("change = 1.25"), "{line}");
+    assert!(run.stdout.contains("0 passed, 1 failed"), "{}", run.stdout);
+    assert!(run.error_line().ends_with("1 of 1 model tests failed"), "{}", run.error_line());
+
+    std::fs::write(&path, format!("{src}\n[x]\nmodel = \"serving.releases\"\nrows = []\noutputs = []\n")).unwrap();
+    let run = env.run(&["test"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.error_line().contains("test x: unknown key 'rows'"), "{}", run.error_line());
+}

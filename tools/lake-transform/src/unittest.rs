@@ -1,0 +1,189 @@
+//! Model unit tests, as in SQLMesh: input rows for upstream tables, the rows a model
+//! must return. Files `models/tests/*.toml`, one table per test:
+//!
+//! ```toml
+//! [test_stocks_to_use]
+//! model = "serving.commodity_balance"
+//! inputs."serving.attribute_values" = [
+//!   { commodity_code = "0711100", country_code = "BR", market_year = 2023, attribute_id = "176", value = 10.0, release = 2024-01-01 },
+//! ]
+//! outputs = [ { country_code = "BR", ending_stocks = 10.0 } ]
+//! ```
+//!
+//! An ingest model takes `landing_csv = """..."""` (the CSV of one landed file,
+//! landed as `psd/2024/01/test.csv.gzip`) instead of `inputs`. Each test runs in its own
+//! in-memory DuckDB. Outputs are compared as a multiset of rows on the columns the
+//! expected rows name; floats within 1e-9 (relative); TOML dates are DATEs.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, anyhow};
+use duckdb::Connection;
+use materia_common::exit::Usage;
+
+use crate::model::Kind;
+use crate::project::Project;
+
+/// One test case.
+#[derive(Debug)]
+pub struct Case {
+    /// Test name.
+    pub name: String,
+    /// The file it is in.
+    pub path: PathBuf,
+    model: String,
+    inputs: Vec<(String, Vec<toml::Table>)>,
+    landing_csv: Option<String>,
+    outputs: Vec<toml::Table>,
+}
+
+/// Every test case in `dir/tests/*.toml`, sorted by file and name.
+pub fn load(dir: &Path, project: &Project) -> anyhow::Result<Vec<Case>> {
+    let tests = dir.join("tests");
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(&tests) {
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "toml")).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(anyhow!(e).context(format!("reading {}", tests.display()))),
+    };
+    files.sort();
+    let mut cases = Vec::new();
+    for path in files {
+        let src = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let doc: toml::Table = src.parse().map_err(|e: toml::de::Error| Usage(format!("{}: {}", path.display(), e.to_string().lines().next().unwrap_or(""))))?;
+        for (name, body) in doc {
+            let bad = |msg: &str| Usage(format!("{}: test {name}: {msg}", path.display()));
+            let body = body.as_table().ok_or_else(|| bad("expected a table"))?;
+            for key in body.keys() {
+                if !["model", "inputs", "outputs", "landing_csv", "description"].contains(&key.as_str()) {
+                    return Err(bad(&format!("unknown key '{key}' (supported: model, inputs, outputs, landing_csv, description)")).into());
+                }
+            }
+            let model = body.get("model").and_then(|v| v.as_str()).ok_or_else(|| bad("needs model = \"schema.table\""))?.to_ascii_lowercase();
+            if project.model(&model).is_none() {
+                return Err(bad(&format!("model {model} does not exist")).into());
+            }
+            let rows = |v: &toml::Value, what: &str| -> anyhow::Result<Vec<toml::Table>> {
+                v.as_array()
+                    .ok_or_else(|| bad(&format!("{what}: expected an array of rows")))?
+                    .iter()
+                    .map(|r| r.as_table().cloned().ok_or_else(|| bad(&format!("{what}: each row is a {{ column = value }} table")).into()))
+                    .collect()
+            };
+            let mut inputs = Vec::new();
+            if let Some(t) = body.get("inputs") {
+                for (table, v) in t.as_table().ok_or_else(|| bad("inputs: expected a table of upstream tables"))? {
+                    inputs.push((table.to_ascii_lowercase(), rows(v, table)?));
+                }
+            }
+            let outputs = rows(body.get("outputs").ok_or_else(|| bad("needs outputs = [ ... ]"))?, "outputs")?;
+            let landing_csv = body.get("landing_csv").and_then(|v| v.as_str()).map(str::to_owned);
+            cases.push(Case { name, path: path.clone(), model, inputs, landing_csv, outputs });
+        }
+    }
+    Ok(cases)
+}
+
+/// Run one case; `Err` says why it failed.
+pub fn run_case(project: &Project, case: &Case, scratch: &Path) -> anyhow::Result<()> {
+    let m = project.model(&case.model).ok_or_else(|| anyhow!("no model {}", case.model))?;
+    let conn = Connection::open_in_memory()?;
+    for (table, rows) in &case.inputs {
+        let (schema, _) = table.split_once('.').ok_or_else(|| anyhow!("input {table}: expected schema.table"))?;
+        conn.execute_batch(&format!("CREATE SCHEMA IF NOT EXISTS {schema}; CREATE TABLE {table} AS {}", values_sql(rows)?))
+            .with_context(|| format!("creating input {table}"))?;
+    }
+    let mut sql = m.sql.replace("@run_id", "0");
+    if let Kind::LandingIngest { .. } = m.kind {
+        let csv = case.landing_csv.as_deref().ok_or_else(|| anyhow!("an ingest model's test needs landing_csv"))?;
+        let file = scratch.join(format!("{}/psd/2024/01/test.csv.gzip", case.name));
+        std::fs::create_dir_all(file.parent().unwrap_or(scratch))?;
+        let mut gz = flate2::write::GzEncoder::new(std::fs::File::create(&file)?, flate2::Compression::fast());
+        gz.write_all(csv.as_bytes())?;
+        gz.finish()?;
+        sql = sql.replace("@landing_files", &format!("['{}']", file.display().to_string().replace('\'', "''")));
+    }
+    let mut st = conn.prepare(&format!("SELECT to_json(sub)::VARCHAR FROM ({sql}) sub")).context("running the model")?;
+    let actual: Vec<serde_json::Map<String, serde_json::Value>> = st
+        .query_map([], |r| r.get::<_, String>(0))?
+        .map(|s| -> anyhow::Result<_> { Ok(serde_json::from_str(&s?)?) })
+        .collect::<anyhow::Result<_>>()?;
+    compare(&case.outputs, &actual)
+}
+
+fn compare(expected: &[toml::Table], actual: &[serde_json::Map<String, serde_json::Value>]) -> anyhow::Result<()> {
+    if expected.len() != actual.len() {
+        return Err(anyhow!("expected {} rows, got {}: {}", expected.len(), actual.len(), preview(actual)));
+    }
+    let mut used = vec![false; actual.len()];
+    for want in expected {
+        for col in want.keys() {
+            if actual.first().is_some_and(|a| !a.contains_key(col)) {
+                return Err(anyhow!("the model has no column {col}"));
+            }
+        }
+        let hit = actual.iter().enumerate().find(|(i, got)| !used[*i] && want.iter().all(|(k, v)| same(v, got.get(k))));
+        match hit {
+            Some((i, _)) => used[i] = true,
+            None => return Err(anyhow!("expected row {} not in the output: {}", toml_row(want), preview(actual))),
+        }
+    }
+    Ok(())
+}
+
+fn same(want: &toml::Value, got: Option<&serde_json::Value>) -> bool {
+    use serde_json::Value as J;
+    use toml::Value as T;
+    let Some(got) = got else { return false };
+    match (want, got) {
+        (T::String(s), J::String(g)) => s == g,
+        (T::String(s), J::Null) => s == "NULL",
+        (T::Integer(i), J::Number(n)) => n.as_f64() == Some(*i as f64),
+        (T::Float(f), J::Number(n)) => n.as_f64().is_some_and(|g| (g - f).abs() <= 1e-9 * f.abs().max(1.0)),
+        (T::Boolean(b), J::Bool(g)) => b == g,
+        // DuckDB writes timestamps with a space where TOML has a T.
+        (T::Datetime(d), J::String(g)) => d.to_string().replace('T', " ") == *g,
+        _ => false,
+    }
+}
+
+fn toml_row(t: &toml::Table) -> String {
+    toml::Value::Table(t.clone()).to_string().replace('\n', ", ").trim_end_matches(", ").to_owned()
+}
+
+fn preview(rows: &[serde_json::Map<String, serde_json::Value>]) -> String {
+    let shown: Vec<String> = rows.iter().take(3).map(|r| serde_json::Value::Object(r.clone()).to_string()).collect();
+    format!("[{}{}]", shown.join(", "), if rows.len() > 3 { ", ..." } else { "" })
+}
+
+/// `SELECT * FROM (VALUES ...) t(cols)` for TOML rows; a key missing from a row is NULL.
+fn values_sql(rows: &[toml::Table]) -> anyhow::Result<String> {
+    let mut cols: Vec<String> = Vec::new();
+    for r in rows {
+        for k in r.keys() {
+            if !cols.contains(k) {
+                cols.push(k.clone());
+            }
+        }
+    }
+    if rows.is_empty() || cols.is_empty() {
+        return Err(anyhow!("an input needs at least one row with columns"));
+    }
+    let tuples = rows
+        .iter()
+        .map(|r| cols.iter().map(|c| r.get(c).map_or(Ok("NULL".to_owned()), literal)).collect::<anyhow::Result<Vec<_>>>().map(|v| format!("({})", v.join(", "))))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(format!("SELECT * FROM (VALUES {}) t({})", tuples.join(", "), cols.join(", ")))
+}
+
+fn literal(v: &toml::Value) -> anyhow::Result<String> {
+    Ok(match v {
+        toml::Value::String(s) => format!("'{}'", s.replace('\'', "''")),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => format!("CAST({f:?} AS DOUBLE)"),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Datetime(d) if d.time.is_none() => format!("DATE '{d}'"),
+        toml::Value::Datetime(d) => format!("TIMESTAMP '{d}'"),
+        other => return Err(anyhow!("unsupported input value {other}")),
+    })
+}
