@@ -12,8 +12,8 @@
 #
 # Steps, in pipeline order:
 #   1. psd-extract     fetch (or import) PSD releases into DIR/landing
-# lake-transform, serve-export and landing-backup join this list as they are built
-# (their issues); until then the pipeline ends after the landing zone.
+#   2. lake-transform  run the SQL models (tools/lake-transform/models) into DIR/lakehouse.duckdb
+# serve-export and landing-backup join this list as they are built (their issues).
 #
 # Exit: 0 when every step succeeded or had nothing to do; otherwise the failing
 # step's exit code (see ARCHITECTURE.md, "Exit codes").
@@ -46,6 +46,7 @@ else
     bin=$CARGO_TARGET_DIR/release
 fi
 export MATERIA_DATA_DIR=$data_dir
+export MATERIA_MODELS=${MATERIA_MODELS:-$PWD/tools/lake-transform/models}
 
 # Run one step; "nothing to do" (exit 3) counts as success.
 step() {
@@ -64,4 +65,5 @@ if [[ -n $import ]]; then
 else
     step psd-extract
 fi
+step lake-transform run
 echo "run-all: done; data in $data_dir" >&2

@@ -13,8 +13,8 @@ fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap().to_owned(); // target/debug/deps -> target/debug
     assert!(
-        dir.join("psd-extract").exists(),
-        "psd-extract is not built in {}: run the tests with `cargo test --workspace`",
+        dir.join("psd-extract").exists() && dir.join("lake-transform").exists(),
+        "the tools are not built in {}: run the tests with `cargo test --workspace`",
         dir.display()
     );
     dir
@@ -57,18 +57,31 @@ fn run_all_offline_lands_the_real_release_and_is_idempotent() {
     assert_eq!(rows, 77_957);
     assert!(data.join("landing").join(&path).exists());
     assert!(data.join("triggers/landing.updated").exists());
+    assert!(data.join("lakehouse.duckdb").exists());
+    assert!(data.join("triggers/lakehouse.updated").exists());
+    let (models, rows): (i64, i64) = db
+        .query_row(
+            "SELECT count(*), max(rows) FILTER (WHERE model = 'serving.commodity_balance') FROM model_runs WHERE action = 'build'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((models, rows), (7, 4103));
 
     // A second run finds nothing new and still succeeds.
     let out = run_all(&data, &["--import", zip, "--release", "2022-12"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let statuses: Vec<String> = db
-        .prepare("SELECT status FROM extraction_runs ORDER BY run_id")
+        .prepare("SELECT tool || ' ' || status FROM runs ORDER BY run_id")
         .unwrap()
         .query_map([], |r| r.get(0))
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    assert_eq!(statuses, ["success", "unchanged"]);
+    assert_eq!(
+        statuses,
+        ["psd-extract success", "lake-transform success", "psd-extract unchanged", "lake-transform unchanged"]
+    );
 }
 
 #[test]

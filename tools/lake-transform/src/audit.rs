@@ -57,10 +57,10 @@ pub fn resolve(call: &AuditCall, table: &str, custom: Option<&AuditDef>) -> Resu
         "number_of_rows" => &["threshold"],
         _ => &[],
     };
-    if custom.is_none() {
-        if let Some(k) = args.keys().find(|k| !allowed.contains(k)) {
-            return Err(format!("{}: unknown argument '{k}' (supported: {}, blocking)", call.name, allowed.join(", ")));
-        }
+    if custom.is_none()
+        && let Some(k) = args.keys().find(|k| !allowed.contains(k))
+    {
+        return Err(format!("{}: unknown argument '{k}' (supported: {}, blocking)", call.name, allowed.join(", ")));
     }
     let sql = match (call.name.as_str(), custom) {
         (_, Some(def)) => {

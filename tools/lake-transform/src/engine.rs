@@ -103,7 +103,10 @@ fn has_state(conn: &Connection) -> anyhow::Result<bool> {
     Ok(n > 0)
 }
 
-fn read_state(conn: &Connection) -> anyhow::Result<(HashMap<String, ModelState>, HashMap<String, Vec<LedgerEntry>>)> {
+/// Fingerprints by model, and loaded landing files by ingest model.
+type EngineState = (HashMap<String, ModelState>, HashMap<String, Vec<LedgerEntry>>);
+
+fn read_state(conn: &Connection) -> anyhow::Result<EngineState> {
     let mut models = HashMap::new();
     let mut ledger: HashMap<String, Vec<LedgerEntry>> = HashMap::new();
     if !has_state(conn)? {

@@ -16,11 +16,26 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 
 /// A state DB failure, with the file it concerns.
 #[derive(Debug, thiserror::Error)]
-#[error("state DB {}: {source}", path.display())]
-pub struct StateError {
-    path: PathBuf,
-    #[source]
-    source: rusqlite::Error,
+pub enum StateError {
+    /// SQLite failed.
+    #[error("state DB {}: {source}", path.display())]
+    Sqlite {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The file was migrated by a newer tool.
+    #[error("state DB {}: schema version {found} is newer than this tool knows ({known}); upgrade the tool", path.display())]
+    TooNew {
+        /// The file.
+        path: PathBuf,
+        /// Its schema version.
+        found: i64,
+        /// The newest this tool knows.
+        known: usize,
+    },
 }
 
 /// Result alias for state DB calls.
@@ -147,7 +162,7 @@ impl RunStatus {
 impl StateDb {
     /// Open (creating if needed) and migrate the state DB at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let err = |source| StateError { path: path.to_owned(), source };
+        let err = |source| StateError::Sqlite { path: path.to_owned(), source };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
@@ -157,13 +172,17 @@ impl StateDb {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(err)?;
+        let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
+        if found > MIGRATIONS.len() as i64 {
+            return Err(StateError::TooNew { path: path.to_owned(), found, known: MIGRATIONS.len() });
+        }
         migrate(&mut conn).map_err(err)?;
         Ok(Self { conn, path: path.to_owned() })
     }
 
     /// Open an existing state DB read-only (status readers; never migrates or creates).
     pub fn open_read_only(path: &Path) -> Result<Self> {
-        let err = |source| StateError { path: path.to_owned(), source };
+        let err = |source| StateError::Sqlite { path: path.to_owned(), source };
         let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
         Ok(Self { conn, path: path.to_owned() })
@@ -181,7 +200,7 @@ impl StateDb {
 
     /// Wrap a rusqlite error with this DB's path.
     pub fn err(&self, source: rusqlite::Error) -> StateError {
-        StateError { path: self.path.clone(), source }
+        StateError::Sqlite { path: self.path.clone(), source }
     }
 
     /// Record the start of a run of `tool`. Call while holding the tool's step lock: any
@@ -243,17 +262,9 @@ impl StateDb {
 
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // Read again inside the transaction: another tool may have migrated meanwhile.
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let version = usize::try_from(version).unwrap_or(usize::MAX);
-    if version > MIGRATIONS.len() {
-        return Err(rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
-            Some(format!(
-                "schema version {version} is newer than this tool knows ({}); upgrade the tool",
-                MIGRATIONS.len()
-            )),
-        ));
-    }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", i as i64 + 1)?;
@@ -298,6 +309,9 @@ mod tests {
         drop(StateDb::open(&path).unwrap());
         Connection::open(&path).unwrap().pragma_update(None, "user_version", 999).unwrap();
         let err = StateDb::open(&path).unwrap_err();
-        assert!(format!("{err}").contains("newer than this tool knows"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!("state DB {}: schema version 999 is newer than this tool knows (2); upgrade the tool", path.display())
+        );
     }
 }

@@ -366,7 +366,7 @@ fn a_second_writer_is_refused_or_waits() {
     let lock = materia_common::lock::Lock::acquire(&env.data.join("lakehouse.duckdb.lock"), Duration::ZERO).unwrap();
     let run = env.run(&["run"]);
     assert_eq!(run.code, 4, "{run:?}");
-    assert!(run.error_line().contains(&format!("the lakehouse is held by another writer")), "{}", run.error_line());
+    assert!(run.error_line().contains("the lakehouse is held by another writer"), "{}", run.error_line());
     assert!(run.error_line().ends_with(&format!("already running (pid {})", std::process::id())), "{}", run.error_line());
     assert!(!env.data.join("lakehouse.duckdb").exists(), "nothing opened");
 
