@@ -493,3 +493,28 @@ fn a_failing_unit_test_says_which_row_and_exits_non_zero() {
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.error_line().contains("test x: unknown key 'rows'"), "{}", run.error_line());
 }
+
+#[test]
+fn an_incremental_by_unique_key_model_merges_new_rows_by_key() {
+    let mut env = Env::new();
+    let models = env.own_models();
+    std::fs::write(
+        models.join("staging_last_production.sql"),
+        "MODEL (\n  name staging.last_production,\n  kind INCREMENTAL_BY_UNIQUE_KEY (unique_key (country_code)),\n  grain (country_code),\n  audits (unique_values(columns := (country_code)))\n);\n\
+         SELECT country_code, value AS production, release FROM staging.psd_values\n\
+         WHERE attribute_id = '028' AND market_year = 2023 AND release = (SELECT max(release) FROM staging.psd_values)",
+    )
+    .unwrap();
+    env.land("psd/2024/01/a.csv.gzip", &csv(&[balance("BR", 2023, 100.0), balance("CO", 2023, 50.0)].concat()));
+    assert_eq!(env.run(&["run"]).code, 0);
+    // The next release revises BR, adds VN and has no CO at all.
+    env.land("psd/2024/02/b.csv.gzip", &csv(&[balance("BR", 2023, 120.0), balance("VN", 2023, 80.0)].concat()));
+    let run = env.run(&["run"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("staging.last_production\tmerge\t3\tupstream staging.psd_values changed"), "{}", run.stdout);
+    assert_eq!(
+        env.rows("SELECT country_code, production, release FROM staging.last_production ORDER BY ALL"),
+        ["BR|120.0|2024-02-01", "CO|50.0|2024-01-01", "VN|80.0|2024-02-01"],
+        "BR replaced, VN added, CO kept: a merge, not a rebuild"
+    );
+}
