@@ -40,30 +40,10 @@ server_pid=$!
 base=http://127.0.0.1:$port
 for _ in $(seq 50); do curl -sf -o /dev/null "$base/" && break; sleep 0.1; done
 
-# measure CMD...: prints "seconds max_rss_kib"; exit 3 (nothing new) counts as success
-measure() {
-    local start end code=0
-    start=$(date +%s%N)
-    /usr/bin/time -f '%M' -o "$work/time" "$@" >/dev/null 2>"$work/stderr" || code=$?
-    end=$(date +%s%N)
-    if [[ $code -ne 0 && $code -ne 3 ]]; then
-        echo "bench: $* failed (exit $code):" >&2
-        cat "$work/stderr" >&2
-        return 1
-    fi
-    echo "$(( (end - start) / 1000 ))e-6 $(tail -n 1 "$work/time")"
-}
+# shellcheck source=scripts/bench/lib.sh
+source scripts/bench/lib.sh
 
-# median of the first column, and of the second, over the lines on stdin
-median() {
-    local lines mid
-    lines=$(cat)
-    mid=$(( ($(wc -l <<<"$lines") + 1) / 2 ))
-    echo "$(cut -d' ' -f1 <<<"$lines" | sort -g | sed -n "${mid}p")" \
-         "$(cut -d' ' -f2 <<<"$lines" | sort -g | sed -n "${mid}p")"
-}
-
-printf '%-22s %-14s %10s %12s %10s %12s %8s %8s\n' input case "ours s" "ours MiB" "peer s" "peer MiB" "time x" "mem x"
+header curl
 for file in "${inputs[@]}"; do
     url=$base/downloads/$file
     # First landing: a fresh data dir each run.
@@ -82,12 +62,6 @@ for file in "${inputs[@]}"; do
     peer_nc=$(for _ in $(seq "$runs"); do
         measure curl -s -z "$work/f.zip" -o "$work/f.zip" "$url"
     done | median)
-    for row in "first landing|$ours|$peer" "no change|$ours_nc|$peer_nc"; do
-        IFS='|' read -r case o p <<<"$row"
-        read -r os om <<<"$o"
-        read -r ps pm <<<"$p"
-        awk -v f="$file" -v c="$case" -v os="$os" -v om="$om" -v ps="$ps" -v pm="$pm" 'BEGIN {
-            printf "%-22s %-14s %10.3f %12.1f %10.3f %12.1f %8.2f %8.2f\n",
-                f, c, os, om/1024, ps, pm/1024, (os > 0 ? ps/os : 0), (om > 0 ? pm/om : 0) }'
-    done
+    row "$file" "first landing" "$ours" "$peer"
+    row "$file" "no change" "$ours_nc" "$peer_nc"
 done

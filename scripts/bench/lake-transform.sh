@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# usage: scripts/bench/lake-transform.sh [HISTORY...]   (default: 1 10 100)
+#
+# lake-transform against SQLMesh on the same models and data. For each HISTORY size N:
+# N synthetic releases made from the real one (gen_releases.py) are landed, then each
+# tool does a first build, a no-change run, and a run after one more release lands.
+# SQLMesh runs the project sqlmesh_project.py writes from lake-transform's own model
+# files (a FULL raw model over every file; the new release is picked up with
+# `plan --restate-model raw.psd`, its equivalent of an ingest). Both use DuckDB 1.5.6.
+# Wall time and peak RSS (GNU time) per step, ratios SQLMesh / lake-transform.
+#
+# Installs SQLMesh 0.236.4 into scripts/bench/.venv on first use (PyPI).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+sizes=("$@")
+((${#sizes[@]})) || sizes=(1 10 100)
+
+real=../shared/fixtures/psd_coffee_csv.zip
+if [[ ! -f $real ]]; then
+    echo "bench: $real is missing: the releases are made from it" >&2
+    exit 1
+fi
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/materia-target}"
+scripts/setup-dev.sh
+cargo build --release --locked --quiet -p lake-transform
+ours=$CARGO_TARGET_DIR/release/lake-transform
+venv=scripts/bench/.venv
+if [[ ! -x $venv/bin/sqlmesh ]]; then
+    echo "bench: installing SQLMesh into $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q 'sqlmesh==0.236.4' 'duckdb==1.5.6'
+fi
+sqlmesh=$(cd "$venv/bin" && pwd)/sqlmesh
+models=$PWD/tools/lake-transform/models
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+# shellcheck source=scripts/bench/lib.sh
+source scripts/bench/lib.sh
+
+max=0
+for n in "${sizes[@]}"; do ((n > max)) && max=$n; done
+echo "bench: making $((max + 1)) synthetic releases" >&2
+python3 scripts/bench/gen_releases.py "$real" "$work/releases" 0 "$((max + 1))"
+
+header sqlmesh
+for n in "${sizes[@]}"; do
+    data=$work/n$n/data
+    mkdir -p "$data/landing"
+    # Releases 0..n-1, hard-linked (landing files are immutable).
+    for i in $(seq 0 $((n - 1))); do
+        src=$(find "$work/releases" -name "synthetic-$i.csv.gzip")
+        dst=$data/landing/${src#"$work/releases/"}
+        mkdir -p "$(dirname "$dst")"
+        ln "$src" "$dst"
+    done
+    project=$work/n$n/sqlmesh
+    python3 scripts/bench/sqlmesh_project.py "$models" "$project" "$data/landing" "$work/n$n/warehouse.duckdb"
+    lt() { measure "$ours" -q --data-dir "$data" --models "$models" run; }
+    sm() { (cd "$project" && measure "$sqlmesh" "$@"); }
+
+    o_first=$(lt); s_first=$(sm plan --auto-apply --no-prompts)
+    o_same=$(lt); s_same=$(sm run)
+    src=$(find "$work/releases" -name "synthetic-$n.csv.gzip")
+    dst=$data/landing/${src#"$work/releases/"}
+    mkdir -p "$(dirname "$dst")"
+    ln "$src" "$dst"
+    o_new=$(lt); s_new=$(sm plan --restate-model raw.psd --auto-apply --no-prompts)
+
+    row "$n releases" "first build" "$o_first" "$s_first"
+    row "$n releases" "no change" "$o_same" "$s_same"
+    row "$n releases" "+1 release" "$o_new" "$s_new"
+done

@@ -1,0 +1,46 @@
+#!/usr/bin/env python3
+"""Write the SQLMesh project equivalent to lake-transform's models.
+
+usage: sqlmesh_project.py MODELS_DIR OUT_DIR LANDING_DIR DB_FILE
+
+The model files are SQLMesh syntax already; the only differences are lake-transform's
+own: the LANDING_INGEST kind becomes FULL (SQLMesh re-reads every file on each build),
+@landing_files becomes a glob of every landed file, @run_id becomes 0.
+"""
+import os
+import re
+import shutil
+import sys
+
+
+def main():
+    models, out, landing, db = sys.argv[1:5]
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(os.path.join(out, "models"))
+    os.makedirs(os.path.join(out, "audits"))
+    glob = os.path.join(os.path.abspath(landing), "psd/*/*/*.csv.gzip")
+    for name in sorted(os.listdir(models)):
+        if not name.endswith(".sql"):
+            continue
+        sql = open(os.path.join(models, name)).read()
+        sql = re.sub(r"kind LANDING_INGEST \(pattern '[^']*'\)", "kind FULL", sql)
+        sql = sql.replace("@landing_files", f"'{glob}'").replace("@run_id", "0")
+        open(os.path.join(out, "models", name), "w").write(sql)
+    for name in sorted(os.listdir(os.path.join(models, "audits"))):
+        shutil.copy(os.path.join(models, "audits", name), os.path.join(out, "audits", name))
+    with open(os.path.join(out, "config.yaml"), "w") as f:
+        f.write(
+            "gateways:\n"
+            "  local:\n"
+            "    connection:\n"
+            "      type: duckdb\n"
+            f"      database: {os.path.abspath(db)}\n"
+            "default_gateway: local\n"
+            "model_defaults:\n"
+            "  dialect: duckdb\n"
+            "  start: 2024-01-01\n"
+        )
+
+
+if __name__ == "__main__":
+    main()
