@@ -4,8 +4,9 @@
 usage: sqlmesh_project.py MODELS_DIR OUT_DIR LANDING_DIR DB_FILE
 
 The model files are SQLMesh syntax already; the only differences are lake-transform's
-own: the LANDING_INGEST kind becomes FULL (SQLMesh re-reads every file on each build),
-@landing_files becomes a glob of every landed file, @run_id becomes 0.
+own: LANDING_INGEST and INCREMENTAL_BY_PARTITION (a merge of only the rows a run
+loaded) become FULL, as a SQLMesh user would write them (re-reading every file on each
+build); @landing_files becomes a glob of every landed file, @run_id 0, @is_incremental FALSE.
 """
 import os
 import re
@@ -24,7 +25,9 @@ def main():
             continue
         sql = open(os.path.join(models, name)).read()
         sql = re.sub(r"kind LANDING_INGEST \(pattern '[^']*'\)", "kind FULL", sql)
-        sql = sql.replace("@landing_files", f"'{glob}'").replace("@run_id", "0")
+        sql = sql.replace("kind INCREMENTAL_BY_PARTITION", "kind FULL")
+        sql = re.sub(r"\n\s*partitioned_by \([^)]*\),", "", sql)
+        sql = sql.replace("@landing_files", f"'{glob}'").replace("@run_id", "0").replace("@is_incremental", "FALSE")
         open(os.path.join(out, "models", name), "w").write(sql)
     for name in sorted(os.listdir(os.path.join(models, "audits"))):
         shutil.copy(os.path.join(models, "audits", name), os.path.join(out, "audits", name))

@@ -12,11 +12,5 @@ MODEL (
 
 SELECT commodity_code, country_code, market_year, attribute_id, attribute,
        release, previous_release, value, previous_value, value - previous_value AS change
-FROM (
-  SELECT *,
-         lag(release) OVER w AS previous_release,
-         lag(value) OVER w AS previous_value
-  FROM staging.psd_values
-  WINDOW w AS (PARTITION BY commodity_code, country_code, market_year, attribute_id ORDER BY release)
-)
+FROM staging.psd_changes
 WHERE previous_release IS NOT NULL AND value IS DISTINCT FROM previous_value

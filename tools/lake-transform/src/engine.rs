@@ -189,7 +189,7 @@ pub fn plan(project: &Project, conn: Option<&Connection>, landing: &Path, rebuil
                     (None, Some(u)) => (Action::Build, format!("upstream {u} changed"), Vec::new()),
                     (None, None) => (Action::Skip, "unchanged".into(), Vec::new()),
                 },
-                Kind::IncrementalByUniqueKey { .. } => match (why_build, ran_up) {
+                Kind::IncrementalByUniqueKey { .. } | Kind::IncrementalByPartition { .. } => match (why_build, ran_up) {
                     (Some(why), _) => (Action::Build, why, Vec::new()),
                     (None, Some(u)) => (Action::Merge, format!("upstream {u} changed"), Vec::new()),
                     (None, None) => (Action::Skip, "unchanged".into(), Vec::new()),
@@ -398,6 +398,10 @@ fn run_in_tx(project: &Project, conn: &Connection, steps: &[Step], run_id: i64, 
         let loaded = execute(m, conn, step, run_id)
             .map_err(first_line)
             .with_context(|| format!("building {} ({})", m.name, m.path.display()))?;
+        // Appends and merges audit their batch (as SQLMesh audits the processed
+        // intervals), so a run's cost follows the new data; builds audit the table.
+        let batch = matches!(step.action, Action::Append(_) | Action::Merge);
+        let audited = if batch { BATCH } else { m.name.as_str() };
         let rows: Option<i64> = if m.kind == Kind::View {
             None
         } else {
@@ -407,7 +411,10 @@ fn run_in_tx(project: &Project, conn: &Connection, steps: &[Step], run_id: i64, 
         let duration_ms = start.elapsed().as_millis() as u64;
         log::info!("{}: {} ({}){}", m.name, step.action.label(), step.reason, rows.map(|r| format!(", {r} rows")).unwrap_or_default());
         out.models.push(ModelResult { model: m.name.clone(), action: step.action.label(), reason: step.reason.clone(), rows, duration_ms });
-        run_audits(project, conn, m, out)?;
+        run_audits(project, conn, m, audited, out)?;
+        if batch {
+            conn.execute_batch(&format!("DROP TABLE {BATCH}"))?;
+        }
     }
     Ok(())
 }
@@ -423,10 +430,15 @@ fn first_line(e: anyhow::Error) -> anyhow::Error {
     anyhow!(first)
 }
 
+/// The temp table holding an append's or a merge's new rows.
+const BATCH: &str = "__materia_batch";
+
 /// Run the model's step; returns the landing files it loaded (with their sha256).
+/// Appends and merges leave their new rows in [`BATCH`] for the audits.
 fn execute(m: &Model, conn: &Connection, step: &Step, run_id: i64) -> anyhow::Result<Vec<(LandingFile, String)>> {
     conn.execute_batch(&format!("CREATE SCHEMA IF NOT EXISTS {}", m.schema()))?;
-    let sql = m.sql.replace("@run_id", &run_id.to_string());
+    let incremental = if step.action == Action::Merge { "TRUE" } else { "FALSE" };
+    let sql = m.sql.replace("@run_id", &run_id.to_string()).replace("@is_incremental", incremental);
     let files: &[LandingFile] = match &step.action {
         Action::Append(f) => f,
         Action::Build => &step.all_files,
@@ -442,24 +454,32 @@ fn execute(m: &Model, conn: &Connection, step: &Step, run_id: i64) -> anyhow::Re
     } else {
         sql
     };
+    let name = &m.name;
+    let matching = |cols: &[String]| cols.iter().map(|k| format!("t.{k} IS NOT DISTINCT FROM n.{k}")).collect::<Vec<_>>().join(" AND ");
     match (&step.action, &m.kind) {
-        (Action::Build, Kind::View) => conn.execute_batch(&format!("CREATE OR REPLACE VIEW {} AS {sql}", m.name))?,
+        (Action::Build, Kind::View) => conn.execute_batch(&format!("CREATE OR REPLACE VIEW {name} AS {sql}"))?,
         (Action::Build, Kind::LandingIngest { .. }) => {
-            conn.execute("DELETE FROM _materia.landing_ledger WHERE model = ?", [&m.name])?;
-            conn.execute_batch(&format!("CREATE OR REPLACE TABLE {} AS {sql}", m.name))?;
+            conn.execute("DELETE FROM _materia.landing_ledger WHERE model = ?", [name])?;
+            conn.execute_batch(&format!("CREATE OR REPLACE TABLE {name} AS {sql}"))?;
         }
-        (Action::Build, _) => conn.execute_batch(&format!("CREATE OR REPLACE TABLE {} AS {sql}", m.name))?,
-        (Action::Append(_), _) => conn.execute_batch(&format!("INSERT INTO {} {sql}", m.name))?,
-        (Action::Merge, Kind::IncrementalByUniqueKey { unique_key }) => {
-            let on = unique_key.iter().map(|k| format!("t.{k} IS NOT DISTINCT FROM n.{k}")).collect::<Vec<_>>().join(" AND ");
-            conn.execute_batch(&format!(
-                "CREATE OR REPLACE TEMP TABLE __materia_new AS {sql};
-                 DELETE FROM {name} t USING __materia_new n WHERE {on};
-                 INSERT INTO {name} SELECT * FROM __materia_new;
-                 DROP TABLE __materia_new;",
-                name = m.name
-            ))?
-        }
+        (Action::Build, _) => conn.execute_batch(&format!("CREATE OR REPLACE TABLE {name} AS {sql}"))?,
+        (Action::Append(_), _) => conn.execute_batch(&format!(
+            "CREATE OR REPLACE TEMP TABLE {BATCH} AS {sql};
+             INSERT INTO {name} SELECT * FROM {BATCH};"
+        ))?,
+        (Action::Merge, Kind::IncrementalByUniqueKey { unique_key }) => conn.execute_batch(&format!(
+            "CREATE OR REPLACE TEMP TABLE {BATCH} AS {sql};
+             DELETE FROM {name} t USING {BATCH} n WHERE {on};
+             INSERT INTO {name} SELECT * FROM {BATCH};",
+            on = matching(unique_key)
+        ))?,
+        (Action::Merge, Kind::IncrementalByPartition { partitioned_by }) => conn.execute_batch(&format!(
+            "CREATE OR REPLACE TEMP TABLE {BATCH} AS {sql};
+             DELETE FROM {name} t USING (SELECT DISTINCT {cols} FROM {BATCH}) n WHERE {on};
+             INSERT INTO {name} SELECT * FROM {BATCH};",
+            cols = partitioned_by.join(", "),
+            on = matching(partitioned_by)
+        ))?,
         (a, k) => anyhow::bail!("cannot {} a {k} model", a.label()),
     }
     Ok(loaded)
@@ -478,9 +498,9 @@ fn record_model(conn: &Connection, m: &Model, fp: &str, rows: Option<i64>, run_i
     Ok(())
 }
 
-fn run_audits(project: &Project, conn: &Connection, m: &Model, out: &mut RunOutcome) -> anyhow::Result<()> {
+fn run_audits(project: &Project, conn: &Connection, m: &Model, table: &str, out: &mut RunOutcome) -> anyhow::Result<()> {
     for call in &m.audits {
-        let a = audit::resolve(call, &m.name, project.audits.get(&call.name))
+        let a = audit::resolve(call, table, project.audits.get(&call.name))
             .map_err(|e| materia_common::exit::Usage(format!("{}:{}: {e}", m.path.display(), call.line)))?;
         let failing: i64 = conn
             .query_row(&format!("SELECT count(*) FROM ({})", a.sql), [], |r| r.get(0))

@@ -4,6 +4,7 @@
 //! MODEL (
 //!   name serving.commodity_balance,
 //!   kind FULL,                       -- FULL | VIEW | INCREMENTAL_BY_UNIQUE_KEY (unique_key (a, b))
+//!                                    -- | INCREMENTAL_BY_PARTITION (with partitioned_by (a, b))
 //!                                    -- | LANDING_INGEST (pattern 'psd/*/*/*.csv.gzip')
 //!   grain (commodity_code, country_code, market_year),
 //!   description 'One row per …',
@@ -48,6 +49,12 @@ pub enum Kind {
         /// The key columns.
         unique_key: Vec<String>,
     },
+    /// Partitions replaced: every partition present in the new result replaces the
+    /// stored one (the model's `partitioned_by`).
+    IncrementalByPartition {
+        /// The partition columns.
+        partitioned_by: Vec<String>,
+    },
     /// Raw landing files: each file matching `pattern` (relative to the landing dir) is
     /// loaded once; the SQL reads `@landing_files`.
     LandingIngest {
@@ -63,6 +70,9 @@ impl fmt::Display for Kind {
             Kind::View => write!(f, "VIEW"),
             Kind::IncrementalByUniqueKey { unique_key } => {
                 write!(f, "INCREMENTAL_BY_UNIQUE_KEY (unique_key ({}))", unique_key.join(", "))
+            }
+            Kind::IncrementalByPartition { partitioned_by } => {
+                write!(f, "INCREMENTAL_BY_PARTITION, partitioned_by ({})", partitioned_by.join(", "))
             }
             Kind::LandingIngest { pattern } => write!(f, "LANDING_INGEST (pattern '{pattern}')"),
         }
@@ -429,7 +439,7 @@ fn header(src: &str, keyword: &str, path: &Path) -> Result<(Vec<Item>, usize, us
     Ok((props, p.lex.pos + lead, line))
 }
 
-const MODEL_PROPS: &str = "name, kind, grain, description, column_descriptions, audits";
+const MODEL_PROPS: &str = "name, kind, partitioned_by, grain, description, column_descriptions, audits";
 
 /// Parse a model file.
 pub fn parse_model(src: &str, path: &Path) -> Result<Model, ModelError> {
@@ -438,6 +448,7 @@ pub fn parse_model(src: &str, path: &Path) -> Result<Model, ModelError> {
     let mut name = None;
     let mut kind = None;
     let mut grain = Vec::new();
+    let mut partitioned_by = None;
     let mut description = None;
     let mut column_descriptions = Vec::new();
     let mut audits = Vec::new();
@@ -456,6 +467,10 @@ pub fn parse_model(src: &str, path: &Path) -> Result<Model, ModelError> {
             }
             ("kind", v) => kind = Some(parse_kind(v, line, path)?),
             ("grain", v) => grain = idents(&v).ok_or_else(|| err(line, "grain: expected a column or (a, b, ...)".into()))?,
+            ("partitioned_by", v) => {
+                partitioned_by =
+                    Some(idents(&v).ok_or_else(|| err(line, "partitioned_by: expected a column or (a, b, ...)".into()))?)
+            }
             ("description", Val::Str(s)) => description = Some(s),
             ("column_descriptions", Val::Tuple(items)) => {
                 for i in items {
@@ -482,7 +497,15 @@ pub fn parse_model(src: &str, path: &Path) -> Result<Model, ModelError> {
         }
     }
     let name = name.ok_or_else(|| err(1, "MODEL has no name".into()))?;
-    let kind = kind.ok_or_else(|| err(1, "MODEL has no kind".into()))?;
+    let mut kind = kind.ok_or_else(|| err(1, "MODEL has no kind".into()))?;
+    match (&mut kind, partitioned_by) {
+        (Kind::IncrementalByPartition { partitioned_by }, Some(cols)) if !cols.is_empty() => *partitioned_by = cols,
+        (Kind::IncrementalByPartition { .. }, _) => {
+            return Err(err(1, "INCREMENTAL_BY_PARTITION needs partitioned_by (col, ...)".into()));
+        }
+        (_, Some(_)) => return Err(err(1, "partitioned_by goes with kind INCREMENTAL_BY_PARTITION".into())),
+        (_, None) => {}
+    }
     let sql = src[offset..].trim().trim_end_matches(';').trim().to_owned();
     if sql.is_empty() {
         return Err(err(sql_line, "no SQL after the MODEL header".into()));
@@ -545,7 +568,8 @@ fn idents(v: &Val) -> Option<Vec<String>> {
 
 fn parse_kind(v: Val, line: usize, path: &Path) -> Result<Kind, ModelError> {
     let err = |line, msg: String| ModelError { path: path.to_owned(), line, msg };
-    const KINDS: &str = "FULL, VIEW, INCREMENTAL_BY_UNIQUE_KEY (unique_key (...)), LANDING_INGEST (pattern '...')";
+    const KINDS: &str =
+        "FULL, VIEW, INCREMENTAL_BY_UNIQUE_KEY (unique_key (...)), INCREMENTAL_BY_PARTITION, LANDING_INGEST (pattern '...')";
     let (name, args) = match v {
         Val::Word(w) => (w, Vec::new()),
         Val::Call(w, args) => (w, args),
@@ -585,6 +609,10 @@ fn parse_kind(v: Val, line: usize, path: &Path) -> Result<Kind, ModelError> {
             let key = arg("unique_key").and_then(|v| idents(&v));
             let unique_key = key.filter(|k| !k.is_empty()).ok_or_else(|| err(line, "INCREMENTAL_BY_UNIQUE_KEY needs unique_key (col, ...)".into()))?;
             Ok(Kind::IncrementalByUniqueKey { unique_key })
+        }
+        "INCREMENTAL_BY_PARTITION" => {
+            known(&[])?;
+            Ok(Kind::IncrementalByPartition { partitioned_by: Vec::new() })
         }
         "LANDING_INGEST" => {
             known(&["pattern"])?;
@@ -652,13 +680,17 @@ mod tests {
         assert_eq!(m.kind, Kind::LandingIngest { pattern: "psd/*/*/*.csv.gzip".into() });
         let m = p("MODEL (name a.b, kind INCREMENTAL_BY_UNIQUE_KEY (unique_key := id)); SELECT 1").unwrap();
         assert_eq!(m.kind, Kind::IncrementalByUniqueKey { unique_key: vec!["id".into()] });
+        let m = p("MODEL (name a.b, kind INCREMENTAL_BY_PARTITION, partitioned_by (r, c)); SELECT 1").unwrap();
+        assert_eq!(m.kind, Kind::IncrementalByPartition { partitioned_by: vec!["r".into(), "c".into()] });
+        assert!(p("MODEL (name a.b, kind INCREMENTAL_BY_PARTITION); SELECT 1").unwrap_err().contains("needs partitioned_by"));
+        assert!(p("MODEL (name a.b, kind FULL, partitioned_by r); SELECT 1").unwrap_err().contains("goes with kind INCREMENTAL_BY_PARTITION"));
     }
 
     #[test]
     fn errors_name_the_file_and_line() {
         assert_eq!(
             p("MODEL (\n name a.b,\n kind FULL,\n cron '@daily'\n);\nSELECT 1").unwrap_err(),
-            "m.sql:4: unknown MODEL property 'cron' (supported: name, kind, grain, description, column_descriptions, audits)"
+            "m.sql:4: unknown MODEL property 'cron' (supported: name, kind, partitioned_by, grain, description, column_descriptions, audits)"
         );
         assert_eq!(p("MODEL (name a.b,\n kind SCD_TYPE_2); SELECT 1").unwrap_err().split(" (supported").next().unwrap(), "m.sql:2: unknown kind 'SCD_TYPE_2'");
         assert!(p("MODEL (name ab, kind FULL); SELECT 1").unwrap_err().contains("expected schema.table"));

@@ -10,7 +10,9 @@
 //! outputs = [ { country_code = "BR", ending_stocks = 10.0 } ]
 //! ```
 //!
-//! An ingest model takes `landing_csv = """..."""` (the CSV of one landed file,
+//! `incremental = true` (with `run_id = N`) tests the batch a merge would compute
+//! (`@is_incremental` TRUE, `@run_id` N) instead of a build. An ingest model takes
+//! `landing_csv = """..."""` (the CSV of one landed file,
 //! landed as `psd/2024/01/test.csv.gzip`) instead of `inputs`. Each test runs in its own
 //! in-memory DuckDB. Outputs are compared as a multiset of rows on the columns the
 //! expected rows name; floats within 1e-9 (relative); TOML dates are DATEs.
@@ -36,6 +38,10 @@ pub struct Case {
     inputs: Vec<(String, Vec<toml::Table>)>,
     landing_csv: Option<String>,
     outputs: Vec<toml::Table>,
+    /// `@is_incremental`: test the merge batch instead of a build.
+    incremental: bool,
+    /// `@run_id`.
+    run_id: i64,
 }
 
 /// Every test case in `dir/tests/*.toml`, sorted by file and name.
@@ -55,8 +61,11 @@ pub fn load(dir: &Path, project: &Project) -> anyhow::Result<Vec<Case>> {
             let bad = |msg: &str| Usage(format!("{}: test {name}: {msg}", path.display()));
             let body = body.as_table().ok_or_else(|| bad("expected a table"))?;
             for key in body.keys() {
-                if !["model", "inputs", "outputs", "landing_csv", "description"].contains(&key.as_str()) {
-                    return Err(bad(&format!("unknown key '{key}' (supported: model, inputs, outputs, landing_csv, description)")).into());
+                if !["model", "inputs", "outputs", "landing_csv", "description", "incremental", "run_id"].contains(&key.as_str()) {
+                    return Err(bad(&format!(
+                        "unknown key '{key}' (supported: model, inputs, outputs, landing_csv, description, incremental, run_id)"
+                    ))
+                    .into());
                 }
             }
             let model = body.get("model").and_then(|v| v.as_str()).ok_or_else(|| bad("needs model = \"schema.table\""))?.to_ascii_lowercase();
@@ -78,7 +87,9 @@ pub fn load(dir: &Path, project: &Project) -> anyhow::Result<Vec<Case>> {
             }
             let outputs = rows(body.get("outputs").ok_or_else(|| bad("needs outputs = [ ... ]"))?, "outputs")?;
             let landing_csv = body.get("landing_csv").and_then(|v| v.as_str()).map(str::to_owned);
-            cases.push(Case { name, path: path.clone(), model, inputs, landing_csv, outputs });
+            let incremental = body.get("incremental").and_then(|v| v.as_bool()).unwrap_or(false);
+            let run_id = body.get("run_id").and_then(|v| v.as_integer()).unwrap_or(0);
+            cases.push(Case { name, path: path.clone(), model, inputs, landing_csv, outputs, incremental, run_id });
         }
     }
     Ok(cases)
@@ -93,7 +104,10 @@ pub fn run_case(project: &Project, case: &Case, scratch: &Path) -> anyhow::Resul
         conn.execute_batch(&format!("CREATE SCHEMA IF NOT EXISTS {schema}; CREATE TABLE {table} AS {}", values_sql(rows)?))
             .with_context(|| format!("creating input {table}"))?;
     }
-    let mut sql = m.sql.replace("@run_id", "0");
+    let mut sql = m
+        .sql
+        .replace("@run_id", &case.run_id.to_string())
+        .replace("@is_incremental", if case.incremental { "TRUE" } else { "FALSE" });
     if let Kind::LandingIngest { .. } = m.kind {
         let csv = case.landing_csv.as_deref().ok_or_else(|| anyhow!("an ingest model's test needs landing_csv"))?;
         let file = scratch.join(format!("{}/psd/2024/01/test.csv.gzip", case.name));

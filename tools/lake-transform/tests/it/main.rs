@@ -266,7 +266,7 @@ fn a_new_release_is_ingested_incrementally_and_revisions_are_tracked() {
     let plan = env.run(&["plan"]);
     assert_eq!(plan.code, 0);
     assert!(plan.stdout.contains("raw.psd\tappend psd/2024/02/b.csv.gzip\t1 new landing file"), "{}", plan.stdout);
-    assert!(plan.stdout.contains("serving.revisions\tbuild\tupstream staging.psd_values changed"), "{}", plan.stdout);
+    assert!(plan.stdout.contains("serving.revisions\tbuild\tupstream staging.psd_changes changed"), "{}", plan.stdout);
     let run = env.run(&["run"]);
     assert_eq!(run.code, 0, "{run:?}");
 
@@ -459,7 +459,7 @@ fn every_shipped_model_has_a_passing_unit_test() {
     let env = Env::new();
     let run = env.run(&["test"]);
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.ends_with("7 passed, 0 failed\n"), "{}", run.stdout);
+    assert!(run.stdout.ends_with("10 passed, 0 failed\n"), "{}", run.stdout);
     let tests = std::fs::read_to_string(env.models.join("tests/psd.toml")).unwrap();
     let mut models = 0;
     for f in std::fs::read_dir(&env.models).unwrap() {
@@ -470,7 +470,7 @@ fn every_shipped_model_has_a_passing_unit_test() {
             assert!(tests.contains(&format!("model = \"{name}\"")), "no unit test for {name}");
         }
     }
-    assert_eq!(models, 7);
+    assert_eq!(models, 8);
     assert!(!env.data.exists(), "unit tests never touch the data dir");
 }
 
@@ -484,7 +484,7 @@ fn a_failing_unit_test_says_which_row_and_exits_non_zero() {
     let run = env.run(&["test", "revisions"]);
     assert_eq!(run.code, 1, "{run:?}");
     let line = run.stdout.lines().find(|l| l.starts_with("FAILED\t")).unwrap();
-    assert!(line.contains("revisions_compare_with_the_previous_release_that_had_the_value") && line.contains("change = 1.25"), "{line}");
+    assert!(line.contains("revisions_are_the_changes_whose_value_differs") && line.contains("change = 1.25"), "{line}");
     assert!(run.stdout.contains("0 passed, 1 failed"), "{}", run.stdout);
     assert!(run.error_line().ends_with("1 of 1 model tests failed"), "{}", run.error_line());
 
@@ -517,4 +517,44 @@ fn an_incremental_by_unique_key_model_merges_new_rows_by_key() {
         ["BR|120.0|2024-02-01", "CO|50.0|2024-01-01", "VN|80.0|2024-02-01"],
         "BR replaced, VN added, CO kept: a merge, not a rebuild"
     );
+}
+
+/// Every serving table, sorted, without load timestamps.
+fn serving_state(env: &Env) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in ["releases", "attribute_values", "commodity_balance", "world_balance", "revisions"] {
+        let cols = if t == "releases" { "release, commodity_code, files, rows" } else { "*" };
+        out.push(format!("-- {t}"));
+        out.extend(env.rows(&format!("SELECT {cols} FROM serving.{t} ORDER BY ALL")));
+    }
+    out
+}
+
+#[test]
+fn incremental_runs_match_a_full_rebuild_even_with_backfills_and_relandings() {
+    let env = Env::new();
+    let rel = |p: f64, extra: &'static str| csv(&[balance("BR", 2023, p), balance(extra, 2023, p / 2.0), balance("CO", 2022, 7.0)].concat());
+    env.land("psd/2024/01/a.csv.gzip", &rel(100.0, "VN"));
+    assert_eq!(env.run(&["run"]).code, 0);
+    env.land("psd/2024/03/c.csv.gzip", &rel(130.0, "VN"));
+    assert_eq!(env.run(&["run"]).code, 0);
+    // A backfilled month between the two: its successor's revisions change.
+    env.land("psd/2024/02/b.csv.gzip", &rel(120.0, "ET"));
+    let run = env.run(&["run"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("staging.psd_changes\tmerge"), "{}", run.stdout);
+    assert_eq!(
+        env.rows("SELECT release, previous_release, value, previous_value FROM serving.revisions WHERE country_code = 'BR' AND attribute_id = '028' ORDER BY release"),
+        ["2024-02-01|2024-01-01|120.0|100.0", "2024-03-01|2024-02-01|130.0|120.0"]
+    );
+    // March landed again the same month, without CO: the later file replaces the earlier.
+    env.land("psd/2024/03/d.csv.gzip", &csv(&[balance("BR", 2023, 140.0), balance("VN", 2023, 65.0)].concat()));
+    assert_eq!(env.run(&["run"]).code, 0);
+    assert_eq!(env.rows("SELECT count(*) FROM serving.commodity_balance WHERE country_code = 'CO'"), ["0"]);
+    assert_eq!(env.rows("SELECT value FROM serving.attribute_values WHERE country_code = 'BR' AND attribute_id = '028'"), ["140.0"]);
+
+    let incremental = serving_state(&env);
+    let run = env.run(&["run", "--rebuild"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(serving_state(&env), incremental, "a full rebuild gives what the incremental runs built");
 }

@@ -1,0 +1,47 @@
+MODEL (
+  name staging.psd_changes,
+  kind INCREMENTAL_BY_PARTITION,
+  partitioned_by (commodity_code, release),
+  grain (commodity_code, country_code, market_year, attribute_id, release),
+  description 'Every value with the value of the previous release that had it. A merge recomputes only the releases the run touched and the release after each (a backfilled release changes its successor''s previous values), with one aggregate over the history instead of a window over all of it.',
+  audits (
+    unique_combination_of_columns(columns := (commodity_code, country_code, market_year, attribute_id, release)),
+    not_null(columns := (commodity_code, country_code, market_year, attribute_id, release))
+  )
+);
+
+-- Build: a window over every release.
+SELECT commodity_code, country_code, market_year, attribute_id, attribute, release, value,
+       lag(release) OVER w AS previous_release, lag(value) OVER w AS previous_value
+FROM staging.psd_values
+WHERE NOT @is_incremental
+WINDOW w AS (PARTITION BY commodity_code, country_code, market_year, attribute_id ORDER BY release)
+
+UNION ALL
+
+-- Merge: only the affected releases.
+(WITH touched AS (
+  SELECT DISTINCT commodity_code, release FROM staging.psd_values WHERE @is_incremental AND _run_id = @run_id
+), releases AS (
+  SELECT DISTINCT commodity_code, release FROM staging.psd_values
+  WHERE @is_incremental AND commodity_code IN (SELECT commodity_code FROM touched)
+), affected AS (
+  SELECT commodity_code, release FROM touched
+  UNION
+  SELECT t.commodity_code, min(r.release)
+  FROM touched t JOIN releases r ON r.commodity_code = t.commodity_code AND r.release > t.release
+  GROUP BY t.commodity_code, t.release
+), previous AS (
+  SELECT a.commodity_code, a.release AS at_release, v.country_code, v.market_year, v.attribute_id,
+         max(v.release) AS previous_release, max_by(v.value, v.release) AS previous_value
+  FROM affected a
+  JOIN staging.psd_values v ON v.commodity_code = a.commodity_code AND v.release < a.release
+  GROUP BY a.commodity_code, a.release, v.country_code, v.market_year, v.attribute_id
+)
+SELECT c.commodity_code, c.country_code, c.market_year, c.attribute_id, c.attribute, c.release, c.value,
+       p.previous_release, p.previous_value
+FROM staging.psd_values c
+JOIN affected a ON a.commodity_code = c.commodity_code AND a.release = c.release
+LEFT JOIN previous p
+  ON p.commodity_code = c.commodity_code AND p.at_release = c.release AND p.country_code = c.country_code
+ AND p.market_year = c.market_year AND p.attribute_id = c.attribute_id)
