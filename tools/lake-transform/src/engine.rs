@@ -254,7 +254,7 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(materia_common::hex(&h.finalize()))
 }
 
 /// Files under `landing` matching `pattern` (`*` and `?` within one path segment),

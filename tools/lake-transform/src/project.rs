@@ -168,7 +168,7 @@ fn fingerprint(m: &Model, ups: &[String], fps: &HashMap<String, String>, audits:
         put(u);
         put(&fps[u]);
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    materia_common::hex(&h.finalize())
 }
 
 /// SQL without comments, whitespace runs folded to one space (strings kept as-is).

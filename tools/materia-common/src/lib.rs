@@ -92,6 +92,15 @@ pub fn progress_bar(len: Option<u64>, template: &str) -> indicatif::ProgressBar 
     bar
 }
 
+/// Lowercase hex of `bytes` (digests in file names and records).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
 /// What a step's work reports back to [`run_step`].
 #[derive(Debug)]
 pub struct Report {
@@ -154,4 +163,13 @@ pub fn run_step(
         .finish_run(run_id, status, code, &summary, error.as_deref(), &stats)
         .context("recording the end of the run")?;
     ret
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_is_lowercase_two_digits_a_byte() {
+        assert_eq!(super::hex(&[0x00, 0x0f, 0xab, 0xff]), "000fabff");
+        assert_eq!(super::hex(&[]), "");
+    }
 }

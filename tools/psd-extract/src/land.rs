@@ -15,7 +15,7 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use materia_common::atomic::AtomicFile;
 use materia_common::exit::BadInput;
-use materia_common::{Month, StateDb};
+use materia_common::{Month, StateDb, hex};
 use rusqlite::{OptionalExtension as _, params};
 use sha2::{Digest as _, Sha256};
 
@@ -142,10 +142,6 @@ pub fn etag_file_name(etag: &str) -> Option<String> {
         .collect();
     let name: String = cleaned.trim_start_matches(['.', '-']).chars().take(MAX_ETAG_NAME).collect();
     name.bytes().any(|b| b.is_ascii_alphanumeric()).then_some(name)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn find_by_sha(db: &StateDb, sha256: &str) -> anyhow::Result<Option<(i64, String)>> {
