@@ -6,7 +6,8 @@ usage: sqlmesh_project.py MODELS_DIR OUT_DIR LANDING_DIR DB_FILE
 The model files are SQLMesh syntax already; the only differences are lake-transform's
 own: LANDING_INGEST and INCREMENTAL_BY_PARTITION (a merge of only the rows a run
 loaded) become FULL, as a SQLMesh user would write them (re-reading every file on each
-build); @landing_files becomes a glob of every landed file, @run_id 0, @is_incremental FALSE.
+build) and lake-transform's session_properties (a DuckDB setting for its merges)
+are dropped; @landing_files becomes a glob of every landed file, @run_id 0, @is_incremental FALSE.
 """
 import os
 import re
@@ -27,6 +28,7 @@ def main():
         sql = re.sub(r"kind LANDING_INGEST \(pattern '[^']*'\)", "kind FULL", sql)
         sql = sql.replace("kind INCREMENTAL_BY_PARTITION", "kind FULL")
         sql = re.sub(r"\n\s*partitioned_by \([^)]*\),", "", sql)
+        sql = re.sub(r",(\n\s*--[^\n]*)*\n\s*session_properties \([^)]*\)", "", sql)
         sql = sql.replace("@landing_files", f"'{glob}'").replace("@run_id", "0").replace("@is_incremental", "FALSE")
         open(os.path.join(out, "models", name), "w").write(sql)
     for name in sorted(os.listdir(os.path.join(models, "audits"))):

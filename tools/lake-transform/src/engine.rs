@@ -395,7 +395,7 @@ fn run_in_tx(project: &Project, conn: &Connection, steps: &[Step], run_id: i64, 
             continue;
         }
         let start = Instant::now();
-        let loaded = execute(m, conn, step, run_id)
+        let loaded = with_session_properties(conn, m, || execute(m, conn, step, run_id))
             .map_err(first_line)
             .with_context(|| format!("building {} ({})", m.name, m.path.display()))?;
         // Appends and merges audit their batch (as SQLMesh audits the processed
@@ -428,6 +428,18 @@ fn first_line(e: anyhow::Error) -> anyhow::Error {
         log::debug!("{full}");
     }
     anyhow!(first)
+}
+
+/// Run `f` with the model's `session_properties` set, resetting them after.
+fn with_session_properties<T>(conn: &Connection, m: &Model, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    for (k, v) in &m.session_properties {
+        conn.execute_batch(&format!("SET {k} = {}", v.sql())).with_context(|| format!("session property {k}"))?;
+    }
+    let result = f();
+    for (k, _) in &m.session_properties {
+        let _ = conn.execute_batch(&format!("RESET {k}"));
+    }
+    result
 }
 
 /// The temp table holding an append's or a merge's new rows.

@@ -144,6 +144,8 @@ pub struct Model {
     pub column_descriptions: Vec<(String, String)>,
     /// Audits to run after each build.
     pub audits: Vec<AuditCall>,
+    /// DuckDB settings for this model's statements (`SET k = v`, reset after).
+    pub session_properties: Vec<(String, Arg)>,
     /// The SQL after the header.
     pub sql: String,
     /// The file.
@@ -439,7 +441,8 @@ fn header(src: &str, keyword: &str, path: &Path) -> Result<(Vec<Item>, usize, us
     Ok((props, p.lex.pos + lead, line))
 }
 
-const MODEL_PROPS: &str = "name, kind, partitioned_by, grain, description, column_descriptions, audits";
+const MODEL_PROPS: &str =
+    "name, kind, partitioned_by, grain, description, column_descriptions, audits, session_properties";
 
 /// Parse a model file.
 pub fn parse_model(src: &str, path: &Path) -> Result<Model, ModelError> {
@@ -452,6 +455,7 @@ pub fn parse_model(src: &str, path: &Path) -> Result<Model, ModelError> {
     let mut description = None;
     let mut column_descriptions = Vec::new();
     let mut audits = Vec::new();
+    let mut session_properties = Vec::new();
     for item in props.into_iter().map(as_property) {
         let line = item.line;
         let Some(key) = item.key.as_deref() else {
@@ -485,10 +489,21 @@ pub fn parse_model(src: &str, path: &Path) -> Result<Model, ModelError> {
                     audits.push(audit_call(i, path)?);
                 }
             }
+            ("session_properties", Val::Tuple(items)) => {
+                for i in items {
+                    let ok = i.key.as_deref().is_some_and(|k| k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+                    match (i.key, i.val) {
+                        (Some(k), v @ (Val::Str(_) | Val::Num(_) | Val::Word(_))) if ok => {
+                            session_properties.push((k.to_ascii_lowercase(), to_arg(v, i.line, path)?));
+                        }
+                        _ => return Err(err(i.line, "session_properties: expected (setting = value, ...)".into())),
+                    }
+                }
+            }
             ("audits", v @ (Val::Call(..) | Val::Word(_))) => {
                 audits.push(audit_call(Item { key: None, val: v, line }, path)?)
             }
-            (k @ ("name" | "description" | "column_descriptions" | "audits"), _) => {
+            (k @ ("name" | "description" | "column_descriptions" | "audits" | "session_properties"), _) => {
                 return Err(err(line, format!("property '{k}' has a value of the wrong form")));
             }
             (other, _) => {
@@ -510,7 +525,18 @@ pub fn parse_model(src: &str, path: &Path) -> Result<Model, ModelError> {
     if sql.is_empty() {
         return Err(err(sql_line, "no SQL after the MODEL header".into()));
     }
-    Ok(Model { name, kind, grain, description, column_descriptions, audits, sql, path: path.to_owned(), sql_line })
+    Ok(Model {
+        name,
+        kind,
+        grain,
+        description,
+        column_descriptions,
+        audits,
+        session_properties,
+        sql,
+        path: path.to_owned(),
+        sql_line,
+    })
 }
 
 /// Parse a custom audit file.
@@ -684,13 +710,16 @@ mod tests {
         assert_eq!(m.kind, Kind::IncrementalByPartition { partitioned_by: vec!["r".into(), "c".into()] });
         assert!(p("MODEL (name a.b, kind INCREMENTAL_BY_PARTITION); SELECT 1").unwrap_err().contains("needs partitioned_by"));
         assert!(p("MODEL (name a.b, kind FULL, partitioned_by r); SELECT 1").unwrap_err().contains("goes with kind INCREMENTAL_BY_PARTITION"));
+        let m = p("MODEL (name a.b, kind FULL, session_properties (disabled_optimizers = 'join_order', threads = 2)); SELECT 1").unwrap();
+        assert_eq!(m.session_properties, [("disabled_optimizers".into(), Arg::Str("join_order".into())), ("threads".into(), Arg::Num("2".into()))]);
+        assert!(p("MODEL (name a.b, kind FULL, session_properties (x)); SELECT 1").unwrap_err().contains("expected (setting = value"));
     }
 
     #[test]
     fn errors_name_the_file_and_line() {
         assert_eq!(
             p("MODEL (\n name a.b,\n kind FULL,\n cron '@daily'\n);\nSELECT 1").unwrap_err(),
-            "m.sql:4: unknown MODEL property 'cron' (supported: name, kind, partitioned_by, grain, description, column_descriptions, audits)"
+            "m.sql:4: unknown MODEL property 'cron' (supported: name, kind, partitioned_by, grain, description, column_descriptions, audits, session_properties)"
         );
         assert_eq!(p("MODEL (name a.b,\n kind SCD_TYPE_2); SELECT 1").unwrap_err().split(" (supported").next().unwrap(), "m.sql:2: unknown kind 'SCD_TYPE_2'");
         assert!(p("MODEL (name ab, kind FULL); SELECT 1").unwrap_err().contains("expected schema.table"));

@@ -558,3 +558,25 @@ fn incremental_runs_match_a_full_rebuild_even_with_backfills_and_relandings() {
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(serving_state(&env), incremental, "a full rebuild gives what the incremental runs built");
 }
+
+#[test]
+fn session_properties_apply_to_their_model_only() {
+    let mut env = Env::new();
+    let models = env.own_models();
+    std::fs::write(
+        models.join("staging_one_thread.sql"),
+        "MODEL (name staging.one_thread, kind FULL, session_properties (threads = 1));\nSELECT current_setting('threads') AS threads, count(*) AS n FROM raw.psd",
+    )
+    .unwrap();
+    std::fs::write(
+        models.join("staging_after.sql"),
+        "MODEL (name staging.after, kind FULL);\nSELECT current_setting('threads') AS threads FROM staging.one_thread",
+    )
+    .unwrap();
+    env.land("psd/2024/01/a.csv.gzip", &csv(&balance("BR", 2023, 1.0)));
+    let run = env.run(&["run"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(env.rows("SELECT threads FROM staging.one_thread"), ["1"]);
+    let after = env.rows("SELECT threads FROM staging.after");
+    assert_ne!(after, ["1"], "reset after the model that set it");
+}
