@@ -565,7 +565,7 @@ fn session_properties_apply_to_their_model_only() {
     let models = env.own_models();
     std::fs::write(
         models.join("staging_one_thread.sql"),
-        "MODEL (name staging.one_thread, kind FULL, session_properties (threads = 1));\nSELECT current_setting('threads') AS threads, count(*) AS n FROM raw.psd",
+        "MODEL (name staging.one_thread, kind FULL, session_properties (threads = 7));\nSELECT current_setting('threads') AS threads, count(*) AS n FROM raw.psd",
     )
     .unwrap();
     std::fs::write(
@@ -576,7 +576,7 @@ fn session_properties_apply_to_their_model_only() {
     env.land("psd/2024/01/a.csv.gzip", &csv(&balance("BR", 2023, 1.0)));
     let run = env.run(&["run"]);
     assert_eq!(run.code, 0, "{run:?}");
-    assert_eq!(env.rows("SELECT threads FROM staging.one_thread"), ["1"]);
+    assert_eq!(env.rows("SELECT threads FROM staging.one_thread"), ["7"]);
     let after = env.rows("SELECT threads FROM staging.after");
-    assert_ne!(after, ["1"], "reset after the model that set it");
+    assert_ne!(after, ["7"], "reset after the model that set it");
 }
