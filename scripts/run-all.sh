@@ -13,7 +13,8 @@
 # Steps, in pipeline order:
 #   1. psd-extract     fetch (or import) PSD releases into DIR/landing
 #   2. lake-transform  run the SQL models (tools/lake-transform/models) into DIR/lakehouse.duckdb
-# serve-export and landing-backup join this list as they are built (their issues).
+#   3. serve-export    publish the serving tables as DIR/analytics.duckdb
+# landing-backup joins this list when it is built (its issue).
 #
 # Exit: 0 when every step succeeded or had nothing to do; otherwise the failing
 # step's exit code (see ARCHITECTURE.md, "Exit codes").
@@ -66,4 +67,5 @@ else
     step psd-extract
 fi
 step lake-transform run
+step serve-export
 echo "run-all: done; data in $data_dir" >&2

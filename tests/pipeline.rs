@@ -13,7 +13,7 @@ fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap().to_owned(); // target/debug/deps -> target/debug
     assert!(
-        dir.join("psd-extract").exists() && dir.join("lake-transform").exists(),
+        ["psd-extract", "lake-transform", "serve-export"].iter().all(|t| dir.join(t).exists()),
         "the tools are not built in {}: run the tests with `cargo test --workspace`",
         dir.display()
     );
@@ -67,6 +67,11 @@ fn run_all_offline_lands_the_real_release_and_is_idempotent() {
         )
         .unwrap();
     assert_eq!((models, rows), (8, 4103));
+    assert!(data.join("analytics.duckdb").exists());
+    let (action, exported_rows): (String, i64) =
+        db.query_row("SELECT action, rows FROM exports", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    assert_eq!(action, "publish");
+    assert!(exported_rows > 77_957, "every serving table: {exported_rows} rows");
 
     // A second run finds nothing new and still succeeds.
     let out = run_all(&data, &["--import", zip, "--release", "2022-12"]);
@@ -80,7 +85,14 @@ fn run_all_offline_lands_the_real_release_and_is_idempotent() {
         .collect();
     assert_eq!(
         statuses,
-        ["psd-extract success", "lake-transform success", "psd-extract unchanged", "lake-transform unchanged"]
+        [
+            "psd-extract success",
+            "lake-transform success",
+            "serve-export success",
+            "psd-extract unchanged",
+            "lake-transform unchanged",
+            "serve-export unchanged"
+        ]
     );
 }
 

@@ -11,6 +11,7 @@
 //!   lakehouse.duckdb                 lake-transform's database (its exclusive writer)
 //!   lakehouse.duckdb.lock            lock shared by lake-transform and serve-export
 //!   analytics.duckdb                 what the web app reads (serve-export publishes it)
+//!   analytics.duckdb.prev            the export before it (serve-export --rollback swaps them)
 //!   locks/{tool}.lock                one exclusive lock per step
 //!   triggers/landing.updated         written when new files landed (a systemd path unit watches it)
 //!   triggers/lakehouse.updated       written when a transform changed the lakehouse
@@ -27,6 +28,7 @@
 //! | `PSD_BASE_URL` | psd-extract | PSD Online base URL (default `https://apps.fas.usda.gov/psdonline`) |
 //! | `PSD_FILES` | psd-extract | comma-separated PSD file names (default `psd_coffee_csv.zip`) |
 //! | `MATERIA_MODELS` | lake-transform | the models folder (default: the release's `models/`) |
+//! | `SERVE_EXPORT_FAULT` | serve-export | tests only: `alter-copy` makes the copy differ, to exercise verification |
 
 use std::path::{Path, PathBuf};
 
@@ -51,6 +53,8 @@ pub const DEFAULT_PSD_FILE: &str = "psd_coffee_csv.zip";
 pub const TRIGGER_LANDING_UPDATED: &str = "landing.updated";
 /// Trigger written by lake-transform when a run changed the lakehouse.
 pub const TRIGGER_LAKEHOUSE_UPDATED: &str = "lakehouse.updated";
+/// serve-export, tests only: inject a fault (`alter-copy`).
+pub const ENV_SERVE_EXPORT_FAULT: &str = "SERVE_EXPORT_FAULT";
 /// lake-transform: the models folder.
 pub const ENV_MODELS: &str = "MATERIA_MODELS";
 
@@ -97,6 +101,11 @@ impl Layout {
     /// `DATA_DIR/analytics.duckdb`.
     pub fn analytics(&self) -> PathBuf {
         self.data_dir.join("analytics.duckdb")
+    }
+
+    /// `DATA_DIR/analytics.duckdb.prev`: the export before the current one.
+    pub fn analytics_prev(&self) -> PathBuf {
+        self.data_dir.join("analytics.duckdb.prev")
     }
 
     /// `DATA_DIR/locks/{step}.lock`: one exclusive lock per step.

@@ -10,6 +10,8 @@ pub mod exit;
 pub mod layout;
 pub mod lock;
 pub mod month;
+#[cfg(feature = "reader")]
+pub mod reader;
 pub mod state;
 
 use std::io::IsTerminal as _;

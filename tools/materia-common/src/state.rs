@@ -126,6 +126,19 @@ const MIGRATIONS: &[&str] = &[
         sample       TEXT                        -- JSON array of up to 5 offending rows
     );
     "#,
+    // 3: serve-export's publications and rollbacks.
+    r#"
+    CREATE TABLE exports (
+        run_id          INTEGER NOT NULL REFERENCES runs (run_id),
+        action          TEXT    NOT NULL CHECK (action IN ('publish', 'rollback')),
+        export_id       TEXT    NOT NULL,          -- what analytics.duckdb holds afterwards
+        lakehouse_state TEXT    NOT NULL,          -- fingerprint of the lakehouse it came from
+        tables          INTEGER,
+        rows            INTEGER,
+        bytes           INTEGER,
+        at              TEXT    NOT NULL
+    );
+    "#,
 ];
 
 /// SQL for "now" as stored everywhere: UTC, ISO 8601, milliseconds.
@@ -311,7 +324,7 @@ mod tests {
         let err = StateDb::open(&path).unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("state DB {}: schema version 999 is newer than this tool knows (2); upgrade the tool", path.display())
+            format!("state DB {}: schema version 999 is newer than this tool knows (3); upgrade the tool", path.display())
         );
     }
 }

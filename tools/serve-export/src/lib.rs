@@ -1,0 +1,332 @@
+//! serve-export: publish the lakehouse's `serving.*` tables as `analytics.duckdb`.
+//!
+//! Under the lakehouse lock (shared with lake-transform), an in-memory DuckDB attaches
+//! the lakehouse read-only and a temp file beside `analytics.duckdb`, copies every
+//! `serving.*` table (tables, not views) plus a `_meta` table, checkpoints and detaches.
+//! The temp file is verified on its own (tables, columns, row counts, `_meta`), fsynced,
+//! and renamed over `analytics.duckdb`, the previous file kept as
+//! `analytics.duckdb.prev`; the directory is fsynced. Readers follow the contract in
+//! `materia_common::reader`. `--rollback` swaps the two files in one atomic rename.
+//!
+//! stdout gets the id of the export that is published afterwards.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use clap::Parser;
+use duckdb::Connection;
+use materia_common::exit::Integrity;
+use materia_common::layout::{self, Layout};
+use materia_common::lock::Lock;
+use materia_common::{CommonArgs, Outcome, Report, Step};
+use sha2::{Digest as _, Sha256};
+
+/// The tool's name: binary, step lock and `runs.tool`.
+pub const TOOL: &str = "serve-export";
+
+/// Temp files beside analytics.duckdb start with this (DuckDB adds `.wal` to its own).
+const TMP_PREFIX: &str = ".analytics.duckdb.";
+
+/// Publish the lakehouse's serving tables as analytics.duckdb, or roll back.
+///
+/// Exit codes: 0 published (or rolled back), 3 the lakehouse is unchanged since the
+/// published export, 1 failed, 4 already running or the lakehouse is held, 6 the copy
+/// did not verify. Whatever fails, the published analytics.duckdb stays as it was.
+#[derive(Debug, Parser)]
+#[command(name = TOOL, version)]
+pub struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+
+    /// Swap the published export with the previous one (analytics.duckdb.prev).
+    #[arg(long)]
+    rollback: bool,
+}
+
+/// Run the tool.
+pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    materia_common::init_logging(&cli.common);
+    if cli.rollback { rollback(&cli.common) } else { publish(&cli.common) }
+}
+
+/// A serving table as the lakehouse has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Table {
+    name: String,
+    columns: Vec<(String, String)>,
+    rows: i64,
+}
+
+/// What `_meta` of a published file says.
+#[derive(Debug)]
+struct Meta {
+    export_id: String,
+    lakehouse_state: String,
+}
+
+fn publish(common: &CommonArgs) -> anyhow::Result<Outcome> {
+    materia_common::run_step(TOOL, common, |step| {
+        let layout = step.layout.clone();
+        sweep(layout.data_dir())?;
+        let lock_path = layout.lakehouse_lock();
+        let lock = Lock::acquire(&lock_path, Duration::from_secs(common.wait_lock))
+            .with_context(|| format!("the lakehouse is held by another writer ({})", lock_path.display()))?;
+        let lakehouse = layout.lakehouse();
+        if !lakehouse.exists() {
+            anyhow::bail!("{} does not exist yet: run lake-transform first", lakehouse.display());
+        }
+        let db = Connection::open_in_memory()?;
+        db.execute_batch(&format!("ATTACH {} AS lakehouse (READ_ONLY)", sql_str(&lakehouse)))
+            .with_context(|| format!("attaching {} read-only", lakehouse.display()))?;
+        let state = lakehouse_state(&db)?;
+        if let Some(meta) = published_meta(&layout.analytics())
+            && meta.lakehouse_state == state
+        {
+            let summary = format!("nothing to do: the lakehouse is unchanged since export {}", meta.export_id);
+            log::info!("{summary}");
+            println!("{}", meta.export_id);
+            return Ok(Report { outcome: Outcome::Unchanged, summary, stats: serde_json::json!({}), failure: None });
+        }
+        let tables = source_tables(&db)?;
+        if tables.is_empty() {
+            anyhow::bail!("the lakehouse has no serving tables to export");
+        }
+        let export_id = format!("{}-{}", step.run_id, &state[..12]);
+        let tmp = layout.data_dir().join(format!("{TMP_PREFIX}tmp-{}", std::process::id()));
+        let guard = TempGuard(tmp.clone());
+        copy(&db, &tmp, &tables, &export_id, &state)?;
+        drop(db);
+        drop(lock); // the lakehouse is not needed any more
+        verify(&tmp, &tables, &export_id)?;
+        let bytes = std::fs::metadata(&tmp)?.len();
+        publish_file(&tmp, &layout)?;
+        guard.disarm();
+        let rows: i64 = tables.iter().map(|t| t.rows).sum();
+        record(step, "publish", &export_id, &state, Some((tables.len(), rows, bytes)))?;
+        println!("{export_id}");
+        let summary = format!("published export {export_id}: {} tables, {rows} rows, {bytes} bytes", tables.len());
+        log::info!("{summary}");
+        let stats = serde_json::json!({"export_id": export_id, "tables": tables.len(), "rows": rows, "bytes": bytes});
+        Ok(Report { outcome: Outcome::Changed, summary, stats, failure: None })
+    })
+}
+
+fn rollback(common: &CommonArgs) -> anyhow::Result<Outcome> {
+    materia_common::run_step(TOOL, common, |step| {
+        let layout = step.layout.clone();
+        sweep(layout.data_dir())?;
+        let (current, prev) = (layout.analytics(), layout.analytics_prev());
+        if !prev.exists() {
+            anyhow::bail!("nothing to roll back to: {} does not exist", prev.display());
+        }
+        if current.exists() {
+            rustix::fs::renameat_with(rustix::fs::CWD, &current, rustix::fs::CWD, &prev, rustix::fs::RenameFlags::EXCHANGE)
+                .with_context(|| format!("swapping {} and {}", current.display(), prev.display()))?;
+        } else {
+            std::fs::rename(&prev, &current).with_context(|| format!("renaming {}", prev.display()))?;
+        }
+        materia_common::atomic::sync_dir(layout.data_dir())?;
+        let meta = published_meta(&current).ok_or_else(|| anyhow!("{} has no readable _meta after the swap", current.display()))?;
+        record(step, "rollback", &meta.export_id, &meta.lakehouse_state, None)?;
+        println!("{}", meta.export_id);
+        let summary = format!("rolled back: export {} is published again", meta.export_id);
+        log::info!("{summary}");
+        Ok(Report { outcome: Outcome::Changed, summary, stats: serde_json::json!({"export_id": meta.export_id}), failure: None })
+    })
+}
+
+/// Remove what a killed run left beside analytics.duckdb (we hold the step lock).
+fn sweep(dir: &Path) -> anyhow::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(anyhow!(e).context(format!("listing {}", dir.display()))),
+    };
+    for e in entries {
+        let e = e?;
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(TMP_PREFIX) && name.contains("tmp-") {
+            log::warn!("removing {name}, left by an interrupted export");
+            std::fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes a temp export (and its WAL) unless disarmed.
+struct TempGuard(PathBuf);
+
+impl TempGuard {
+    fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_file(wal(&self.0));
+    }
+}
+
+fn wal(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".wal");
+    PathBuf::from(s)
+}
+
+fn sql_str(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', "''"))
+}
+
+fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// The lakehouse's state: a digest of lake-transform's record of every model
+/// (fingerprint, run, rows). It changes whenever a run changed anything.
+fn lakehouse_state(db: &Connection) -> anyhow::Result<String> {
+    let mut st = db
+        .prepare("SELECT name, fingerprint, coalesce(run_id, 0), coalesce(rows, -1) FROM lakehouse._materia.models ORDER BY name")
+        .context("reading lakehouse._materia.models (is this a lake-transform lakehouse?)")?;
+    let mut h = Sha256::new();
+    for row in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)))? {
+        let (n, f, run, rows) = row?;
+        h.update(format!("{n}\0{f}\0{run}\0{rows}\n").as_bytes());
+    }
+    Ok(materia_common::hex(&h.finalize()))
+}
+
+fn source_tables(db: &Connection) -> anyhow::Result<Vec<Table>> {
+    let mut views = db.prepare(
+        "SELECT view_name FROM duckdb_views() WHERE database_name = 'lakehouse' AND schema_name = 'serving' ORDER BY 1",
+    )?;
+    for v in views.query_map([], |r| r.get::<_, String>(0))? {
+        log::warn!("serving.{} is a view: only tables are exported", v?);
+    }
+    let mut st = db.prepare(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = 'lakehouse' AND schema_name = 'serving' ORDER BY 1",
+    )?;
+    let names: Vec<String> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    names.into_iter().map(|n| describe(db, "lakehouse", &n)).collect()
+}
+
+fn describe(db: &Connection, catalog: &str, table: &str) -> anyhow::Result<Table> {
+    let mut st = db.prepare(
+        "SELECT column_name, data_type FROM duckdb_columns()
+         WHERE database_name = ? AND schema_name = 'serving' AND table_name = ? ORDER BY column_index",
+    )?;
+    let columns = st.query_map([catalog, table], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+    let rows = db.query_row(&format!("SELECT count(*) FROM {}.serving.{}", ident(catalog), ident(table)), [], |r| r.get(0))?;
+    Ok(Table { name: table.to_owned(), columns, rows })
+}
+
+fn copy(db: &Connection, tmp: &Path, tables: &[Table], export_id: &str, state: &str) -> anyhow::Result<()> {
+    let contents = serde_json::Value::Object(tables.iter().map(|t| (t.name.clone(), serde_json::Value::from(t.rows))).collect());
+    let mut sql = format!("ATTACH {} AS export_target; CREATE SCHEMA export_target.serving;", sql_str(tmp));
+    for t in tables {
+        sql.push_str(&format!(
+            "CREATE TABLE export_target.serving.{n} AS SELECT * FROM lakehouse.serving.{n};",
+            n = ident(&t.name)
+        ));
+    }
+    sql.push_str(&format!(
+        "CREATE TABLE export_target.main._meta AS SELECT {} AS export_id, now()::TIMESTAMP AS exported_at,
+            {} AS lakehouse_state, {} AS tables, {} AS row_counts;",
+        sql_str(Path::new(export_id)),
+        sql_str(Path::new(state)),
+        tables.len(),
+        sql_str(Path::new(&contents.to_string()))
+    ));
+    if std::env::var(layout::ENV_SERVE_EXPORT_FAULT).as_deref() == Ok("alter-copy") {
+        // Tests only: make the copy differ from its source, as a failing disk or bug would.
+        sql.push_str(&format!("DELETE FROM export_target.serving.{} WHERE rowid = 0;", ident(&tables[0].name)));
+    }
+    sql.push_str("CHECKPOINT export_target; DETACH export_target;");
+    db.execute_batch(&sql).with_context(|| format!("copying the serving tables into {}", tmp.display()))?;
+    Ok(())
+}
+
+/// Open the copy on its own and check it holds what the lakehouse had.
+fn verify(tmp: &Path, want: &[Table], export_id: &str) -> anyhow::Result<()> {
+    if wal(tmp).exists() {
+        return Err(Integrity(format!("{} was left with a WAL after its checkpoint", tmp.display())).into());
+    }
+    let cfg = duckdb::Config::default().access_mode(duckdb::AccessMode::ReadOnly)?;
+    let db = Connection::open_with_flags(tmp, cfg).with_context(|| format!("reopening {} to verify it", tmp.display()))?;
+    let catalog: String = db.query_row("SELECT current_database()", [], |r| r.get(0))?;
+    let mut st = db.prepare("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'serving' ORDER BY 1")?;
+    let names: Vec<String> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    let got: Vec<Table> = names.iter().map(|n| describe(&db, &catalog, n)).collect::<anyhow::Result<_>>()?;
+    if got != want {
+        let diff = want
+            .iter()
+            .zip(got.iter().chain(std::iter::repeat(&Table { name: "(missing)".into(), columns: vec![], rows: 0 })))
+            .find(|(w, g)| w != g)
+            .map(|(w, g)| format!("serving.{}: {} rows, {} columns in the lakehouse; the copy has {} with {} rows, {} columns", w.name, w.rows, w.columns.len(), g.name, g.rows, g.columns.len()))
+            .unwrap_or_else(|| format!("{} tables in the lakehouse, {} in the copy", want.len(), got.len()));
+        return Err(Integrity(format!("the export did not verify: {diff}; nothing was published")).into());
+    }
+    let id: String = db.query_row("SELECT export_id FROM _meta", [], |r| r.get(0))?;
+    if id != export_id {
+        return Err(Integrity(format!("the export's _meta says {id}, expected {export_id}")).into());
+    }
+    Ok(())
+}
+
+/// fsync the new file, keep the current one as .prev, rename the new one in, fsync the dir.
+fn publish_file(tmp: &Path, layout: &Layout) -> anyhow::Result<()> {
+    std::fs::File::open(tmp).and_then(|f| f.sync_all()).with_context(|| format!("fsync {}", tmp.display()))?;
+    let (current, prev) = (layout.analytics(), layout.analytics_prev());
+    if current.exists() {
+        let prev_tmp = layout.data_dir().join(format!("{TMP_PREFIX}prev.tmp-{}", std::process::id()));
+        let _ = std::fs::remove_file(&prev_tmp);
+        std::fs::hard_link(&current, &prev_tmp).with_context(|| format!("linking {}", current.display()))?;
+        std::fs::rename(&prev_tmp, &prev).with_context(|| format!("renaming to {}", prev.display()))?;
+    }
+    std::fs::rename(tmp, &current).with_context(|| format!("renaming to {}", current.display()))?;
+    materia_common::atomic::sync_dir(layout.data_dir())?;
+    Ok(())
+}
+
+/// `_meta` of a published file, if it has a readable one.
+fn published_meta(path: &Path) -> Option<Meta> {
+    if !path.exists() {
+        return None;
+    }
+    let read = || -> anyhow::Result<Meta> {
+        let cfg = duckdb::Config::default().access_mode(duckdb::AccessMode::ReadOnly)?;
+        let db = Connection::open_with_flags(path, cfg)?;
+        Ok(db.query_row("SELECT export_id, lakehouse_state FROM _meta", [], |r| {
+            Ok(Meta { export_id: r.get(0)?, lakehouse_state: r.get(1)? })
+        })?)
+    };
+    match read() {
+        Ok(m) => Some(m),
+        Err(e) => {
+            log::warn!("{}: no readable _meta ({e}); exporting anew", path.display());
+            None
+        }
+    }
+}
+
+fn record(step: &Step, action: &str, export_id: &str, state: &str, size: Option<(usize, i64, u64)>) -> anyhow::Result<()> {
+    let (tables, rows, bytes) = match size {
+        Some((t, r, b)) => (Some(t as i64), Some(r), Some(b as i64)),
+        None => (None, None, None),
+    };
+    step.db
+        .conn()
+        .execute(
+            &format!(
+                "INSERT INTO exports (run_id, action, export_id, lakehouse_state, tables, rows, bytes, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, {})",
+                materia_common::state::NOW
+            ),
+            rusqlite::params![step.run_id, action, export_id, state, tables, rows, bytes],
+        )
+        .map_err(|e| step.db.err(e))?;
+    Ok(())
+}
