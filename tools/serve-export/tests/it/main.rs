@@ -329,3 +329,66 @@ fn readers_are_never_torn_never_blocked_and_see_each_new_export_at_once() {
         }
     }
 }
+
+/// A tmpfs mounted for one test, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(path).unwrap();
+        let ok = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(path).status().is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(path.to_owned()))
+    }
+
+    fn resize(&self, size: &str) {
+        let s = Command::new("mount").args(["-o", &format!("remount,size={size}")]).arg(&self.0).status().unwrap();
+        assert!(s.success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_export_and_keeps_the_published_file() {
+    let env = Env::new();
+    let Some(fs) = Tmpfs::mount(&env.data, "256m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root, as in CI)");
+        return;
+    };
+    let state_db = env._tmp.path().join("state.sqlite"); // outside the full disk
+    let run = |args: &[&str]| env.cmd().arg("--state-db").arg(&state_db).args(args).output().unwrap();
+    env.lakehouse(1, 1000);
+    assert_eq!(run(&[]).status.code(), Some(0));
+    let before = (std::fs::metadata(env.analytics()).unwrap().ino(), env.read(&env.analytics()));
+
+    // A much bigger export, on a disk with 1 MiB left.
+    {
+        let c = duckdb::Connection::open(env.data.join("lakehouse.duckdb")).unwrap();
+        c.execute_batch(
+            "CREATE OR REPLACE TABLE serving.numbers AS SELECT i AS id, 2 AS generation, random() AS value FROM range(2000000) t(i);
+             UPDATE _materia.models SET run_id = 2;",
+        )
+        .unwrap();
+    }
+    let used_kib: u64 = String::from_utf8(Command::new("du").args(["-sk"]).arg(&env.data).output().unwrap().stdout).unwrap()
+        .split_whitespace().next().unwrap().parse().unwrap();
+    fs.resize(&format!("{}k", used_kib + 1024));
+
+    let o = run(&[]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("serve-export: error: copying the serving tables into"), "{stderr}");
+    assert!(stderr.to_lowercase().contains("space"), "{stderr}");
+    eprintln!("full-disk error as reported: {}", stderr.lines().last().unwrap_or_default());
+    assert_eq!((std::fs::metadata(env.analytics()).unwrap().ino(), env.read(&env.analytics())), before);
+    assert!(env.strays().is_empty(), "{:?}", env.strays());
+
+    // With room again, the export goes through.
+    fs.resize("256m");
+    assert_eq!(run(&[]).status.code(), Some(0));
+    assert_eq!(env.read(&env.analytics()).0, 2);
+}
