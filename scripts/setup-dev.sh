@@ -10,8 +10,9 @@ set -euo pipefail
 # Debian packages the build, the tests and scripts/ use.
 #   gcc, pkg-config: C parts of crates (SQLite, aws-lc); gzip, unzip, curl: tests and
 #   benchmarks; sqlite3: operators' queries; time: peak memory in benchmarks;
-#   npm: fetches the prebuilt DuckDB library from its registry package.
-packages=(gcc pkg-config gzip unzip curl sqlite3 time ca-certificates)
+#   npm: fetches the prebuilt DuckDB library from its registry package;
+#   python3-venv: the venv moto (the tests' S3 server) installs into.
+packages=(gcc pkg-config gzip unzip curl sqlite3 time ca-certificates python3-venv)
 command -v npm >/dev/null || packages+=(npm)
 
 missing=()
@@ -46,6 +47,14 @@ if ! echo "$duckdb_sha256  $duckdb_dir/libduckdb.so" | sha256sum --check --statu
     mkdir -p "$duckdb_dir"
     mv "$tmp/package/libduckdb.so" "$duckdb_dir/libduckdb.so.tmp"
     mv "$duckdb_dir/libduckdb.so.tmp" "$duckdb_dir/libduckdb.so"
+fi
+
+# moto: the local S3 server landing-backup's tests run against (127.0.0.1 only).
+moto_venv=${MATERIA_MOTO_VENV:-$HOME/.cache/materia-moto}
+if [[ ! -x $moto_venv/bin/moto_server ]]; then
+    echo "setup-dev: installing moto into $moto_venv" >&2
+    python3 -m venv "$moto_venv"
+    "$moto_venv/bin/pip" install -q 'moto[s3]==5.2.5' flask flask-cors
 fi
 
 if ! command -v cargo >/dev/null; then

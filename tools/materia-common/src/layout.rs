@@ -28,6 +28,10 @@
 //! | `PSD_BASE_URL` | psd-extract | PSD Online base URL (default `https://apps.fas.usda.gov/psdonline`) |
 //! | `PSD_FILES` | psd-extract | comma-separated PSD file names (default `psd_coffee_csv.zip`) |
 //! | `MATERIA_MODELS` | lake-transform | the models folder (default: the release's `models/`) |
+//! | `BACKUP_TARGET` | landing-backup | `s3://BUCKET[/PREFIX]` (R2) or `fs:/PATH` |
+//! | `R2_ENDPOINT` | landing-backup | R2 (S3) endpoint URL, e.g. `https://ACCOUNT.r2.cloudflarestorage.com` |
+//! | `R2_ACCESS_KEY_ID` | landing-backup | R2 access key id |
+//! | `R2_SECRET_ACCESS_KEY` | landing-backup | R2 secret access key (never logged) |
 //! | `SERVE_EXPORT_FAULT` | serve-export | tests only: `alter-copy` makes the copy differ, to exercise verification |
 
 use std::path::{Path, PathBuf};
@@ -53,6 +57,14 @@ pub const DEFAULT_PSD_FILE: &str = "psd_coffee_csv.zip";
 pub const TRIGGER_LANDING_UPDATED: &str = "landing.updated";
 /// Trigger written by lake-transform when a run changed the lakehouse.
 pub const TRIGGER_LAKEHOUSE_UPDATED: &str = "lakehouse.updated";
+/// landing-backup: where the backup goes.
+pub const ENV_BACKUP_TARGET: &str = "BACKUP_TARGET";
+/// landing-backup: the R2 (S3) endpoint.
+pub const ENV_R2_ENDPOINT: &str = "R2_ENDPOINT";
+/// landing-backup: the R2 access key id.
+pub const ENV_R2_ACCESS_KEY_ID: &str = "R2_ACCESS_KEY_ID";
+/// landing-backup: the R2 secret access key.
+pub const ENV_R2_SECRET_ACCESS_KEY: &str = "R2_SECRET_ACCESS_KEY";
 /// serve-export, tests only: inject a fault (`alter-copy`).
 pub const ENV_SERVE_EXPORT_FAULT: &str = "SERVE_EXPORT_FAULT";
 /// lake-transform: the models folder.

@@ -139,6 +139,19 @@ const MIGRATIONS: &[&str] = &[
         at              TEXT    NOT NULL
     );
     "#,
+    // 4: landing-backup's ledger of objects known to be in a backup.
+    r#"
+    CREATE TABLE backup_objects (
+        target       TEXT    NOT NULL,             -- s3://bucket/prefix/ or fs:/path (no secrets)
+        key          TEXT    NOT NULL,             -- object key
+        path         TEXT    NOT NULL,             -- relative to landing/
+        bytes        INTEGER NOT NULL,
+        etag         TEXT,                         -- as the remote reported it (S3: MD5 or multipart)
+        run_id       INTEGER NOT NULL REFERENCES runs (run_id),
+        backed_up_at TEXT    NOT NULL,
+        PRIMARY KEY (target, key)
+    );
+    "#,
 ];
 
 /// SQL for "now" as stored everywhere: UTC, ISO 8601, milliseconds.
@@ -324,7 +337,7 @@ mod tests {
         let err = StateDb::open(&path).unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("state DB {}: schema version 999 is newer than this tool knows (3); upgrade the tool", path.display())
+            format!("state DB {}: schema version 999 is newer than this tool knows (4); upgrade the tool", path.display())
         );
     }
 }

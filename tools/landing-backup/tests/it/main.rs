@@ -1,0 +1,311 @@
+//! landing-backup against a real S3 server (moto on 127.0.0.1) and the fs backend.
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PREFIX: &str = "backup/materia/landing/";
+
+/// A moto S3 server on 127.0.0.1 with one bucket, killed on drop.
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let bin = std::env::var_os("MATERIA_MOTO_SERVER").map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/materia-moto/bin/moto_server")
+        });
+        assert!(bin.exists(), "moto is not installed at {}: run scripts/setup-dev.sh", bin.display());
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let m = Moto { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Unsigned CreateBucket (a signed one with region auto is refused by moto).
+        assert_eq!(m.http("PUT", "/bkt", b"").0, 200);
+        m
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A raw, unsigned request (moto does not check signatures): the test's own view.
+    fn http(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        // moto does not check signatures, but objects the tool wrote belong to its key:
+        // present a (dummy) credential, except for the unsigned CreateBucket.
+        let auth = if path == "/bkt" {
+            ""
+        } else {
+            "Authorization: AWS4-HMAC-SHA256 Credential=test-key-id/20260101/auto/s3/aws4_request, SignedHeaders=host, Signature=0\r\n"
+        };
+        write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()).unwrap();
+        s.write_all(body).unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+    }
+
+    /// (key, size, etag) of every object.
+    fn objects(&self) -> Vec<(String, u64, String)> {
+        let (_, body) = self.http("GET", "/bkt?list-type=2", b"");
+        body.split("<Contents>")
+            .skip(1)
+            .map(|c| {
+                let tag = |t: &str| c.split(&format!("<{t}>")).nth(1).unwrap().split(&format!("</{t}>")).next().unwrap().to_owned();
+                let key = tag("Key").replace("&amp;", "&");
+                (key, tag("Size").parse().unwrap(), tag("ETag").replace("&#34;", "").replace('"', ""))
+            })
+            .collect()
+    }
+
+    fn object(&self, key: &str) -> Vec<u8> {
+        let (status, body) = self.http("GET", &format!("/bkt/{}", encode(key)), b"");
+        assert_eq!(status, 200, "{key}");
+        body.into_bytes()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn encode(key: &str) -> String {
+    key.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    data: PathBuf,
+}
+
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stderr: String,
+}
+
+impl Env {
+    fn new() -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_owned();
+        Env { data: root.join("data"), root, _tmp: tmp }
+    }
+
+    fn land(&self, rel: &str, bytes: &[u8]) {
+        let p = self.data.join("landing").join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+
+    fn run(&self, target: &str, endpoint: Option<&str>, args: &[&str]) -> Run {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_landing-backup"));
+        for v in ["MATERIA_DATA_DIR", "MATERIA_STATE_DB", "MATERIA_WAIT_LOCK", "RUST_LOG", "BACKUP_TARGET", "R2_ENDPOINT", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY"] {
+            c.env_remove(v);
+        }
+        if let Some(e) = endpoint {
+            c.env("R2_ENDPOINT", e).env("R2_ACCESS_KEY_ID", "test-key-id").env("R2_SECRET_ACCESS_KEY", "test-secret-value");
+        }
+        let o = c.arg("--data-dir").arg(&self.data).arg("--target").arg(target).args(args).output().unwrap();
+        Run { code: o.status.code().unwrap_or(-1), stderr: String::from_utf8_lossy(&o.stderr).into_owned() }
+    }
+
+    fn s3(&self, moto: &Moto, args: &[&str]) -> Run {
+        self.run("s3://bkt", Some(&moto.endpoint()), args)
+    }
+
+    /// Requests of the last run by kind, from its run record.
+    fn requests(&self) -> serde_json::Value {
+        let c = rusqlite::Connection::open(self.data.join("landing/.state.sqlite")).unwrap();
+        let stats: String = c.query_row("SELECT stats FROM runs ORDER BY run_id DESC LIMIT 1", [], |r| r.get(0)).unwrap();
+        serde_json::from_str::<serde_json::Value>(&stats).unwrap()["requests"].clone()
+    }
+
+    fn ledger(&self) -> Vec<String> {
+        let c = rusqlite::Connection::open(self.data.join("landing/.state.sqlite")).unwrap();
+        let mut st = c.prepare("SELECT key FROM backup_objects ORDER BY key").unwrap();
+        st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    }
+}
+
+fn three_files(env: &Env) {
+    env.land("psd/2024/01/a.csv.gzip", b"alpha");
+    env.land("psd/2024/02/b.csv.gzip", b"bravo bravo");
+    env.land("psd/2024/03/c.csv.gzip", &vec![7u8; 100_000]);
+    env.land("psd/2024/03/.c.csv.gzip.tmp-1-0", b"half written");
+}
+
+#[test]
+fn first_backup_then_a_no_change_run_makes_no_request() {
+    let moto = Moto::start();
+    let env = Env::new();
+    three_files(&env);
+    let run = env.s3(&moto, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let objects = moto.objects();
+    let keys: Vec<&str> = objects.iter().map(|o| o.0.as_str()).collect();
+    assert_eq!(
+        keys,
+        [format!("{PREFIX}psd/2024/01/a.csv.gzip"), format!("{PREFIX}psd/2024/02/b.csv.gzip"), format!("{PREFIX}psd/2024/03/c.csv.gzip")],
+        "landing files only: no state DB, no temp file"
+    );
+    assert_eq!(moto.object(&format!("{PREFIX}psd/2024/02/b.csv.gzip")), b"bravo bravo");
+    assert_eq!(env.requests(), serde_json::json!({"LIST": 1, "PUT": 3, "HEAD": 3}));
+    assert!(run.stderr.contains("requests: LIST 1, PUT 3, HEAD 3, GET 0, DELETE 0, multipart 0"), "{}", run.stderr);
+    assert_eq!(env.ledger().len(), 3);
+
+    let again = env.s3(&moto, &[]);
+    assert_eq!(again.code, 3, "{again:?}");
+    assert_eq!(env.requests(), serde_json::json!({}), "the ledger proves nothing is new: no request at all");
+
+    env.land("psd/2024/04/d.csv.gzip", b"delta");
+    let run = env.s3(&moto, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(env.requests(), serde_json::json!({"LIST": 1, "PUT": 1, "HEAD": 1}), "new files only");
+    assert_eq!(moto.objects().len(), 4);
+}
+
+#[test]
+fn verify_repairs_a_deleted_object_and_alerts_on_an_altered_one() {
+    let moto = Moto::start();
+    let env = Env::new();
+    three_files(&env);
+    assert_eq!(env.s3(&moto, &[]).code, 0);
+    let a = format!("{PREFIX}psd/2024/01/a.csv.gzip");
+    let b = format!("{PREFIX}psd/2024/02/b.csv.gzip");
+
+    assert_eq!(moto.http("DELETE", &format!("/bkt/{a}"), b"").0, 204);
+    assert_eq!(env.s3(&moto, &[]).code, 3, "a normal run trusts the ledger");
+    let run = env.s3(&moto, &["--verify"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains(&format!("{a} is missing from the backup: uploading it again")), "{}", run.stderr);
+    assert_eq!(moto.object(&a), b"alpha");
+    assert_eq!(env.requests(), serde_json::json!({"LIST": 1, "PUT": 1, "HEAD": 1}));
+
+    assert_eq!(moto.http("PUT", &format!("/bkt/{b}"), b"tampered").0, 200);
+    let run = env.s3(&moto, &["--verify"]);
+    assert_eq!(run.code, 6, "{run:?}");
+    let line = run.stderr.lines().find(|l| l.starts_with("landing-backup: error:")).unwrap();
+    assert!(line.contains(&format!("remote {b} changed since it was backed up")), "{line}");
+    assert_eq!(moto.object(&b), b"tampered", "never overwritten");
+    assert!(!run.stderr.contains("test-secret-value"));
+}
+
+#[test]
+fn a_remote_object_already_there_is_recorded_if_identical_and_an_alert_if_not() {
+    let moto = Moto::start();
+    let env = Env::new();
+    env.land("psd/2024/01/a.csv.gzip", b"alpha");
+    env.land("psd/2024/02/b.csv.gzip", b"bravo");
+    // As if an earlier run's upload succeeded but its answer was lost: a is there already.
+    assert_eq!(moto.http("PUT", &format!("/bkt/{PREFIX}psd/2024/01/a.csv.gzip"), b"alpha").0, 200);
+    // And b is there with other content.
+    assert_eq!(moto.http("PUT", &format!("/bkt/{PREFIX}psd/2024/02/b.csv.gzip"), b"other").0, 200);
+    let run = env.s3(&moto, &[]);
+    assert_eq!(run.code, 6, "{run:?}");
+    assert!(run.stderr.contains("a.csv.gzip was already in the backup: recorded"), "{}", run.stderr);
+    assert!(run.stderr.contains("differs from landing/psd/2024/02/b.csv.gzip") && run.stderr.contains("not overwritten"), "{}", run.stderr);
+    assert_eq!(env.ledger(), [format!("{PREFIX}psd/2024/01/a.csv.gzip")]);
+    assert_eq!(env.requests()["PUT"], serde_json::Value::Null, "nothing uploaded");
+    assert_eq!(moto.object(&format!("{PREFIX}psd/2024/02/b.csv.gzip")), b"other");
+}
+
+#[test]
+fn large_files_go_up_in_equal_parts() {
+    let moto = Moto::start();
+    let env = Env::new();
+    let big: Vec<u8> = (0..11 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    env.land("psd/2024/01/big.csv.gzip", &big);
+    let run = env.s3(&moto, &["--multipart-threshold", "5242880", "--part-size", "5242880"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let objects = moto.objects();
+    assert_eq!(objects.len(), 1);
+    assert_eq!(objects[0].1, big.len() as u64);
+    assert!(objects[0].2.ends_with("-3"), "three 5 MiB parts: {}", objects[0].2);
+    let req = env.requests();
+    assert_eq!((req["multipart-create"].as_u64(), req["multipart-part"].as_u64(), req["multipart-complete"].as_u64()), (Some(1), Some(3), Some(1)));
+    // The locally computed multipart ETag matches: verify finds nothing wrong.
+    let run = env.s3(&moto, &["--verify", "--multipart-threshold", "5242880", "--part-size", "5242880"]);
+    assert_eq!(run.code, 3, "{run:?}");
+}
+
+#[test]
+fn odd_file_names_round_trip() {
+    let moto = Moto::start();
+    let env = Env::new();
+    let names = ["psd/2024/01/with space.csv.gzip", "psd/2024/01/plus+and%percent.csv.gzip", "psd/2024/01/ünïcödé.csv.gzip", "psd/2024/01/a&b=c.csv.gzip"];
+    for (i, n) in names.iter().enumerate() {
+        env.land(n, format!("content {i}").as_bytes());
+    }
+    let run = env.s3(&moto, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let mut keys: Vec<String> = moto.objects().into_iter().map(|o| o.0).collect();
+    keys.sort();
+    let mut want: Vec<String> = names.iter().map(|n| format!("{PREFIX}{n}")).collect();
+    want.sort();
+    assert_eq!(keys, want);
+    assert_eq!(env.s3(&moto, &["--verify"]).code, 3);
+}
+
+#[test]
+fn missing_credentials_are_named_and_nothing_is_touched() {
+    let env = Env::new();
+    three_files(&env);
+    let mut c = Command::new(env!("CARGO_BIN_EXE_landing-backup"));
+    for v in ["R2_ENDPOINT", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "BACKUP_TARGET", "MATERIA_DATA_DIR"] {
+        c.env_remove(v);
+    }
+    let o = c.env("R2_ACCESS_KEY_ID", "id").arg("--data-dir").arg(&env.data).args(["--target", "s3://bkt"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(stderr.trim(), "landing-backup: error: missing R2_ENDPOINT, R2_SECRET_ACCESS_KEY for target s3://bkt/backup/materia/landing/");
+    assert!(!env.data.join("landing/.state.sqlite").exists(), "nothing touched");
+    assert!(!env.data.join("locks").exists());
+
+    // A secret never shows, even when the server cannot be reached.
+    let run = env.run("s3://bkt", Some("http://127.0.0.1:9"), &["--retries", "0", "--timeout", "2"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(!run.stderr.contains("test-secret-value"), "{}", run.stderr);
+}
+
+#[test]
+fn the_fs_backend_backs_up_verifies_and_repairs() {
+    let env = Env::new();
+    three_files(&env);
+    let dest: PathBuf = env.root.join("backup");
+    let target = format!("fs:{}", dest.display());
+    assert_eq!(env.run(&target, None, &[]).code, 0);
+    assert_eq!(std::fs::read(dest.join("psd/2024/02/b.csv.gzip")).unwrap(), b"bravo bravo");
+    assert!(!dest.join("psd/2024/03/.c.csv.gzip.tmp-1-0").exists());
+    assert_eq!(env.run(&target, None, &[]).code, 3);
+    std::fs::remove_file(dest.join("psd/2024/01/a.csv.gzip")).unwrap();
+    assert_eq!(env.run(&target, None, &["--verify"]).code, 0);
+    assert_eq!(std::fs::read(dest.join("psd/2024/01/a.csv.gzip")).unwrap(), b"alpha");
+    std::fs::write(dest.join("psd/2024/02/b.csv.gzip"), b"tampered!!!").unwrap();
+    let run = env.run(&target, None, &["--verify"]);
+    assert_eq!(run.code, 6, "{run:?}");
+    assert_eq!(std::fs::read(dest.join("psd/2024/02/b.csv.gzip")).unwrap(), b"tampered!!!");
+    let _ = Path::new("");
+}
