@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# usage: scripts/run-all.sh [--data-dir DIR] [--import FILE.zip --release YYYY-MM]
+# usage: scripts/run-all.sh [--data-dir DIR] [--import FILE.zip --release YYYY-MM] [--backup URL]
 #
 # Runs the Materia pipeline once, in order, into a local data dir, the way the
 # systemd units chain it on the server; stops at the first failing step with its
@@ -9,12 +9,14 @@
 #   --data-dir DIR     data dir (env MATERIA_DATA_DIR, default ./data)
 #   --import FILE.zip  offline: land this PSD zip instead of fetching from USDA
 #                      (env MATERIA_IMPORT), with --release YYYY-MM (env MATERIA_RELEASE)
+#   --backup URL       where landing-backup copies to (env BACKUP_TARGET, default
+#                      fs:DIR/backup, a local folder; s3://... needs the R2_* variables)
 #
 # Steps, in pipeline order:
 #   1. psd-extract     fetch (or import) PSD releases into DIR/landing
 #   2. lake-transform  run the SQL models (tools/lake-transform/models) into DIR/lakehouse.duckdb
 #   3. serve-export    publish the serving tables as DIR/analytics.duckdb
-# landing-backup joins this list when it is built (its issue).
+#   4. landing-backup  copy DIR/landing to the backup target
 #
 # Exit: 0 when every step succeeded or had nothing to do; otherwise the failing
 # step's exit code (see ARCHITECTURE.md, "Exit codes").
@@ -24,11 +26,13 @@ cd "$(dirname "$0")/.."
 data_dir=${MATERIA_DATA_DIR:-$PWD/data}
 import=${MATERIA_IMPORT:-}
 release=${MATERIA_RELEASE:-}
+backup=${BACKUP_TARGET:-}
 while (($#)); do
     case $1 in
         --data-dir) data_dir=${2:?--data-dir needs a value}; shift 2 ;;
         --import) import=${2:?--import needs a file}; shift 2 ;;
         --release) release=${2:?--release needs YYYY-MM}; shift 2 ;;
+        --backup) backup=${2:?--backup needs a URL}; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "run-all: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -46,7 +50,10 @@ else
     cargo build --release --locked --quiet
     bin=$CARGO_TARGET_DIR/release
 fi
+mkdir -p "$data_dir"
+data_dir=$(cd "$data_dir" && pwd)
 export MATERIA_DATA_DIR=$data_dir
+export BACKUP_TARGET=${backup:-fs:$data_dir/backup}
 export MATERIA_MODELS=${MATERIA_MODELS:-$PWD/tools/lake-transform/models}
 
 # Run one step; "nothing to do" (exit 3) counts as success.
@@ -68,4 +75,5 @@ else
 fi
 step lake-transform run
 step serve-export
+step landing-backup
 echo "run-all: done; data in $data_dir" >&2

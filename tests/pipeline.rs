@@ -13,7 +13,7 @@ fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap().to_owned(); // target/debug/deps -> target/debug
     assert!(
-        ["psd-extract", "lake-transform", "serve-export"].iter().all(|t| dir.join(t).exists()),
+        ["psd-extract", "lake-transform", "serve-export", "landing-backup"].iter().all(|t| dir.join(t).exists()),
         "the tools are not built in {}: run the tests with `cargo test --workspace`",
         dir.display()
     );
@@ -36,6 +36,7 @@ fn run_all(data: &Path, args: &[&str]) -> std::process::Output {
         .args(args)
         .env("MATERIA_BIN_DIR", bin_dir())
         .env_remove("MATERIA_DATA_DIR")
+        .env_remove("BACKUP_TARGET")
         .env_remove("MATERIA_STATE_DB")
         .output()
         .unwrap()
@@ -72,6 +73,9 @@ fn run_all_offline_lands_the_real_release_and_is_idempotent() {
         db.query_row("SELECT action, rows FROM exports", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
     assert_eq!(action, "publish");
     assert!(exported_rows > 77_957, "every serving table: {exported_rows} rows");
+    let backed_up: String = db.query_row("SELECT key FROM backup_objects", [], |r| r.get(0)).unwrap();
+    assert_eq!(backed_up, path, "the landed file is in the default fs backup");
+    assert!(data.join("backup").join(&path).exists());
 
     // A second run finds nothing new and still succeeds.
     let out = run_all(&data, &["--import", zip, "--release", "2022-12"]);
@@ -89,9 +93,11 @@ fn run_all_offline_lands_the_real_release_and_is_idempotent() {
             "psd-extract success",
             "lake-transform success",
             "serve-export success",
+            "landing-backup success",
             "psd-extract unchanged",
             "lake-transform unchanged",
-            "serve-export unchanged"
+            "serve-export unchanged",
+            "landing-backup unchanged"
         ]
     );
 }

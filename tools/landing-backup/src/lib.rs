@@ -7,9 +7,9 @@
 //! what the remote already has. Nothing remote is ever deleted or overwritten: single
 //! uploads are conditional (`If-None-Match: *`), and a remote object that differs from
 //! the local file is an integrity alert, not an upload. A file is recorded only after
-//! its upload returned and a HEAD confirmed its size and ETag (the S3 ETag is computed
-//! locally: the MD5, or for multipart uploads with fixed parts the MD5 of the parts'
-//! MD5s and `-N`). `--verify` lists everything and checks every ledger entry and every
+//! the server confirmed what it stored: the ETag in its answer equals the one computed
+//! locally (the MD5, or for multipart uploads with fixed parts the MD5 of the parts'
+//! MD5s and `-N`), or, when the answer has none, a HEAD shows that size and ETag. `--verify` lists everything and checks every ledger entry and every
 //! landing file, repairing what is missing. Requests are counted by kind at the HTTP
 //! transport, retries included, and reported.
 
@@ -333,11 +333,17 @@ async fn back_up(op: Operator, key: String, file: LocalFile, known: Option<Remot
         return if matches(r) { Done::Adopted { etag: r.etag.clone() } } else { alert(r) };
     }
     match upload(&op, &key, &file, &cfg).await {
-        Ok(()) => {}
+        // The server's ETag of what it stored is the MD5 of what we sent (or the
+        // multipart form of it): when it matches, content and size are confirmed.
+        Ok(meta) if meta.etag().map(|e| e.trim_matches('"')) == Some(local.as_str()) => {
+            return Done::Uploaded { etag: Some(local) };
+        }
+        Ok(_) => {}
         // Someone (a run whose answer was lost) stored it meanwhile: check it below.
         Err(e) if e.kind() == ErrorKind::ConditionNotMatch => {}
         Err(e) => return Done::Failed(anyhow!(e).context(format!("uploading landing/{}", file.rel))),
     }
+    // No ETag in the answer (a folder target, a 412): confirm with a HEAD.
     match op.stat(&key).await {
         Ok(meta) => {
             let r = remote_of(&meta);
@@ -347,18 +353,18 @@ async fn back_up(op: Operator, key: String, file: LocalFile, known: Option<Remot
     }
 }
 
-async fn upload(op: &Operator, key: &str, file: &LocalFile, cfg: &Cfg) -> opendal::Result<()> {
+/// Upload `file` to `key`; returns what the server said about the stored object.
+async fn upload(op: &Operator, key: &str, file: &LocalFile, cfg: &Cfg) -> opendal::Result<opendal::Metadata> {
     let io = |e: std::io::Error| opendal::Error::new(ErrorKind::Unexpected, "reading the landing file").set_source(e);
     if file.bytes < cfg.threshold {
         let data = tokio::fs::read(&file.abs).await.map_err(io)?;
-        op.write_with(key, data).if_not_exists(cfg.if_not_exists).await?;
-        return Ok(());
+        return op.write_with(key, data).if_not_exists(cfg.if_not_exists).await;
     }
     use tokio::io::AsyncReadExt as _;
     let mut w = op.writer_with(key).chunk(cfg.part as usize).await?;
     let mut f = tokio::fs::File::open(&file.abs).await.map_err(io)?;
     let mut buf = vec![0u8; cfg.part as usize];
-    let result: opendal::Result<()> = async {
+    let result: opendal::Result<opendal::Metadata> = async {
         loop {
             let mut filled = 0;
             while filled < buf.len() {
@@ -373,7 +379,7 @@ async fn upload(op: &Operator, key: &str, file: &LocalFile, cfg: &Cfg) -> openda
             }
             w.write(buf[..filled].to_vec()).await?;
         }
-        w.close().await.map(|_| ())
+        w.close().await
     }
     .await;
     if result.is_err() {
