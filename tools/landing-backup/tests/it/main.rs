@@ -33,9 +33,11 @@ impl Moto {
     }
 
     fn start_on(port: u16) -> Moto {
-        let bin = std::env::var_os("MATERIA_MOTO_SERVER").map(PathBuf::from).unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/materia-moto/bin/moto_server")
-        });
+        // Where scripts/setup-dev.sh installs it.
+        let venv = std::env::var_os("MATERIA_MOTO_VENV")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/materia-moto"));
+        let bin = venv.join("bin/moto_server");
         assert!(bin.exists(), "moto is not installed at {}: run scripts/setup-dev.sh", bin.display());
         let child = Command::new(bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
