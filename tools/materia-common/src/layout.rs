@@ -32,6 +32,10 @@
 //! | `R2_ENDPOINT` | landing-backup | R2 (S3) endpoint URL, e.g. `https://ACCOUNT.r2.cloudflarestorage.com` |
 //! | `R2_ACCESS_KEY_ID` | landing-backup | R2 access key id |
 //! | `R2_SECRET_ACCESS_KEY` | landing-backup | R2 secret access key (never logged) |
+//! | `DEPLOY_REMOTE` | tag-deploy | the git remote to poll (URL or path) |
+//! | `MATERIA_APP_DIR` | tag-deploy | releases/, current, the shared build target (default `/opt/materia`) |
+//! | `DEPLOY_BUILD_CMD` | tag-deploy | build command, run with `sh -c` in the release (default `cargo build --release --locked`) |
+//! | `DEPLOY_HEALTH_CMD` | tag-deploy | health check after a switch, `sh -c`, exit 0 = healthy |
 //! | `SERVE_EXPORT_FAULT` | serve-export | tests only: `alter-copy` makes the copy differ, to exercise verification |
 
 use std::path::{Path, PathBuf};
@@ -65,6 +69,16 @@ pub const ENV_R2_ENDPOINT: &str = "R2_ENDPOINT";
 pub const ENV_R2_ACCESS_KEY_ID: &str = "R2_ACCESS_KEY_ID";
 /// landing-backup: the R2 secret access key.
 pub const ENV_R2_SECRET_ACCESS_KEY: &str = "R2_SECRET_ACCESS_KEY";
+/// tag-deploy: the git remote.
+pub const ENV_DEPLOY_REMOTE: &str = "DEPLOY_REMOTE";
+/// tag-deploy: the app dir.
+pub const ENV_APP_DIR: &str = "MATERIA_APP_DIR";
+/// Default for [`ENV_APP_DIR`].
+pub const DEFAULT_APP_DIR: &str = "/opt/materia";
+/// tag-deploy: the build command.
+pub const ENV_DEPLOY_BUILD_CMD: &str = "DEPLOY_BUILD_CMD";
+/// tag-deploy: the health check command.
+pub const ENV_DEPLOY_HEALTH_CMD: &str = "DEPLOY_HEALTH_CMD";
 /// serve-export, tests only: inject a fault (`alter-copy`).
 pub const ENV_SERVE_EXPORT_FAULT: &str = "SERVE_EXPORT_FAULT";
 /// lake-transform: the models folder.

@@ -152,6 +152,19 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (target, key)
     );
     "#,
+    // 5: tag-deploy's deploys.
+    r#"
+    CREATE TABLE deploys (
+        run_id       INTEGER NOT NULL REFERENCES runs (run_id),
+        tag          TEXT    NOT NULL,
+        status       TEXT    NOT NULL CHECK (status IN ('deployed', 'failed', 'refused')),
+        previous_tag TEXT,                         -- what `current` pointed at before
+        web_hook     INTEGER NOT NULL DEFAULT 0,   -- 1 when web/ changed and the hook ran
+        detail       TEXT,                         -- why it failed or was refused
+        cleared      INTEGER NOT NULL DEFAULT 0,   -- a failure an operator cleared (--clear-failed)
+        at           TEXT    NOT NULL
+    );
+    "#,
 ];
 
 /// SQL for "now" as stored everywhere: UTC, ISO 8601, milliseconds.
@@ -337,7 +350,7 @@ mod tests {
         let err = StateDb::open(&path).unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("state DB {}: schema version 999 is newer than this tool knows (4); upgrade the tool", path.display())
+            format!("state DB {}: schema version 999 is newer than this tool knows (5); upgrade the tool", path.display())
         );
     }
 }

@@ -1,0 +1,286 @@
+//! tag-deploy against real git repositories made by the tests.
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The release's build: fails when FAIL exists, sleeps when SLOW exists, and installs a
+/// `psd-extract` that prints its tag.
+const BUILD: &str = r#"#!/bin/sh
+set -e
+if [ -e FAIL ]; then echo "build broken" >&2; exit 1; fi
+if [ -e SLOW ]; then sleep 3; fi
+mkdir -p "$CARGO_TARGET_DIR/release"
+printf '#!/bin/sh\necho %s\n' "$MATERIA_TAG" > "$CARGO_TARGET_DIR/release/psd-extract"
+chmod +x "$CARGO_TARGET_DIR/release/psd-extract"
+echo "$MATERIA_TAG" >> "$MATERIA_RELEASE_DIR/../../builds.log"
+"#;
+
+const HOOK: &str = "#!/bin/sh\necho \"$MATERIA_TAG\" >> \"$MATERIA_RELEASE_DIR/../../web-hooks.log\"\n";
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    src: PathBuf,
+    app: PathBuf,
+    data: PathBuf,
+}
+
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Env {
+    fn new() -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        let env = Env { app: tmp.path().join("app"), data: tmp.path().join("data"), src, _tmp: tmp };
+        std::fs::create_dir_all(&env.src).unwrap();
+        env.git(&["init", "-q", "-b", "main"]);
+        env.write("build.sh", BUILD, true);
+        env.write("web/deploy.sh", HOOK, true);
+        env.write("web/index.html", "<h1>1</h1>", false);
+        env.write("src/lib.rs", "// 1", false);
+        env.commit("first");
+        env
+    }
+
+    fn git(&self, args: &[&str]) {
+        let o = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "tag.gpgSign=false", "-c", "commit.gpgSign=false"])
+            .args(args)
+            .current_dir(&self.src)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+
+    fn write(&self, rel: &str, text: &str, exec: bool) {
+        let p = self.src.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        if exec {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+
+    fn remove(&self, rel: &str) {
+        std::fs::remove_file(self.src.join(rel)).unwrap();
+    }
+
+    fn commit(&self, msg: &str) {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "--allow-empty", "-m", msg]);
+    }
+
+    fn tag(&self, name: &str) {
+        self.git(&["tag", name]);
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tag-deploy"));
+        for v in ["MATERIA_DATA_DIR", "MATERIA_STATE_DB", "MATERIA_APP_DIR", "DEPLOY_REMOTE", "DEPLOY_BUILD_CMD", "DEPLOY_HEALTH_CMD", "RUST_LOG"] {
+            c.env_remove(v);
+        }
+        c.arg("--data-dir").arg(&self.data).arg("--app-dir").arg(&self.app);
+        c.args(args);
+        c
+    }
+
+    fn poll(&self, extra: &[&str]) -> Run {
+        let src = self.src.display().to_string();
+        let mut args = vec!["--remote", &src, "--build-cmd", "sh build.sh"];
+        args.extend(extra);
+        let o = self.cmd(&args).output().unwrap();
+        Run { code: o.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&o.stdout).into_owned(), stderr: String::from_utf8_lossy(&o.stderr).into_owned() }
+    }
+
+    fn current(&self) -> Option<String> {
+        std::fs::read_link(self.app.join("current")).ok().map(|p| p.display().to_string())
+    }
+
+    /// What the deployed psd-extract prints.
+    fn deployed_binary(&self) -> String {
+        let o = Command::new(self.app.join("current/bin/psd-extract")).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    }
+
+    fn lines(&self, file: &str) -> Vec<String> {
+        std::fs::read_to_string(self.app.join(file)).unwrap_or_default().lines().map(str::to_owned).collect()
+    }
+
+    fn releases(&self) -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(self.app.join("releases")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        v.sort();
+        v
+    }
+
+    fn deploys(&self) -> Vec<String> {
+        let c = rusqlite::Connection::open(self.data.join("landing/.state.sqlite")).unwrap();
+        let mut st = c.prepare("SELECT tag || ' ' || status FROM deploys ORDER BY rowid").unwrap();
+        st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    }
+}
+
+#[test]
+fn first_deploy_then_a_poll_with_no_new_tag_builds_nothing() {
+    let env = Env::new();
+    env.tag("v1");
+    let run = env.poll(&[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout.trim(), "v1");
+    assert_eq!(env.current().as_deref(), Some("releases/v1"));
+    assert_eq!(env.deployed_binary(), "v1");
+    assert_eq!(env.lines("builds.log"), ["v1"]);
+    assert_eq!(env.lines("web-hooks.log"), ["v1"], "the first deploy publishes web/");
+
+    let again = env.poll(&[]);
+    assert_eq!(again.code, 3, "{again:?}");
+    assert!(again.stderr.contains("no new release tag; v1 is deployed"), "{}", again.stderr);
+    assert_eq!(env.lines("builds.log"), ["v1"], "no build");
+
+    let o = env.cmd(&["status"]).output().unwrap();
+    let status = String::from_utf8_lossy(&o.stdout);
+    assert!(status.contains("deployed: v1") && status.contains("previous: -") && status.contains("failed:   -"), "{status}");
+}
+
+#[test]
+fn versions_order_tags_and_older_ones_are_refused() {
+    let env = Env::new();
+    env.tag("v9");
+    env.write("src/lib.rs", "// 10", false);
+    env.commit("ten");
+    env.tag("v10");
+    let run = env.poll(&[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(env.deployed_binary(), "v10", "by version, not by name (v9 > v10 as text)");
+
+    env.write("src/lib.rs", "// old", false);
+    env.commit("old");
+    env.tag("v1.2.3"); // created later, but an older version than v10
+    let run = env.poll(&[]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(run.stderr.contains("tag v1.2.3 is older than the deployed v10: refused"), "{}", run.stderr);
+    assert_eq!(env.deployed_binary(), "v10");
+    env.poll(&[]);
+    assert_eq!(env.deploys(), ["v10 deployed", "v1.2.3 refused", "v9 refused"], "refused once, recorded");
+}
+
+#[test]
+fn a_failed_build_keeps_the_old_release_and_is_not_retried_until_cleared() {
+    let env = Env::new();
+    env.tag("v1");
+    assert_eq!(env.poll(&[]).code, 0);
+    env.write("FAIL", "", false);
+    env.commit("broken");
+    env.tag("v2");
+    let run = env.poll(&[]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("tag-deploy: error: build failed: `sh build.sh` exited with exit status: 1"), "{}", run.stderr);
+    assert_eq!(env.deployed_binary(), "v1");
+    assert_eq!(env.releases(), ["v1"], "nothing half-built left");
+    let again = env.poll(&[]);
+    assert_eq!(again.code, 3, "a failed tag is not retried every poll: {again:?}");
+    assert_eq!(env.lines("builds.log"), ["v1"]);
+    let o = env.cmd(&["status"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("failed:   v2"));
+
+    // Fixed in a newer tag: that one deploys.
+    env.remove("FAIL");
+    env.commit("fixed");
+    env.tag("v3");
+    assert_eq!(env.poll(&[]).code, 0);
+    assert_eq!(env.deployed_binary(), "v3");
+    // --clear-failed makes v2 eligible again, but it is older than v3 now.
+    assert_eq!(env.poll(&["--clear-failed"]).code, 3);
+}
+
+#[test]
+fn the_web_hook_runs_only_when_web_changed() {
+    let env = Env::new();
+    env.tag("v1");
+    assert_eq!(env.poll(&[]).code, 0);
+    env.write("src/lib.rs", "// 2", false);
+    env.commit("code only");
+    env.tag("v2");
+    assert_eq!(env.poll(&[]).code, 0);
+    env.write("web/index.html", "<h1>3</h1>", false);
+    env.commit("web");
+    env.tag("v3");
+    let run = env.poll(&[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("web hook ran"), "{}", run.stderr);
+    assert_eq!(env.lines("web-hooks.log"), ["v1", "v3"]);
+    assert_eq!(env.lines("builds.log"), ["v1", "v2", "v3"]);
+}
+
+#[test]
+fn a_failing_health_check_switches_back() {
+    let env = Env::new();
+    env.tag("v1");
+    let health = ["--health-cmd", "test \"$MATERIA_TAG\" != v2"];
+    assert_eq!(env.poll(&health).code, 0);
+    env.write("src/lib.rs", "// 2", false);
+    env.commit("two");
+    env.tag("v2");
+    let run = env.poll(&health);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("health check failed") && run.stderr.contains("switched back"), "{}", run.stderr);
+    assert_eq!(env.current().as_deref(), Some("releases/v1"));
+    assert_eq!(env.deployed_binary(), "v1");
+    assert_eq!(env.deploys(), ["v1 deployed", "v2 failed"]);
+}
+
+#[test]
+fn hostile_tag_names_never_reach_a_shell_or_a_path() {
+    let env = Env::new();
+    // Git refuses spaces and control characters in tag names; ${IFS} stands in for them.
+    for t in ["v1;touch${IFS}PWNED", "v2$(touch${IFS}PWNED)", "v3`touch${IFS}PWNED`", "v4.0.0-rc1", "v5|x", "v7&&touch${IFS}PWNED"] {
+        env.git(&["tag", "--", t]);
+    }
+    env.tag("v1");
+    let run = env.poll(&[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(env.deployed_binary(), "v1");
+    assert_eq!(env.releases(), ["v1"]);
+    let found = Command::new("find").arg(env._tmp.path()).args(["-name", "PWNED"]).output().unwrap();
+    assert!(found.stdout.is_empty(), "{}", String::from_utf8_lossy(&found.stdout));
+}
+
+#[test]
+fn kill_9_mid_deploy_leaves_current_on_a_complete_release() {
+    let env = Env::new();
+    env.tag("v1");
+    assert_eq!(env.poll(&[]).code, 0);
+    env.write("SLOW", "", false);
+    env.commit("slow");
+    env.tag("v2");
+    let src = env.src.display().to_string();
+    let mut child = env
+        .cmd(&["--remote", &src, "--build-cmd", "sh build.sh"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !env.releases().iter().any(|r| r.starts_with(".tmp-v2")) {
+        assert!(Instant::now() < deadline, "the deploy did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(env.current().as_deref(), Some("releases/v1"));
+    assert_eq!(env.deployed_binary(), "v1");
+    assert!(!env.releases().contains(&"v2".to_owned()), "{:?}", env.releases());
+
+    let run = env.poll(&[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(env.deployed_binary(), "v2");
+    assert!(env.releases().iter().all(|r| !r.starts_with('.')), "{:?}", env.releases());
+    let _ = Path::new("");
+}
