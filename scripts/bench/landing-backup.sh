@@ -15,7 +15,7 @@ if ! command -v rclone >/dev/null; then
 fi
 cargo build --release --locked --quiet -p landing-backup
 ours=$CARGO_TARGET_DIR/release/landing-backup
-moto=${MATERIA_MOTO_VENV:-$HOME/.cache/materia-moto}/bin/moto_server
+moto=${MATERIA_TEST_VENV:-$HOME/.cache/materia-test-venv}/bin/moto_server
 
 work=$(mktemp -d)
 moto_pid=

@@ -36,6 +36,7 @@
 //! | `MATERIA_APP_DIR` | tag-deploy | releases/, current, the shared build target (default `/opt/materia`) |
 //! | `DEPLOY_BUILD_CMD` | tag-deploy | build command, run with `sh -c` in the release (default `cargo build --release --locked`) |
 //! | `DEPLOY_HEALTH_CMD` | tag-deploy | health check after a switch, `sh -c`, exit 0 = healthy |
+//! | `DEPLOY_ENV_FILE` | tag-deploy | where `.env.prod.sops` is decrypted to (default `APP_DIR/.env`) |
 //! | `SERVE_EXPORT_FAULT` | serve-export | tests only: `alter-copy` makes the copy differ, to exercise verification |
 
 use std::path::{Path, PathBuf};
@@ -77,6 +78,8 @@ pub const ENV_APP_DIR: &str = "MATERIA_APP_DIR";
 pub const DEFAULT_APP_DIR: &str = "/opt/materia";
 /// tag-deploy: the build command.
 pub const ENV_DEPLOY_BUILD_CMD: &str = "DEPLOY_BUILD_CMD";
+/// tag-deploy: where decrypted secrets go.
+pub const ENV_DEPLOY_ENV_FILE: &str = "DEPLOY_ENV_FILE";
 /// tag-deploy: the health check command.
 pub const ENV_DEPLOY_HEALTH_CMD: &str = "DEPLOY_HEALTH_CMD";
 /// serve-export, tests only: inject a fault (`alter-copy`).

@@ -10,6 +10,11 @@
 //! check leaves (or switches back) `current` on the previous release, records the tag
 //! as failed (not retried until `--clear-failed`), and exits non-zero.
 //!
+//! When the release has `.env.prod.sops`, it is decrypted with `sops` (the age key in
+//! the service user's default place, `~/.config/sops/age/keys.txt`) into the env file,
+//! mode 0600, on every deploy so rotations take effect; its content is never logged, and
+//! a deploy that switches back restores the previous secrets.
+//!
 //! Tag names come from a remote and are never trusted: only names of the form `v<N>`
 //! or `vX.Y.Z` (digits only) are considered at all, so no other name ever reaches a
 //! path or a command; the tag reaches the build and hooks only as `MATERIA_TAG`.
@@ -92,6 +97,11 @@ struct PollArgs {
     /// Forget the recorded failures, so failed tags are tried again.
     #[arg(long)]
     clear_failed: bool,
+
+    /// Where a release's `.env.prod.sops` is decrypted to (mode 0600) on every deploy
+    /// [default: APP_DIR/.env].
+    #[arg(long, value_name = "FILE", env = layout::ENV_DEPLOY_ENV_FILE)]
+    env_file: Option<PathBuf>,
 }
 
 /// Run the tool.
@@ -263,6 +273,16 @@ fn deploy(step: &Step, app: &App, repo: &git2::Repository, tag: &str, previous: 
     std::fs::rename(&tmp, &dir).with_context(|| format!("renaming to {}", dir.display()))?;
     materia_common::atomic::sync_dir(&app.releases())?;
 
+    let env_file = args.env_file.clone().unwrap_or_else(|| app.dir.join(".env"));
+    let old_secrets = std::fs::read(&env_file).ok();
+    let sops_file = dir.join(".env.prod.sops");
+    if sops_file.exists() {
+        if let Err(e) = decrypt(&sops_file, &env_file, tag) {
+            std::fs::remove_dir_all(&dir)?;
+            return fail(format!("{e:#}"));
+        }
+        log::info!("secrets decrypted to {}", env_file.display());
+    }
     let web_changed = web_changed(repo, previous, &commit)?;
     app.switch(Some(tag))?;
     let after = (|| -> anyhow::Result<()> {
@@ -278,6 +298,14 @@ fn deploy(step: &Step, app: &App, repo: &git2::Repository, tag: &str, previous: 
     })();
     if let Err(e) = after {
         app.switch(previous)?;
+        if sops_file.exists() {
+            match &old_secrets {
+                Some(bytes) => write_secret(&env_file, bytes)?,
+                None => {
+                    let _ = std::fs::remove_file(&env_file);
+                }
+            }
+        }
         return fail(format!("{e:#}; switched back"));
     }
     record(step, tag, "deployed", previous, web_changed, None)?;
@@ -317,6 +345,45 @@ fn run_cmd(cmd: &str, dir: &Path, app: &App, tag: &str, timeout: Option<Duration
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Decrypt a release's dotenv secrets with sops into `env_file`.
+fn decrypt(sops_file: &Path, env_file: &Path, tag: &str) -> anyhow::Result<()> {
+    let mut c = std::process::Command::new("sops");
+    c.args(["--disable-version-check", "--decrypt", "--input-type", "dotenv", "--output-type", "dotenv"])
+        .arg(sops_file)
+        .env_clear();
+    for v in ["PATH", "HOME", "XDG_CONFIG_HOME", "SOPS_AGE_KEY_FILE"] {
+        if let Some(val) = std::env::var_os(v) {
+            c.env(v, val);
+        }
+    }
+    let out = match c.stdin(std::process::Stdio::null()).output() {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            anyhow::bail!("{tag} has .env.prod.sops but sops is not installed (not on PATH)")
+        }
+        Err(e) => return Err(anyhow!(e).context("running sops")),
+    };
+    if !out.status.success() {
+        // sops' own message names the problem (no key, wrong key); it never holds the secrets.
+        let why = String::from_utf8_lossy(&out.stderr).lines().find(|l| !l.trim().is_empty()).unwrap_or("").to_owned();
+        anyhow::bail!("sops could not decrypt .env.prod.sops of {tag}: {why}");
+    }
+    write_secret(env_file, &out.stdout)
+}
+
+/// Write `bytes` to `path` atomically, readable by its owner only.
+fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| anyhow!("bad env file {}", path.display()))?;
+    let mut f = materia_common::atomic::AtomicFile::create_in(dir, name)?;
+    f.file().set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.file().write_all(bytes)?;
+    f.commit_replace(name)?;
+    Ok(())
 }
 
 /// Copy the built binaries (and libduckdb.so) into the release.

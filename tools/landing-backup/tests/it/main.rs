@@ -34,9 +34,9 @@ impl Moto {
 
     fn start_on(port: u16) -> Moto {
         // Where scripts/setup-dev.sh installs it.
-        let venv = std::env::var_os("MATERIA_MOTO_VENV")
+        let venv = std::env::var_os("MATERIA_TEST_VENV")
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/materia-moto"));
+            .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/materia-test-venv"));
         let bin = venv.join("bin/moto_server");
         assert!(bin.exists(), "moto is not installed at {}: run scripts/setup-dev.sh", bin.display());
         let child = Command::new(bin)
