@@ -164,6 +164,11 @@ const MIGRATIONS: &[&str] = &[
         cleared      INTEGER NOT NULL DEFAULT 0,   -- a failure an operator cleared (--clear-failed)
         at           TEXT    NOT NULL
     );
+    -- Release tags tag-deploy has already seen on the remote (each is judged once).
+    CREATE TABLE deploy_seen_tags (
+        tag     TEXT PRIMARY KEY,
+        seen_at TEXT NOT NULL
+    );
     "#,
 ];
 

@@ -1,7 +1,8 @@
 //! tag-deploy: pull-based deploys from git release tags.
 //!
-//! Every poll fetches the remote's tags into `APP_DIR/repo.git` (git2), picks the
-//! highest version tag newer than the deployed one that has not failed before, checks
+//! Every poll lists the remote's tags (git2; like `git ls-remote`, nothing is fetched
+//! when nothing is new), picks the highest version tag newer than the deployed one that
+//! has not failed before, fetches the tags into `APP_DIR/repo.git`, checks
 //! its tree out into `releases/.tmp-<tag>-<pid>`, runs the build command there with a
 //! clean environment, installs the binaries into its `bin/` (and `libduckdb.so` into
 //! `lib/`, where their rpath looks), renames it to `releases/<tag>` and switches the
@@ -197,31 +198,47 @@ fn poll(cli: &Cli) -> anyhow::Result<Outcome> {
             Ok(r) => r,
             Err(_) => git2::Repository::init_bare(app.repo()).with_context(|| format!("creating {}", app.repo().display()))?,
         };
-        repo.remote_anonymous(&remote)?
-            .fetch(&["+refs/tags/*:refs/tags/*"], None, None)
-            .with_context(|| format!("fetching tags from {remote}"))?;
-        let names = repo.tag_names(None)?;
-        let mut tags: Vec<(Vec<u64>, String)> = names
+        // Ask the remote which tags it has (as ls-remote does); fetch only when there is
+        // something to deploy, so a poll with no new tag transfers nothing.
+        let mut origin = repo.remote_anonymous(&remote)?;
+        origin.connect(git2::Direction::Fetch).with_context(|| format!("connecting to {remote}"))?;
+        let mut tags: Vec<(Vec<u64>, String)> = origin
+            .list()?
             .iter()
-            .filter_map(|t| t.ok().flatten())
-            .filter(|t| glob(&args.tag_pattern, t))
+            .filter_map(|h| h.name().strip_prefix("refs/tags/"))
+            .filter(|t| !t.ends_with("^{}") && glob(&args.tag_pattern, t))
             .filter_map(|t| version(t).map(|v| (v, t.to_owned())))
             .collect();
+        origin.disconnect()?;
         tags.sort();
+        tags.dedup();
         let deployed = app.deployed();
         let deployed_v = deployed.as_deref().and_then(version);
         let failed = failed_tags(&step.db)?;
-        for (v, t) in &tags {
-            if deployed_v.as_ref().is_some_and(|d| v < d) && !already_refused(&step.db, t)? {
+        // Tags this mirror has not seen yet: fetched now, so each is judged once. One
+        // that is older than the deployed release is refused (we never move back).
+        let known = seen_tags(&step.db)?;
+        let new: Vec<&(Vec<u64>, String)> = tags.iter().filter(|(_, t)| !known.contains(t)).collect();
+        for (v, t) in &new {
+            if deployed_v.as_ref().is_some_and(|d| v < d) {
                 log::warn!("tag {t} is older than the deployed {}: refused", deployed.as_deref().unwrap_or("?"));
                 record(step, t, "refused", deployed.as_deref(), false, Some("older than the deployed release"))?;
             }
         }
+        let fetch = |repo: &git2::Repository| -> anyhow::Result<()> {
+            repo.remote_anonymous(&remote)?
+                .fetch(&["+refs/tags/*:refs/tags/*"], None, None)
+                .with_context(|| format!("fetching tags from {remote}"))?;
+            mark_seen(&step.db, new.iter().map(|(_, t)| t.as_str()))
+        };
         let next = tags
             .iter()
             .rev()
             .find(|(v, t)| deployed_v.as_ref().is_none_or(|d| v > d) && !failed.contains(t));
         let Some((_, tag)) = next else {
+            if !new.is_empty() {
+                fetch(&repo)?;
+            }
             let summary = match &deployed {
                 Some(d) => format!("no new release tag; {d} is deployed"),
                 None => "no release tag to deploy".to_owned(),
@@ -229,6 +246,7 @@ fn poll(cli: &Cli) -> anyhow::Result<Outcome> {
             log::info!("{summary}");
             return Ok(Report { outcome: Outcome::Unchanged, summary, stats: serde_json::json!({}), failure: None });
         };
+        fetch(&repo)?;
         deploy(step, &app, &repo, tag, deployed.as_deref(), args)
     })
 }
@@ -444,12 +462,24 @@ fn failed_tags(db: &StateDb) -> anyhow::Result<Vec<String>> {
     rows.collect::<Result<_, _>>().map_err(|e| db.err(e).into())
 }
 
-fn already_refused(db: &StateDb, tag: &str) -> anyhow::Result<bool> {
-    let n: i64 = db
-        .conn()
-        .query_row("SELECT count(*) FROM deploys WHERE tag = ?1 AND status = 'refused'", [tag], |r| r.get(0))
-        .map_err(|e| db.err(e))?;
-    Ok(n > 0)
+fn seen_tags(db: &StateDb) -> anyhow::Result<std::collections::HashSet<String>> {
+    let mut st = db.conn().prepare("SELECT tag FROM deploy_seen_tags").map_err(|e| db.err(e))?;
+    let rows = st.query_map([], |r| r.get(0)).map_err(|e| db.err(e))?;
+    rows.collect::<Result<_, _>>().map_err(|e| db.err(e).into())
+}
+
+fn mark_seen<'a>(db: &StateDb, tags: impl Iterator<Item = &'a str>) -> anyhow::Result<()> {
+    let tx = db.conn().unchecked_transaction().map_err(|e| db.err(e))?;
+    {
+        let mut st = tx
+            .prepare(&format!("INSERT OR IGNORE INTO deploy_seen_tags (tag, seen_at) VALUES (?1, {})", materia_common::state::NOW))
+            .map_err(|e| db.err(e))?;
+        for t in tags {
+            st.execute([t]).map_err(|e| db.err(e))?;
+        }
+    }
+    tx.commit().map_err(|e| db.err(e))?;
+    Ok(())
 }
 
 fn record(step: &Step, tag: &str, status: &str, previous: Option<&str>, web: bool, detail: Option<&str>) -> anyhow::Result<()> {
