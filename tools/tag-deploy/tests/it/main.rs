@@ -374,3 +374,17 @@ fn a_missing_sops_is_an_error_only_when_a_release_has_secrets() {
     assert_eq!(env.deployed_binary(), "v1");
     assert_eq!(env.releases(), ["v1"]);
 }
+
+#[test]
+fn old_releases_are_pruned_but_never_the_current_or_previous_one() {
+    let env = Env::new();
+    for i in 1..=5 {
+        env.write("src/lib.rs", &format!("// {i}"), false);
+        env.commit(&format!("r{i}"));
+        env.tag(&format!("v{i}"));
+        assert_eq!(env.poll(&["--keep", "1"]).code, 0);
+    }
+    // current v5, previous v4, and one more kept.
+    assert_eq!(env.releases(), ["v3", "v4", "v5"]);
+    assert_eq!(env.deployed_binary(), "v5");
+}
