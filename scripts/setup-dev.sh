@@ -12,8 +12,10 @@ set -euo pipefail
 #   benchmarks; sqlite3: operators' queries; time: peak memory in benchmarks;
 #   npm: fetches the prebuilt DuckDB library from its registry package;
 #   python3-venv: the venv the test tools install into; git: tag-deploy's tests;
-#   age: keys for the sops secrets tests.
-packages=(gcc pkg-config gzip unzip curl sqlite3 time ca-certificates python3-venv git age)
+#   age: keys for the sops secrets tests; libssl-dev, libssh2-1-dev: git2's SSH
+#   transport; openssh-server: the sshd tag-deploy's SSH test runs on 127.0.0.1.
+packages=(gcc pkg-config gzip unzip curl sqlite3 time ca-certificates python3-venv git age
+    libssl-dev libssh2-1-dev openssh-server)
 command -v npm >/dev/null || packages+=(npm)
 
 missing=()

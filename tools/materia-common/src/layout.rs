@@ -36,6 +36,8 @@
 //! | `MATERIA_APP_DIR` | tag-deploy | releases/, current, the shared build target (default `/opt/materia`) |
 //! | `DEPLOY_BUILD_CMD` | tag-deploy | build command, run with `sh -c` in the release (default `cargo build --release --locked`) |
 //! | `DEPLOY_HEALTH_CMD` | tag-deploy | health check after a switch, `sh -c`, exit 0 = healthy |
+//! | `DEPLOY_SSH_KEY` | tag-deploy | private key for an SSH remote (default `~/.ssh/materia_deploy`) |
+//! | `DEPLOY_KNOWN_HOSTS` | tag-deploy | the SSH remote's host key must be in this file (default `~/.ssh/known_hosts`) |
 //! | `DEPLOY_ENV_FILE` | tag-deploy | where `.env.prod.sops` is decrypted to (default `APP_DIR/.env`) |
 //! | `SERVE_EXPORT_FAULT` | serve-export | tests only: `alter-copy` makes the copy differ, to exercise verification |
 
@@ -78,6 +80,10 @@ pub const ENV_APP_DIR: &str = "MATERIA_APP_DIR";
 pub const DEFAULT_APP_DIR: &str = "/opt/materia";
 /// tag-deploy: the build command.
 pub const ENV_DEPLOY_BUILD_CMD: &str = "DEPLOY_BUILD_CMD";
+/// tag-deploy: the SSH deploy key.
+pub const ENV_DEPLOY_SSH_KEY: &str = "DEPLOY_SSH_KEY";
+/// tag-deploy: known hosts for the SSH remote.
+pub const ENV_DEPLOY_KNOWN_HOSTS: &str = "DEPLOY_KNOWN_HOSTS";
 /// tag-deploy: where decrypted secrets go.
 pub const ENV_DEPLOY_ENV_FILE: &str = "DEPLOY_ENV_FILE";
 /// tag-deploy: the health check command.

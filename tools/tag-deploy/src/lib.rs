@@ -99,6 +99,14 @@ struct PollArgs {
     #[arg(long)]
     clear_failed: bool,
 
+    /// Private key for an SSH remote (ssh://… or user@host:path) [default: ~/.ssh/materia_deploy].
+    #[arg(long, value_name = "FILE", env = layout::ENV_DEPLOY_SSH_KEY)]
+    ssh_key: Option<PathBuf>,
+
+    /// An SSH remote's host key must be listed here [default: ~/.ssh/known_hosts].
+    #[arg(long, value_name = "FILE", env = layout::ENV_DEPLOY_KNOWN_HOSTS)]
+    known_hosts: Option<PathBuf>,
+
     /// Where a release's `.env.prod.sops` is decrypted to (mode 0600) on every deploy
     /// [default: APP_DIR/.env].
     #[arg(long, value_name = "FILE", env = layout::ENV_DEPLOY_ENV_FILE)]
@@ -201,7 +209,11 @@ fn poll(cli: &Cli) -> anyhow::Result<Outcome> {
         // Ask the remote which tags it has (as ls-remote does); fetch only when there is
         // something to deploy, so a poll with no new tag transfers nothing.
         let mut origin = repo.remote_anonymous(&remote)?;
-        origin.connect(git2::Direction::Fetch).with_context(|| format!("connecting to {remote}"))?;
+        let (cb, why) = callbacks(args);
+        origin
+            .connect_auth(git2::Direction::Fetch, Some(cb), None)
+            .map_err(|e| explained(e, &why))
+            .with_context(|| format!("connecting to {remote}"))?;
         let mut tags: Vec<(Vec<u64>, String)> = origin
             .list()?
             .iter()
@@ -226,8 +238,12 @@ fn poll(cli: &Cli) -> anyhow::Result<Outcome> {
             }
         }
         let fetch = |repo: &git2::Repository| -> anyhow::Result<()> {
+            let mut fo = git2::FetchOptions::new();
+            let (cb, why) = callbacks(args);
+            fo.remote_callbacks(cb);
             repo.remote_anonymous(&remote)?
-                .fetch(&["+refs/tags/*:refs/tags/*"], None, None)
+                .fetch(&["+refs/tags/*:refs/tags/*"], Some(&mut fo), None)
+                .map_err(|e| explained(e, &why))
                 .with_context(|| format!("fetching tags from {remote}"))?;
             mark_seen(&step.db, new.iter().map(|(_, t)| t.as_str()))
         };
@@ -248,6 +264,67 @@ fn poll(cli: &Cli) -> anyhow::Result<Outcome> {
         };
         fetch(&repo)?;
         deploy(step, &app, &repo, tag, deployed.as_deref(), args)
+    })
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"))
+}
+
+/// Why a callback refused, which libgit2's own error message would hide.
+type Why = std::sync::Arc<std::sync::Mutex<Option<String>>>;
+
+fn explained(e: git2::Error, why: &Why) -> anyhow::Error {
+    match why.lock().ok().and_then(|w| w.clone()) {
+        Some(reason) => anyhow!(reason),
+        None => anyhow!(e),
+    }
+}
+
+/// SSH authentication with the deploy key, and host key verification against known_hosts.
+fn callbacks(args: &PollArgs) -> (git2::RemoteCallbacks<'static>, Why) {
+    let key = args.ssh_key.clone().unwrap_or_else(|| home().join(".ssh/materia_deploy"));
+    let known = args.known_hosts.clone().unwrap_or_else(|| home().join(".ssh/known_hosts"));
+    let why: Why = Default::default();
+    let mut cb = git2::RemoteCallbacks::new();
+    let mut tried = false;
+    let w = why.clone();
+    cb.credentials(move |_url, user, allowed| {
+        // libgit2 asks again after a refusal: one try with the deploy key, then give up.
+        if tried || !allowed.contains(git2::CredentialType::SSH_KEY) {
+            let reason = format!("the remote refused the deploy key {}", key.display());
+            *w.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.clone());
+            return Err(git2::Error::from_str(&reason));
+        }
+        tried = true;
+        git2::Cred::ssh_key(user.unwrap_or("git"), None, &key, None)
+    });
+    let w = why.clone();
+    cb.certificate_check(move |cert, host| {
+        let Some(hostkey) = cert.as_hostkey().and_then(|h| h.hostkey()) else {
+            return Ok(git2::CertificateCheckStatus::CertificatePassthrough); // not SSH
+        };
+        if known_host(&known, host, hostkey) {
+            Ok(git2::CertificateCheckStatus::CertificateOk)
+        } else {
+            let reason = format!("the host key of {host} is not in {} (add it with ssh-keyscan)", known.display());
+            *w.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.clone());
+            Err(git2::Error::from_str(&reason))
+        }
+    });
+    (cb, why)
+}
+
+/// Is `key` listed for `host` in the known_hosts file? (Plain entries: `host`,
+/// `[host]:port`, comma-separated; hashed entries are not supported.)
+fn known_host(file: &Path, host: &str, key: &[u8]) -> bool {
+    use base64::Engine as _;
+    let Ok(text) = std::fs::read_to_string(file) else { return false };
+    text.lines().filter(|l| !l.trim_start().starts_with('#')).any(|line| {
+        let mut f = line.split_whitespace();
+        let (Some(hosts), Some(_kind), Some(b64)) = (f.next(), f.next(), f.next()) else { return false };
+        let matches = hosts.split(',').any(|h| h == host || h.strip_prefix('[').and_then(|h| h.split_once("]:")).is_some_and(|(h, _)| h == host));
+        matches && base64::engine::general_purpose::STANDARD.decode(b64).is_ok_and(|k| k == key)
     })
 }
 

@@ -388,3 +388,86 @@ fn old_releases_are_pruned_but_never_the_current_or_previous_one() {
     assert_eq!(env.releases(), ["v3", "v4", "v5"]);
     assert_eq!(env.deployed_binary(), "v5");
 }
+
+/// A real sshd on 127.0.0.1 (Debian's openssh-server) that lets the test's deploy key in
+/// as the current user; killed on drop.
+struct Sshd {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn keygen(path: &Path) {
+    let o = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", ""]).arg("-f").arg(path).output().unwrap();
+    assert!(o.status.success(), "{o:?}");
+}
+
+fn sshd(dir: &Path) -> Option<Sshd> {
+    let sshd = Path::new("/usr/sbin/sshd");
+    if !sshd.exists() || std::fs::create_dir_all("/run/sshd").is_err() {
+        eprintln!("SKIPPED: no sshd here (needs root and openssh-server, as scripts/setup-dev.sh installs)");
+        return None;
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    keygen(&dir.join("host_key"));
+    keygen(&dir.join("deploy_key"));
+    std::fs::copy(dir.join("deploy_key.pub"), dir.join("authorized_keys")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = format!(
+        "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/sshd.pid\n\
+         StrictModes no\nPermitRootLogin yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n",
+        d = dir.display()
+    );
+    std::fs::write(dir.join("sshd_config"), config).unwrap();
+    let child = Command::new(sshd).arg("-D").arg("-e").arg("-f").arg(dir.join("sshd_config")).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            eprintln!("SKIPPED: sshd did not start");
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let host_pub = std::fs::read_to_string(dir.join("host_key.pub")).unwrap();
+    let mut f = host_pub.split_whitespace();
+    std::fs::write(dir.join("known_hosts"), format!("[127.0.0.1]:{port} {} {}\n", f.next().unwrap(), f.next().unwrap())).unwrap();
+    Some(Sshd { child, port })
+}
+
+#[test]
+fn deploys_over_ssh_with_the_deploy_key_and_a_known_host_key() {
+    let env = Env::new();
+    let ssh_dir = env._tmp.path().join("ssh");
+    let Some(server) = sshd(&ssh_dir) else { return };
+    env.tag("v1");
+    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
+    let url = format!("ssh://{}@127.0.0.1:{}{}", user.trim(), server.port, env.src.display());
+    let key = ssh_dir.join("deploy_key").display().to_string();
+    let poll = |known: &Path, key: &str| {
+        let known = known.display().to_string();
+        env.cmd(&["--remote", &url, "--build-cmd", "sh build.sh", "--ssh-key", key, "--known-hosts", &known]).output().unwrap()
+    };
+
+    // An unknown host key is refused before anything is fetched.
+    std::fs::write(ssh_dir.join("empty_known_hosts"), "").unwrap();
+    let o = poll(&ssh_dir.join("empty_known_hosts"), &key);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("the host key of 127.0.0.1 is not in"), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // A key the server does not know is refused.
+    keygen(&ssh_dir.join("other_key"));
+    let o = poll(&ssh_dir.join("known_hosts"), &ssh_dir.join("other_key").display().to_string());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("refused the deploy key"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(env.current().is_none());
+
+    let o = poll(&ssh_dir.join("known_hosts"), &key);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(env.deployed_binary(), "v1");
+}
