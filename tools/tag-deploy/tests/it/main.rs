@@ -426,6 +426,7 @@ fn sshd(dir: &Path) -> Option<Sshd> {
     );
     std::fs::write(dir.join("sshd_config"), config).unwrap();
     let child = Command::new(sshd).arg("-D").arg("-e").arg("-f").arg(dir.join("sshd_config")).stderr(Stdio::null()).spawn().unwrap();
+    let server = Sshd { child, port }; // killed on every way out
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > deadline {
@@ -437,7 +438,7 @@ fn sshd(dir: &Path) -> Option<Sshd> {
     let host_pub = std::fs::read_to_string(dir.join("host_key.pub")).unwrap();
     let mut f = host_pub.split_whitespace();
     std::fs::write(dir.join("known_hosts"), format!("[127.0.0.1]:{port} {} {}\n", f.next().unwrap(), f.next().unwrap())).unwrap();
-    Some(Sshd { child, port })
+    Some(server)
 }
 
 #[test]
