@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 const BUILD: &str = r#"#!/bin/sh
 set -e
 if [ -e FAIL ]; then echo "build broken" >&2; exit 1; fi
+if [ -e "$MATERIA_RELEASE_DIR/../../BREAK" ]; then echo "build machine broken" >&2; exit 1; fi
 if [ -e SLOW ]; then sleep 3; fi
 mkdir -p "$CARGO_TARGET_DIR/release"
 printf '#!/bin/sh\necho %s\n' "$MATERIA_TAG" > "$CARGO_TARGET_DIR/release/psd-extract"
@@ -470,5 +471,33 @@ fn deploys_over_ssh_with_the_deploy_key_and_a_known_host_key() {
 
     let o = poll(&ssh_dir.join("known_hosts"), &key);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(env.deployed_binary(), "v1");
+}
+
+#[test]
+fn a_cleared_failure_is_tried_again() {
+    let env = Env::new();
+    env.tag("v1");
+    std::fs::create_dir_all(&env.app).unwrap();
+    std::fs::write(env.app.join("BREAK"), "").unwrap(); // a broken build machine, not a broken tag
+    assert_eq!(env.poll(&[]).code, 1);
+    std::fs::remove_file(env.app.join("BREAK")).unwrap();
+    assert_eq!(env.poll(&[]).code, 3, "not retried by itself");
+    let run = env.poll(&["--clear-failed"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(env.deployed_binary(), "v1");
+}
+
+#[test]
+fn a_failing_web_hook_switches_back() {
+    let env = Env::new();
+    env.tag("v1");
+    assert_eq!(env.poll(&[]).code, 0);
+    env.write("web/deploy.sh", "#!/bin/sh\necho hook broken >&2\nexit 1\n", true);
+    env.commit("broken hook");
+    env.tag("v2");
+    let run = env.poll(&[]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("web deploy hook failed") && run.stderr.contains("switched back"), "{}", run.stderr);
     assert_eq!(env.deployed_binary(), "v1");
 }
