@@ -150,6 +150,8 @@ fn run_models(common: &CommonArgs, models: &Path, rebuild: bool) -> anyhow::Resu
     let project = Project::load(models)?;
     materia_common::run_step(TOOL, common, |step| {
         let _lock = lakehouse_lock(&step.layout, common.wait_lock)?;
+        // Whatever lands from now on triggers another run.
+        materia_common::consume_trigger(&step.layout, layout::TRIGGER_LANDING_UPDATED)?;
         let lakehouse = step.layout.lakehouse();
         let conn = Connection::open(&lakehouse).with_context(|| format!("opening {}", lakehouse.display()))?;
         let steps = engine::plan(&project, Some(&conn), &step.layout.landing(), rebuild)?;

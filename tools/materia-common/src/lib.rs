@@ -94,6 +94,19 @@ pub fn progress_bar(len: Option<u64>, template: &str) -> indicatif::ProgressBar 
     bar
 }
 
+/// Take a trigger: remove `DATA_DIR/triggers/{name}` if it is there. A step calls this
+/// as it starts, under its lock; a producer that writes the trigger during the run
+/// leaves it present again, so the systemd path unit (`PathExists=`, level-triggered)
+/// starts one more run afterwards: no update is lost, none runs twice at once.
+pub fn consume_trigger(layout: &Layout, name: &str) -> anyhow::Result<bool> {
+    let path = layout.trigger(name);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("removing {}", path.display()))),
+    }
+}
+
 /// Lowercase hex of `bytes` (digests in file names and records).
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;

@@ -255,6 +255,21 @@ fn the_real_release_builds_every_serving_table_with_the_contract_columns() {
 }
 
 #[test]
+fn a_run_takes_the_landing_trigger_as_it_starts() {
+    let (a, _) = two_releases();
+    let env = Env::new();
+    env.land("psd/2024/01/a.csv.gzip", &a);
+    let trigger = env.data.join("triggers/landing.updated");
+    std::fs::create_dir_all(trigger.parent().unwrap()).unwrap();
+    std::fs::write(&trigger, "run_id=1\n").unwrap();
+    assert_eq!(env.run(&["run"]).code, 0);
+    assert!(!trigger.exists(), "taken, so the path unit does not start it again");
+    std::fs::write(&trigger, "run_id=2\n").unwrap();
+    assert_eq!(env.run(&["plan"]).code, 3);
+    assert!(trigger.exists(), "plan touches nothing");
+}
+
+#[test]
 fn a_new_release_is_ingested_incrementally_and_revisions_are_tracked() {
     let (a, b) = two_releases();
     let env = Env::new();
