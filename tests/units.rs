@@ -1,0 +1,140 @@
+//! The systemd units in units/: `systemd-analyze verify` clean, and the house rules.
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn units_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("units")
+}
+
+/// name -> text of every unit file (services, timers, path units).
+fn units() -> BTreeMap<String, String> {
+    std::fs::read_dir(units_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| ["service", "timer", "path"].contains(&p.extension().and_then(|e| e.to_str()).unwrap_or("")))
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap()))
+        .collect()
+}
+
+/// Values of `key=` in a unit (every occurrence).
+fn values<'a>(text: &'a str, key: &str) -> Vec<&'a str> {
+    text.lines().filter_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('='))).collect()
+}
+
+/// A root with systemd's own units, ours in /etc/systemd/system, and stand-ins for the
+/// release's executables, readable by an unprivileged user.
+fn verify_root(tmp: &Path, units: &BTreeMap<String, String>) -> PathBuf {
+    let root = tmp.join("root");
+    let sys = root.join("usr/lib/systemd");
+    std::fs::create_dir_all(&sys).unwrap();
+    assert!(Command::new("cp").arg("-r").arg("/usr/lib/systemd/system").arg(&sys).status().unwrap().success());
+    let etc = root.join("etc/systemd/system");
+    std::fs::create_dir_all(&etc).unwrap();
+    for (name, text) in units {
+        std::fs::write(etc.join(name), text).unwrap();
+    }
+    let current = root.join("opt/materia/current");
+    std::fs::create_dir_all(current.join("bin")).unwrap();
+    std::fs::create_dir_all(current.join("scripts")).unwrap();
+    for t in ["psd-extract", "lake-transform", "serve-export", "landing-backup", "tag-deploy"] {
+        std::fs::copy("/bin/true", current.join("bin").join(t)).unwrap();
+    }
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/notify-failure.sh"), current.join("scripts/notify-failure.sh")).unwrap();
+    assert!(Command::new("chmod").args(["-R", "a+rX"]).arg(tmp).status().unwrap().success());
+    root
+}
+
+/// `systemd-analyze verify`, as an unprivileged user (as root it leaves state behind);
+/// any output is a failure (some errors only warn and still exit 0).
+fn verify(root: &Path, names: &[&String]) -> String {
+    let files: Vec<String> = names.iter().map(|n| format!("/etc/systemd/system/{n}")).collect();
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "systemd-analyze", "verify", "--man=no"])
+        .arg(format!("--root={}", root.display()))
+        .args(&files)
+        .current_dir("/")
+        .output()
+        .unwrap();
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn systemd_analyze_verify_is_clean() {
+    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: systemd-analyze is not installed");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let units = units();
+    let root = verify_root(tmp.path(), &units);
+    let names: Vec<&String> = units.keys().collect();
+    let out = verify(&root, &names);
+    assert!(out.trim().is_empty(), "systemd-analyze verify:\n{out}");
+
+    // And it would say so: a broken copy is reported.
+    let broken = units["psd-extract.service"].replace("Type=oneshot", "Type=sometimes");
+    std::fs::write(root.join("etc/systemd/system/broken.service"), broken).unwrap();
+    let out = verify(&root, &[&"broken.service".to_owned()]);
+    assert!(out.contains("Failed to parse service type"), "{out}");
+}
+
+/// Hardening every service has, or explains with `# no X: reason`.
+const HARDENING: &[&str] = &[
+    "ProtectSystem", "ReadWritePaths", "NoNewPrivileges", "PrivateTmp", "ProtectHome", "PrivateDevices",
+    "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs", "ProtectControlGroups", "ProtectClock",
+    "ProtectHostname", "RestrictSUIDSGID", "RestrictRealtime", "RestrictNamespaces", "LockPersonality",
+    "SystemCallArchitectures", "MemoryDenyWriteExecute", "RestrictAddressFamilies", "PrivateNetwork", "PrivateUsers",
+];
+
+#[test]
+fn units_follow_the_house_rules() {
+    let units = units();
+    for (name, text) in &units {
+        assert!(!values(text, "Documentation").is_empty(), "{name}: Documentation=");
+        if let Some(stem) = name.strip_suffix(".timer").or_else(|| name.strip_suffix(".path")) {
+            let target = values(text, "Unit").first().map(|s| s.to_string()).unwrap_or(format!("{stem}.service"));
+            assert!(units.contains_key(&target), "{name} starts {target}, which is not in units/");
+            continue;
+        }
+        assert_eq!(values(text, "Type"), ["oneshot"], "{name}");
+        assert_eq!(values(text, "User"), ["beanflows_service"], "{name}");
+        let exec = values(text, "ExecStart");
+        assert!(exec.len() == 1 && exec[0].starts_with("/opt/materia/current/"), "{name}: runs the release through `current`: {exec:?}");
+        assert_eq!(values(text, "ProtectSystem"), ["strict"], "{name}");
+        for h in HARDENING {
+            let set = !values(text, h).is_empty();
+            let why = text.lines().any(|l| l.starts_with(&format!("# no {h}: ")) && l.len() > format!("# no {h}: ").len() + 5);
+            assert!(set || why, "{name}: {h}= is neither set nor explained with `# no {h}: reason`");
+            assert!(!(set && why), "{name}: {h}= is set and explained away");
+        }
+        if !name.starts_with("materia-notify@") {
+            assert_eq!(values(text, "OnFailure"), ["materia-notify@%n.service"], "{name}");
+            assert!(values(text, "SuccessExitStatus").first().is_some_and(|v| v.split(' ').any(|c| c == "3")), "{name}: exit 3 (nothing to do) is success");
+            assert!(values(text, "ReadWritePaths").first().is_some_and(|v| v.contains("/data/materia")), "{name}: records its runs in the state DB");
+        }
+    }
+    // The path units watch the triggers the tools write and take.
+    assert_eq!(values(&units["lake-transform.path"], "PathExists"), [format!("/data/materia/triggers/{}", materia_trigger("landing"))]);
+    assert_eq!(values(&units["serve-export.path"], "PathExists"), [format!("/data/materia/triggers/{}", materia_trigger("lakehouse"))]);
+    // Steps that need no network have none.
+    for s in ["lake-transform.service", "serve-export.service"] {
+        assert_eq!(values(&units[s], "PrivateNetwork"), ["yes"], "{s}");
+    }
+    // Every directory the units write is created by tmpfiles.d.
+    let tmpfiles = std::fs::read_to_string(units_dir().join("materia.tmpfiles.conf")).unwrap();
+    for (name, text) in &units {
+        for dir in values(text, "ReadWritePaths").iter().flat_map(|v| v.split(' ')) {
+            assert!(tmpfiles.lines().any(|l| l.split_whitespace().nth(1) == Some(dir)), "{name}: {dir} is not in materia.tmpfiles.conf");
+        }
+    }
+}
+
+/// The trigger file names, as materia-common's layout defines them.
+fn materia_trigger(what: &str) -> String {
+    let src = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/materia-common/src/layout.rs")).unwrap();
+    let line = src.lines().find(|l| l.contains(&format!("\"{what}.updated\""))).unwrap_or_else(|| panic!("no {what}.updated trigger in layout.rs"));
+    line.split('"').nth(1).unwrap().to_owned()
+}
