@@ -1,0 +1,143 @@
+//! materia-status: for each step, its last run (result, duration, what it did) and its
+//! next scheduled run (from systemd when it runs the timers), and the backup lag.
+//! Reads the state DB read-only (WAL: never blocks, never waits for, a running step).
+
+use std::io::IsTerminal as _;
+
+use anyhow::Context as _;
+use clap::Parser;
+use materia_common::{CommonArgs, Outcome, StateDb};
+use serde_json::{Value, json};
+
+/// The tool's name.
+pub const TOOL: &str = "materia-status";
+
+/// The steps, in pipeline order, with the timer that schedules each (if any).
+const STEPS: &[(&str, Option<&str>)] = &[
+    ("psd-extract", Some("psd-extract.timer")),
+    ("lake-transform", None),
+    ("serve-export", None),
+    ("landing-backup", Some("landing-backup.timer")),
+    ("tag-deploy", Some("tag-deploy.timer")),
+];
+
+/// Show what every Materia step last did and when it runs next.
+#[derive(Debug, Parser)]
+#[command(name = TOOL, version)]
+pub struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+
+    /// JSON for scripts instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Run the tool.
+pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    materia_common::init_logging(&cli.common);
+    let layout = cli.common.layout();
+    let db = if layout.state_db().exists() { Some(StateDb::open_read_only(layout.state_db())?) } else { None };
+    let mut steps = Vec::new();
+    for (tool, timer) in STEPS {
+        let last = match &db {
+            Some(db) => last_run(db, tool)?,
+            None => Value::Null,
+        };
+        steps.push(json!({"step": tool, "last_run": last, "next_run": timer.and_then(next_elapse)}));
+    }
+    let backup_lag = match &db {
+        Some(db) => backup_lag(db)?,
+        None => Value::Null,
+    };
+    let report = json!({"state_db": layout.state_db().display().to_string(), "steps": steps, "backup_lag_files": backup_lag});
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report, std::io::stdout().is_terminal());
+    }
+    Ok(Outcome::Changed)
+}
+
+fn last_run(db: &StateDb, tool: &str) -> anyhow::Result<Value> {
+    let row = db.conn().query_row(
+        "SELECT run_id, status, started_at, finished_at, duration_ms, summary, error, stats
+         FROM runs WHERE tool = ?1 ORDER BY run_id DESC LIMIT 1",
+        [tool],
+        |r| {
+            Ok(json!({
+                "run_id": r.get::<_, i64>(0)?,
+                "status": r.get::<_, String>(1)?,
+                "started_at": r.get::<_, String>(2)?,
+                "finished_at": r.get::<_, Option<String>>(3)?,
+                "duration_ms": r.get::<_, Option<i64>>(4)?,
+                "summary": r.get::<_, Option<String>>(5)?,
+                "error": r.get::<_, Option<String>>(6)?,
+                "stats": serde_json::from_str::<Value>(&r.get::<_, String>(7)?).unwrap_or(Value::Null),
+            }))
+        },
+    );
+    match row {
+        Ok(v) => Ok(v),
+        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(Value::Null),
+        Err(e) => Err(db.err(e)).context("reading runs"),
+    }
+}
+
+/// Landed files not yet recorded in any backup.
+fn backup_lag(db: &StateDb) -> anyhow::Result<Value> {
+    let n: i64 = db
+        .conn()
+        .query_row(
+            "SELECT count(*) FROM landed_files lf WHERE NOT EXISTS (SELECT 1 FROM backup_objects b WHERE b.path = lf.path)",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| db.err(e))?;
+    Ok(json!(n))
+}
+
+/// When systemd next fires `timer`, if systemd runs the timers here.
+fn next_elapse(timer: &str) -> Option<String> {
+    let out = std::process::Command::new("systemctl")
+        .args(["show", timer, "--property=NextElapseUSecRealtime", "--value"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let v = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && !v.is_empty() && v != "n/a").then_some(v)
+}
+
+fn print_table(report: &Value, tty: bool) {
+    let rows: Vec<[String; 6]> = report["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            let last = &s["last_run"];
+            let text = |v: &Value| v.as_str().map(str::to_owned).unwrap_or_else(|| "-".into());
+            let duration = last["duration_ms"].as_i64().map(|ms| format!("{:.1} s", ms as f64 / 1000.0)).unwrap_or("-".into());
+            let what = if last["error"].is_string() { text(&last["error"]) } else { text(&last["summary"]) };
+            [text(&s["step"]), text(&last["status"]), text(&last["finished_at"]), duration, text(&s["next_run"]), what]
+        })
+        .collect();
+    let head = ["step", "result", "finished", "took", "next run", "what it did"];
+    let width: Vec<usize> = (0..5).map(|i| rows.iter().map(|r| r[i].len()).chain([head[i].len()]).max().unwrap_or(0)).collect();
+    let line = |cells: [&str; 6]| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate().take(5) {
+            s.push_str(&format!("{c:<w$}  ", w = width[i]));
+        }
+        let last = cells[5];
+        // On a terminal, keep the table one line per step.
+        if tty && last.chars().count() > 80 { s + &last.chars().take(77).collect::<String>() + "..." } else { s + last }
+    };
+    println!("{}", line(head));
+    for r in &rows {
+        println!("{}", line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]));
+    }
+    match report["backup_lag_files"].as_i64() {
+        Some(n) => println!("backup lag: {n} landed file(s) not yet backed up"),
+        None => println!("no state DB yet at {}", report["state_db"].as_str().unwrap_or("?")),
+    }
+}
