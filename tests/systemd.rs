@@ -193,3 +193,74 @@ fn the_chain_runs_under_a_real_systemd() {
     c.wait_for("the notifier", Duration::from_secs(30), || c.journal(notifier).contains("landing-backup.service failed"));
     assert!(c.journal(notifier).contains("status=2/INVALIDARGUMENT"), "the failed unit's journal lines: {}", c.journal(notifier));
 }
+
+/// Every file under `dir` (inside the container) with its size and mode: what a rerun
+/// must leave unchanged.
+fn listing(c: &Container, dir: &str) -> String {
+    c.ok(&["sh", "-c", &format!("find {dir} -path '*/target' -prune -o -printf '%p %s %m %u\\n' | sort")])
+}
+
+#[test]
+fn setup_server_and_bootstrap_deploy_and_are_idempotent() {
+    if !Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout == b"0\n") {
+        eprintln!("SKIPPED: booting systemd in namespaces needs root (CI has it)");
+        return;
+    }
+    let scratch = bin_dir().join("systemd-test-infra");
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).unwrap();
+    let Some(c) = Container::boot(&scratch.join("container"), &format!("infra{}", std::process::id())) else { return };
+
+    // The release remote: any repo with a tag; its build installs the tools this test run built.
+    let remote = "/srv/materia.git";
+    let prebuilt = c.path("/opt/prebuilt");
+    std::fs::create_dir_all(&prebuilt).unwrap();
+    for t in ["psd-extract", "lake-transform", "serve-export", "landing-backup", "tag-deploy", "materia-status"] {
+        std::fs::copy(bin_dir().join(t), prebuilt.join(t)).unwrap();
+    }
+    assert!(Command::new("chmod").args(["-R", "a+rX"]).arg(&prebuilt).status().unwrap().success());
+    let build = "mkdir -p \"$CARGO_TARGET_DIR/release\" && cp /opt/prebuilt/* \"$CARGO_TARGET_DIR/release/\"";
+    // The pinned DuckDB library where setup_server.sh puts it (its sha256 matches: no fetch).
+    let lib = c.path("/opt/materia/duckdb/1.5.6");
+    std::fs::create_dir_all(&lib).unwrap();
+    std::fs::copy(repo().join(".duckdb/1.5.6/libduckdb.so"), lib.join("libduckdb.so")).unwrap();
+
+    let repo_dir = repo().display().to_string();
+    let target = bin_dir().parent().unwrap().display().to_string(); // the host build's target dir
+    let setup = || c.ok(&["env", "MATERIA_SKIP_PACKAGES=1", "MATERIA_SKIP_RUST=1", &format!("{repo_dir}/infra/setup_server.sh")]);
+    let bootstrap = || {
+        c.ok(&[
+            "env",
+            &format!("PATH={}/.cargo/bin:/usr/local/bin:/usr/bin:/bin", std::env::var("HOME").unwrap()),
+            &format!("CARGO_TARGET_DIR={target}"),
+            &format!("DEPLOY_BUILD_CMD={build}"),
+            &format!("{repo_dir}/infra/bootstrap.sh"),
+            remote,
+        ])
+    };
+
+    let out = setup();
+    assert!(out.contains("deploy key (add to the git remote, read-only):\nssh-ed25519 "), "{out}");
+    assert!(out.contains("age recipient (encrypt .env.prod.sops to it):\nage1"), "{out}");
+    // A local remote must belong to the user that reads it (libgit2's safe-directory rule).
+    c.ok(&["sh", "-c", &format!(
+        "set -e; git init -q -b main {remote}; cd {remote}; git -c user.name=t -c user.email=t@t commit -q --allow-empty -m one; git tag v1; chown -R beanflows_service {remote}"
+    )]);
+    let out = bootstrap();
+    assert!(out.contains("bootstrap: deployed releases/v1"), "{out}");
+    assert!(out.contains("landing-backup.timer stays disabled"), "no R2 variables: {out}");
+    assert_eq!(c.ok(&["readlink", "/opt/materia/current"]).trim(), "releases/v1");
+    assert_eq!(c.ok(&["/opt/materia/current/bin/materia-status", "--data-dir", "/data/materia", "--json"]).contains("\"step\": \"tag-deploy\""), true);
+    for u in ["psd-extract.timer", "lake-transform.path", "serve-export.path", "tag-deploy.timer"] {
+        assert_eq!(c.exec(&["systemctl", "is-enabled", u]).1.trim(), "enabled", "{u}");
+    }
+    assert_eq!(c.exec(&["systemctl", "is-enabled", "landing-backup.timer"]).1.trim(), "disabled");
+    let owner = c.ok(&["stat", "-c", "%U", "/opt/materia/releases/v1/bin/psd-extract", "/opt/materia/.env", "/opt/materia/.ssh/materia_deploy"]);
+    assert_eq!(owner.lines().collect::<Vec<_>>(), ["beanflows_service"; 3], "the app tree belongs to the service user");
+
+    // A second run of both changes nothing.
+    let before = (listing(&c, "/opt/materia"), listing(&c, "/etc/systemd/system"));
+    setup();
+    bootstrap();
+    assert_eq!((listing(&c, "/opt/materia"), listing(&c, "/etc/systemd/system")), before);
+}
