@@ -186,6 +186,26 @@ fn the_chain_runs_under_a_real_systemd() {
     assert_eq!((result("psd-extract"), result("lake-transform"), result("serve-export")), ("success".into(), "success".into(), "success".into()));
     assert_eq!(status["backup_lag_files"], 1, "one landed file, no backup yet");
 
+    // A trigger that arrives while a transform runs is not lost: one more run follows.
+    let runs = || -> i64 {
+        c.ok(&["sqlite3", "/data/materia/landing/.state.sqlite", "SELECT count(*) FROM runs WHERE tool = 'lake-transform'"]).trim().parse().unwrap()
+    };
+    let before = runs();
+    c.write("/etc/systemd/system/lake-transform.service.d/slow.conf", "[Service]\nExecStartPost=/bin/sleep 3\n");
+    c.ok(&["systemctl", "daemon-reload"]);
+    let trigger = "echo x > /data/materia/triggers/landing.updated";
+    c.ok(&["runuser", "-u", "beanflows_service", "--", "sh", "-c", trigger]);
+    c.wait_for("the transform to start", Duration::from_secs(30), || {
+        c.exec(&["systemctl", "is-active", "lake-transform.service"]).1.trim() == "activating" && runs() == before + 1
+    });
+    c.ok(&["runuser", "-u", "beanflows_service", "--", "sh", "-c", trigger]); // while it runs
+    c.wait_for("one more transform", Duration::from_secs(60), || {
+        runs() == before + 2 && c.exec(&["systemctl", "is-active", "lake-transform.service"]).1.trim() != "activating"
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(runs(), before + 2, "exactly one more run, no loop");
+    assert!(!c.path("/data/materia/triggers/landing.updated").exists());
+
     // A failing unit calls the notifier: landing-backup has no target configured here.
     let (code, _) = c.exec(&["systemctl", "start", "landing-backup.service"]);
     assert_ne!(code, 0);
@@ -250,7 +270,10 @@ fn setup_server_and_bootstrap_deploy_and_are_idempotent() {
     assert!(out.contains("bootstrap: deployed releases/v1"), "{out}");
     assert!(out.contains("landing-backup.timer stays disabled"), "no R2 variables: {out}");
     assert_eq!(c.ok(&["readlink", "/opt/materia/current"]).trim(), "releases/v1");
-    assert_eq!(c.ok(&["/opt/materia/current/bin/materia-status", "--data-dir", "/data/materia", "--json"]).contains("\"step\": \"tag-deploy\""), true);
+    let status: serde_json::Value =
+        serde_json::from_str(&c.ok(&["/opt/materia/current/bin/materia-status", "--data-dir", "/data/materia", "--json"])).unwrap();
+    let deploy = status["steps"].as_array().unwrap().iter().find(|s| s["step"] == "tag-deploy").unwrap();
+    assert_eq!(deploy["last_run"]["status"], "success", "{status}");
     for u in ["psd-extract.timer", "lake-transform.path", "serve-export.path", "tag-deploy.timer"] {
         assert_eq!(c.exec(&["systemctl", "is-enabled", u]).1.trim(), "enabled", "{u}");
     }
