@@ -113,6 +113,21 @@ fn psd_server(dir: &Path) -> Option<(Server, u16)> {
     Some((Server(child), port))
 }
 
+/// A webhook on 127.0.0.1: prints its port, appends each POST body to argv[1].
+const NOTIFY_RECEIVER: &str = r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with open(sys.argv[1], "ab") as f:
+            f.write(body)
+        self.send_response(200); self.end_headers()
+    def log_message(self, *a): pass
+s = http.server.HTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+
 /// The tools this test run built, beside the test binary.
 fn bin_dir() -> PathBuf {
     std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_owned()
@@ -185,6 +200,8 @@ fn the_chain_runs_under_a_real_systemd() {
     };
     assert_eq!((result("psd-extract"), result("lake-transform"), result("serve-export")), ("success".into(), "success".into(), "success".into()));
     assert_eq!(status["backup_lag_files"], 1, "one landed file, no backup yet");
+    let next = status["steps"].as_array().unwrap().iter().find(|s| s["step"] == "psd-extract").unwrap()["next_run"].clone();
+    assert!(next.as_str().is_some_and(|n| n.contains("UTC")), "the timer's next firing, from systemd: {next}");
 
     // A trigger that arrives while a transform runs is not lost: one more run follows.
     let runs = || -> i64 {
@@ -206,12 +223,29 @@ fn the_chain_runs_under_a_real_systemd() {
     assert_eq!(runs(), before + 2, "exactly one more run, no loop");
     assert!(!c.path("/data/materia/triggers/landing.updated").exists());
 
-    // A failing unit calls the notifier: landing-backup has no target configured here.
+    // A failing unit calls the notifier, which POSTs to the configured webhook:
+    // landing-backup has no target configured here.
+    let received = scratch.join("notified.txt");
+    let hook = Command::new("python3")
+        .args(["-c", NOTIFY_RECEIVER])
+        .arg(&received)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut hook = Server(hook);
+    let mut port_line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(hook.0.stdout.as_mut().unwrap()), &mut port_line).unwrap();
+    c.write("/opt/materia/.env", &format!("MATERIA_NOTIFY_URL=http://127.0.0.1:{}/fail\n", port_line.trim()));
     let (code, _) = c.exec(&["systemctl", "start", "landing-backup.service"]);
     assert_ne!(code, 0);
     let notifier = "materia-notify@landing-backup.service.service";
     c.wait_for("the notifier", Duration::from_secs(30), || c.journal(notifier).contains("landing-backup.service failed"));
     assert!(c.journal(notifier).contains("status=2/INVALIDARGUMENT"), "the failed unit's journal lines: {}", c.journal(notifier));
+    c.wait_for("the webhook POST", Duration::from_secs(30), || {
+        std::fs::read_to_string(&received).is_ok_and(|t| t.contains("landing-backup.service failed on") && t.contains("INVALIDARGUMENT"))
+    });
+    drop(hook);
 }
 
 /// Every file under `dir` (inside the container) with its size and mode: what a rerun
@@ -247,7 +281,9 @@ fn setup_server_and_bootstrap_deploy_and_are_idempotent() {
 
     let repo_dir = repo().display().to_string();
     let target = bin_dir().parent().unwrap().display().to_string(); // the host build's target dir
-    let setup = || c.ok(&["env", "MATERIA_SKIP_PACKAGES=1", "MATERIA_SKIP_RUST=1", &format!("{repo_dir}/infra/setup_server.sh")]);
+    // The package check runs for real (everything is installed: no apt); rustup would
+    // download from the internet, which this machine cannot reach.
+    let setup = || c.ok(&["env", "MATERIA_SKIP_RUST=1", &format!("{repo_dir}/infra/setup_server.sh")]);
     let bootstrap = || {
         c.ok(&[
             "env",
