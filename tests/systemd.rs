@@ -19,9 +19,16 @@ struct Container {
 }
 
 impl Container {
-    fn boot(base: &Path, name: &str) -> Option<Container> {
+    fn boot(base: &Path, name: &str, binds: &[&Path]) -> Option<Container> {
         let script = repo().join("tests/systemd/container.sh");
-        let o = Command::new(&script).arg("start").arg(base).arg(name).output().unwrap();
+        let binds: Vec<String> = binds.iter().map(|p| p.display().to_string()).collect();
+        let o = Command::new(&script)
+            .arg("start")
+            .arg(base)
+            .arg(name)
+            .env("MATERIA_CONTAINER_BINDS", binds.join(" "))
+            .output()
+            .unwrap();
         if !o.status.success() {
             eprintln!("SKIPPED: cannot boot systemd in namespaces here (needs root): {}", String::from_utf8_lossy(&o.stderr).trim());
             return None;
@@ -145,7 +152,7 @@ fn the_chain_runs_under_a_real_systemd() {
     std::fs::create_dir_all(&scratch).unwrap();
     let Some((_server, port)) = psd_server(&scratch.join("www")) else { return };
 
-    let Some(c) = Container::boot(&scratch.join("container"), &format!("chain{}", std::process::id())) else { return };
+    let Some(c) = Container::boot(&scratch.join("container"), &format!("chain{}", std::process::id()), &[]) else { return };
 
     // Install the units as shipped, with test drop-ins: the local PSD server, a timer
     // that fires now, the release path.
@@ -263,7 +270,13 @@ fn setup_server_and_bootstrap_deploy_and_are_idempotent() {
     let scratch = bin_dir().join("systemd-test-infra");
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).unwrap();
-    let Some(c) = Container::boot(&scratch.join("container"), &format!("infra{}", std::process::id())) else { return };
+    // The scripts run from this checkout and build into this target dir: wherever they
+    // are (a CI clone may be under /tmp, which the container gets fresh), bind them in.
+    let target_dir = bin_dir().parent().unwrap().to_owned();
+    let repo_dir = repo();
+    let Some(c) = Container::boot(&scratch.join("container"), &format!("infra{}", std::process::id()), &[&repo_dir, &target_dir]) else {
+        return;
+    };
 
     // The release remote: any repo with a tag; its build installs the tools this test run built.
     let remote = "/srv/materia.git";
@@ -279,8 +292,8 @@ fn setup_server_and_bootstrap_deploy_and_are_idempotent() {
     std::fs::create_dir_all(&lib).unwrap();
     std::fs::copy(repo().join(".duckdb/1.5.6/libduckdb.so"), lib.join("libduckdb.so")).unwrap();
 
-    let repo_dir = repo().display().to_string();
-    let target = bin_dir().parent().unwrap().display().to_string(); // the host build's target dir
+    let repo_dir = repo_dir.display().to_string();
+    let target = target_dir.display().to_string();
     // The package check runs for real (everything is installed: no apt); rustup would
     // download from the internet, which this machine cannot reach.
     let setup = || c.ok(&["env", "MATERIA_SKIP_RUST=1", &format!("{repo_dir}/infra/setup_server.sh")]);

@@ -8,7 +8,9 @@
 # UTS, IPC and cgroup namespace over an overlay copy of /, for the unit tests. The host's
 # own PID 1, /etc and network are never touched (no --net: the container shares the
 # host's network, so test servers bind to 127.0.0.1). Needs root. After
-# shared/notes/systemd-in-a-namespace.md.
+# shared/notes/systemd-in-a-namespace.md. MATERIA_CONTAINER_BINDS: host dirs (space-
+# separated) to bind at the same path inside, for what the overlay hides (e.g. a
+# checkout under /tmp, which the container gets fresh).
 set -euo pipefail
 
 cgroup_root() {
@@ -86,6 +88,10 @@ stage2)
     ln -sf /proc/self/fd/2 "$root/dev/stderr"
     mount -t tmpfs -o mode=755 tmpfs "$root/run"
     mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
+    for dir in ${MATERIA_CONTAINER_BINDS:-}; do
+        mkdir -p "$root$dir"
+        mount --bind "$dir" "$root$dir"
+    done
     mkdir -p "$root/.oldroot"
     cd "$root"
     pivot_root . .oldroot

@@ -269,13 +269,7 @@ pub fn glob(landing: &Path, pattern: &str) -> anyhow::Result<Vec<LandingFile>> {
 
 fn walk(root: &Path, dir: &Path, segs: &[&str], out: &mut Vec<LandingFile>) -> anyhow::Result<()> {
     let Some((seg, rest)) = segs.split_first() else { return Ok(()) };
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(anyhow!(e).context(format!("listing {}", dir.display()))),
-    };
-    for entry in entries {
-        let entry = entry?;
+    for entry in materia_common::read_dir_or_empty(dir)? {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         if name.starts_with('.') || !wildcard(seg, name) {

@@ -214,13 +214,7 @@ struct LocalFile {
 /// Every non-hidden file under `landing`, sorted.
 fn landing_files(landing: &Path) -> anyhow::Result<Vec<LocalFile>> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<LocalFile>) -> anyhow::Result<()> {
-        let entries = match std::fs::read_dir(dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(anyhow!(e).context(format!("listing {}", dir.display()))),
-        };
-        for e in entries {
-            let e = e?;
+        for e in materia_common::read_dir_or_empty(dir)? {
             let name = e.file_name();
             let Some(name) = name.to_str() else {
                 log::warn!("skipping {}: not UTF-8", e.path().display());

@@ -107,6 +107,15 @@ pub fn consume_trigger(layout: &Layout, name: &str) -> anyhow::Result<bool> {
     }
 }
 
+/// The entries of `dir`; none when it does not exist (yet). Errors name the dir.
+pub fn read_dir_or_empty(dir: &std::path::Path) -> anyhow::Result<Vec<std::fs::DirEntry>> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries.collect::<Result<_, _>>().with_context(|| format!("listing {}", dir.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("listing {}", dir.display()))),
+    }
+}
+
 /// Lowercase hex of `bytes` (digests in file names and records).
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;

@@ -140,13 +140,7 @@ fn rollback(common: &CommonArgs) -> anyhow::Result<Outcome> {
 
 /// Remove what a killed run left beside analytics.duckdb (we hold the step lock).
 fn sweep(dir: &Path) -> anyhow::Result<()> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(anyhow!(e).context(format!("listing {}", dir.display()))),
-    };
-    for e in entries {
-        let e = e?;
+    for e in materia_common::read_dir_or_empty(dir)? {
         let name = e.file_name();
         let name = name.to_string_lossy();
         if name.starts_with(TMP_PREFIX) && name.contains("tmp-") {
