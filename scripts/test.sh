@@ -8,5 +8,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/materia-target}"
-scripts/setup-dev.sh
+scripts/setup-dev.sh --tests
 cargo test --workspace --locked "$@"

@@ -328,8 +328,22 @@ fn known_host(file: &Path, host: &str, key: &[u8]) -> bool {
     })
 }
 
-/// Remove release dirs a killed deploy left (we hold the lock).
+/// Remove release dirs a killed deploy left, and git lock files a killed fetch or
+/// checkout left in the mirror (we hold the step lock: no live process owns them).
 fn sweep(app: &App) -> anyhow::Result<()> {
+    fn locks(dir: &Path) -> anyhow::Result<()> {
+        for e in materia_common::read_dir_or_empty(dir)? {
+            let path = e.path();
+            if e.file_type()?.is_dir() {
+                locks(&path)?;
+            } else if path.extension().is_some_and(|x| x == "lock") {
+                log::warn!("removing {}, left by an interrupted git operation", path.display());
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+    locks(&app.repo())?;
     for e in std::fs::read_dir(app.releases())? {
         let e = e?;
         if e.file_name().to_string_lossy().starts_with(".tmp-") {
@@ -353,7 +367,8 @@ fn deploy(step: &Step, app: &App, repo: &git2::Repository, tag: &str, previous: 
     let tmp = app.releases().join(format!(".tmp-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
     let mut co = git2::build::CheckoutBuilder::new();
-    co.target_dir(&tmp).force();
+    // Into its own dir; the mirror's index is not ours to touch.
+    co.target_dir(&tmp).force().update_index(false);
     repo.checkout_tree(commit.as_object(), Some(&mut co)).with_context(|| format!("checking out {tag}"))?;
 
     if let Err(e) = run_cmd(&args.build_cmd, &tmp, app, tag, None) {

@@ -279,6 +279,10 @@ fn kill_9_mid_deploy_leaves_current_on_a_complete_release() {
     assert_eq!(env.current().as_deref(), Some("releases/v1"));
     assert_eq!(env.deployed_binary(), "v1");
     assert!(!env.releases().contains(&"v2".to_owned()), "{:?}", env.releases());
+    // Whatever moment it died at, git may have left locks behind in the mirror.
+    for lock in ["index.lock", "refs/tags/v2.lock", "packed-refs.lock"] {
+        std::fs::write(env.app.join("repo.git").join(lock), "").unwrap();
+    }
 
     let run = env.poll(&[]);
     assert_eq!(run.code, 0, "{run:?}");
