@@ -46,7 +46,7 @@ deployer=$app/current/bin/tag-deploy
 [[ -x $deployer ]] || deployer=$app/bootstrap/tag-deploy
 set +e
 as_user env ${DEPLOY_BUILD_CMD:+DEPLOY_BUILD_CMD="$DEPLOY_BUILD_CMD"} DUCKDB_LIB_DIR="$app/duckdb/1.5.6" \
-    "$deployer" --data-dir /data/materia --app-dir "$app" --remote "$remote"
+    "$deployer" --data-dir /data/materia --app-dir "$app" --remote "$remote" --wait-lock 3600
 code=$?
 set -e
 case $code in
