@@ -10,8 +10,9 @@ MODEL (
   )
 );
 
+-- The latest release from the per-key state (one row per key), not the history.
 WITH latest AS (
-  SELECT commodity_code, max(release) AS release FROM staging.psd_values GROUP BY commodity_code
+  SELECT commodity_code, max(release) AS release FROM staging.psd_latest GROUP BY commodity_code
 )
 SELECT v.commodity_code, v.commodity, v.country_code, v.country, v.market_year,
        v.attribute_id, v.attribute, v.unit, v.value, v.release

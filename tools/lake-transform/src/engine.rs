@@ -191,6 +191,12 @@ pub fn plan(project: &Project, conn: Option<&Connection>, landing: &Path, rebuil
                 },
                 Kind::IncrementalByUniqueKey { .. } | Kind::IncrementalByPartition { .. } => match (why_build, ran_up) {
                     (Some(why), _) => (Action::Build, why, Vec::new()),
+                    // Which partitions a rebuilt upstream replaced is unknown: all of them.
+                    (None, Some(_))
+                        if m.partitions_from.as_ref().is_some_and(|up| steps.iter().any(|s: &Step| &s.model == up && s.action == Action::Build)) =>
+                    {
+                        (Action::Build, format!("upstream {} was rebuilt", m.partitions_from.as_deref().unwrap_or_default()), Vec::new())
+                    }
                     (None, Some(u)) => (Action::Merge, format!("upstream {u} changed"), Vec::new()),
                     (None, None) => (Action::Skip, "unchanged".into(), Vec::new()),
                 },
@@ -360,6 +366,7 @@ pub fn run(project: &Project, conn: &Connection, steps: &[Step], run_id: i64) ->
         return out;
     }
     let result = run_in_tx(project, conn, steps, run_id, &mut out);
+    let t = Instant::now();
     let end = match result {
         Ok(()) => conn.execute_batch("COMMIT").context("committing the run"),
         Err(e) => {
@@ -367,11 +374,14 @@ pub fn run(project: &Project, conn: &Connection, steps: &[Step], run_id: i64) ->
             Err(e)
         }
     };
+    log::debug!("commit or rollback: {:?}", t.elapsed());
     match end {
         Ok(()) => {
+            let t = Instant::now();
             if let Err(e) = conn.execute_batch("CHECKPOINT") {
                 log::warn!("checkpoint after the run failed (the WAL keeps the data): {e}");
             }
+            log::debug!("checkpoint: {:?}", t.elapsed());
         }
         Err(e) => {
             out.failure = Some(e);
@@ -392,6 +402,11 @@ fn run_in_tx(project: &Project, conn: &Connection, steps: &[Step], run_id: i64, 
         let loaded = with_session_properties(conn, m, || execute(m, conn, step, run_id))
             .map_err(first_line)
             .with_context(|| format!("building {} ({})", m.name, m.path.display()))?;
+        log::debug!("{}: {} executed in {:?}", m.name, step.action.label(), start.elapsed());
+        if !m.columns.is_empty() {
+            let table = if step.action == Action::Build { m.name.as_str() } else { BATCH };
+            check_columns(conn, m, table).with_context(|| format!("building {} ({})", m.name, m.path.display()))?;
+        }
         // Appends and merges audit their batch (as SQLMesh audits the processed
         // intervals), so a run's cost follows the new data; builds audit the table.
         let batch = matches!(step.action, Action::Append(_) | Action::Merge);
@@ -405,12 +420,23 @@ fn run_in_tx(project: &Project, conn: &Connection, steps: &[Step], run_id: i64, 
         let duration_ms = start.elapsed().as_millis() as u64;
         log::info!("{}: {} ({}){}", m.name, step.action.label(), step.reason, rows.map(|r| format!(", {r} rows")).unwrap_or_default());
         out.models.push(ModelResult { model: m.name.clone(), action: step.action.label(), reason: step.reason.clone(), rows, duration_ms });
+        let t = Instant::now();
         run_audits(project, conn, m, audited, out)?;
+        log::debug!("{}: audits in {:?}", m.name, t.elapsed());
         if batch {
             conn.execute_batch(&format!("DROP TABLE {BATCH}"))?;
         }
     }
+    for step in steps {
+        conn.execute_batch(&format!("DROP TABLE IF EXISTS {}", replaced_partitions(&step.model)))?;
+    }
     Ok(())
+}
+
+/// The temp table holding the partitions an INCREMENTAL_BY_PARTITION merge replaced in
+/// this run, for the models whose `partitions_from` names it.
+fn replaced_partitions(model: &str) -> String {
+    format!("__materia_replaced__{}", model.replace('.', "__"))
 }
 
 /// DuckDB's messages run over many lines (hints, the reader's options): keep the first
@@ -443,8 +469,12 @@ const BATCH: &str = "__materia_batch";
 /// Appends and merges leave their new rows in [`BATCH`] for the audits.
 fn execute(m: &Model, conn: &Connection, step: &Step, run_id: i64) -> anyhow::Result<Vec<(LandingFile, String)>> {
     conn.execute_batch(&format!("CREATE SCHEMA IF NOT EXISTS {}", m.schema()))?;
-    let incremental = if step.action == Action::Merge { "TRUE" } else { "FALSE" };
-    let sql = m.sql.replace("@run_id", &run_id.to_string()).replace("@is_incremental", incremental);
+    let sql = m.render(run_id, step.action == Action::Merge);
+    if step.action == Action::Build
+        && let Some(ddl) = m.empty_this_ddl()
+    {
+        conn.execute_batch(&ddl).context("creating the empty @this_model of a first build")?;
+    }
     let files: &[LandingFile] = match &step.action {
         Action::Append(f) => f,
         Action::Build => &step.all_files,
@@ -461,7 +491,6 @@ fn execute(m: &Model, conn: &Connection, step: &Step, run_id: i64) -> anyhow::Re
         sql
     };
     let name = &m.name;
-    let matching = |cols: &[String]| cols.iter().map(|k| format!("t.{k} IS NOT DISTINCT FROM n.{k}")).collect::<Vec<_>>().join(" AND ");
     match (&step.action, &m.kind) {
         (Action::Build, Kind::View) => conn.execute_batch(&format!("CREATE OR REPLACE VIEW {name} AS {sql}"))?,
         (Action::Build, Kind::LandingIngest { .. }) => {
@@ -471,24 +500,72 @@ fn execute(m: &Model, conn: &Connection, step: &Step, run_id: i64) -> anyhow::Re
         (Action::Build, _) => conn.execute_batch(&format!("CREATE OR REPLACE TABLE {name} AS {sql}"))?,
         (Action::Append(_), _) => conn.execute_batch(&format!(
             "CREATE OR REPLACE TEMP TABLE {BATCH} AS {sql};
-             INSERT INTO {name} SELECT * FROM {BATCH};"
+             INSERT INTO {name} BY NAME SELECT * FROM {BATCH};"
         ))?,
-        (Action::Merge, Kind::IncrementalByUniqueKey { unique_key }) => conn.execute_batch(&format!(
-            "CREATE OR REPLACE TEMP TABLE {BATCH} AS {sql};
-             DELETE FROM {name} t USING {BATCH} n WHERE {on};
-             INSERT INTO {name} SELECT * FROM {BATCH};",
-            on = matching(unique_key)
-        ))?,
-        (Action::Merge, Kind::IncrementalByPartition { partitioned_by }) => conn.execute_batch(&format!(
-            "CREATE OR REPLACE TEMP TABLE {BATCH} AS {sql};
-             DELETE FROM {name} t USING (SELECT DISTINCT {cols} FROM {BATCH}) n WHERE {on};
-             INSERT INTO {name} SELECT * FROM {BATCH};",
-            cols = partitioned_by.join(", "),
-            on = matching(partitioned_by)
-        ))?,
+        (Action::Merge, Kind::IncrementalByUniqueKey { unique_key }) => {
+            conn.execute_batch(&format!("CREATE OR REPLACE TEMP TABLE {BATCH} AS {sql}"))?;
+            conn.execute_batch(&format!(
+                "DELETE FROM {name} t USING {BATCH} n WHERE {on};
+                 INSERT INTO {name} BY NAME SELECT * FROM {BATCH};",
+                on = matching(conn, BATCH, unique_key)?
+            ))?
+        }
+        (Action::Merge, Kind::IncrementalByPartition { partitioned_by }) => {
+            let cols = partitioned_by.join(", ");
+            // The partitions the named upstream replaced (none if it did not run).
+            let upstream = m
+                .partitions_from
+                .as_deref()
+                .filter(|up| table_exists(conn, &replaced_partitions(up)))
+                .map(|up| format!(" UNION SELECT {cols} FROM {}", replaced_partitions(up)))
+                .unwrap_or_default();
+            let replaced = replaced_partitions(name);
+            conn.execute_batch(&format!(
+                "CREATE OR REPLACE TEMP TABLE {BATCH} AS {sql};
+                 CREATE OR REPLACE TEMP TABLE {replaced} AS SELECT DISTINCT {cols} FROM {BATCH}{upstream};"
+            ))?;
+            conn.execute_batch(&format!(
+                "DELETE FROM {name} t USING {replaced} n WHERE {on};
+                 INSERT INTO {name} BY NAME SELECT * FROM {BATCH};",
+                on = matching(conn, &replaced, partitioned_by)?
+            ))?
+        }
         (a, k) => anyhow::bail!("cannot {} a {k} model", a.label()),
     }
     Ok(loaded)
+}
+
+/// The join condition deleting the stored rows whose `cols` match a row of `new`. A
+/// NULL matches a NULL; plain equality is used when `new` holds no NULL there, as
+/// DuckDB then prunes the stored table's row groups by the new values' range (the
+/// delete reads the few touched row groups instead of the whole history).
+fn matching(conn: &Connection, new: &str, cols: &[String]) -> anyhow::Result<String> {
+    let any_null = cols.iter().map(|k| format!("{k} IS NULL")).collect::<Vec<_>>().join(" OR ");
+    let nulls: i64 = conn.query_row(&format!("SELECT count(*) FROM {new} WHERE {any_null}"), [], |r| r.get(0))?;
+    let op = if nulls == 0 { "=" } else { "IS NOT DISTINCT FROM" };
+    Ok(cols.iter().map(|k| format!("t.{k} {op} n.{k}")).collect::<Vec<_>>().join(" AND "))
+}
+
+fn table_exists(conn: &Connection, table: &str) -> bool {
+    conn.query_row("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [table], |r| r.get::<_, i64>(0)).is_ok_and(|n| n > 0)
+}
+
+/// A model that declares `columns` must return exactly those, in that order.
+fn check_columns(conn: &Connection, m: &Model, table: &str) -> anyhow::Result<()> {
+    let mut st = conn.prepare(&format!("SELECT * FROM {table} LIMIT 0"))?;
+    st.execute([])?;
+    let got: Vec<String> = st.column_names().into_iter().map(|c| c.to_ascii_lowercase()).collect();
+    let want: Vec<&str> = m.columns.iter().map(|(n, _)| n.as_str()).collect();
+    if got != want {
+        return Err(BadInput(format!(
+            "{} returned columns ({}) but its header declares ({})",
+            m.name,
+            got.join(", "),
+            want.join(", ")
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 fn record_model(conn: &Connection, m: &Model, fp: &str, rows: Option<i64>, run_id: i64, loaded: &[(LandingFile, String)]) -> anyhow::Result<()> {

@@ -153,8 +153,12 @@ fn run_models(common: &CommonArgs, models: &Path, rebuild: bool) -> anyhow::Resu
         // Whatever lands from now on triggers another run.
         materia_common::consume_trigger(&step.layout, layout::TRIGGER_LANDING_UPDATED)?;
         let lakehouse = step.layout.lakehouse();
+        let t = std::time::Instant::now();
         let conn = Connection::open(&lakehouse).with_context(|| format!("opening {}", lakehouse.display()))?;
+        log::debug!("opened {} in {:?}", lakehouse.display(), t.elapsed());
+        let t = std::time::Instant::now();
         let steps = engine::plan(&project, Some(&conn), &step.layout.landing(), rebuild)?;
+        log::debug!("planned in {:?}", t.elapsed());
         if steps.iter().all(|s| s.action == Action::Skip) {
             let summary = format!("nothing to do: {} models unchanged", steps.len());
             log::info!("{summary}");

@@ -7,6 +7,9 @@
 //!                                    -- | INCREMENTAL_BY_PARTITION (with partitioned_by (a, b))
 //!                                    -- | LANDING_INGEST (pattern 'psd/*/*/*.csv.gzip')
 //!   grain (commodity_code, country_code, market_year),
+//!   columns (commodity_code VARCHAR, …),   -- the result's columns; needed to read @this_model
+//!   partitions_from staging.upstream,    -- INCREMENTAL_BY_PARTITION: also replace the
+//!                                        -- partitions that upstream replaced in this run
 //!   description 'One row per …',
 //!   column_descriptions (stocks_to_use = 'ending stocks / use'),
 //!   audits (not_null(columns := (commodity_code)), balance_identity(blocking := false)),
@@ -146,6 +149,14 @@ pub struct Model {
     pub audits: Vec<AuditCall>,
     /// DuckDB settings for this model's statements (`SET k = v`, reset after).
     pub session_properties: Vec<(String, Arg)>,
+    /// Declared result columns (name, DuckDB type), as SQLMesh's `columns`: the first
+    /// build of a model that reads its own previous state (`@this_model`) reads an empty
+    /// table of these columns, and every build and merge must return exactly them.
+    pub columns: Vec<(String, String)>,
+    /// `partitions_from upstream` (INCREMENTAL_BY_PARTITION): a merge replaces every
+    /// partition the upstream model replaced in this run, even one for which the query
+    /// returns no rows (a filter over the upstream partition that became empty).
+    pub partitions_from: Option<String>,
     /// The SQL after the header.
     pub sql: String,
     /// The file.
@@ -172,7 +183,37 @@ impl Model {
     pub fn schema(&self) -> &str {
         self.name.split_once('.').map_or("", |(s, _)| s)
     }
+
+    /// Does the SQL read the model's own stored rows?
+    pub fn reads_itself(&self) -> bool {
+        self.sql.contains(THIS_MODEL)
+    }
+
+    /// The SQL with the engine's macros filled in: `@run_id`, `@is_incremental`, and
+    /// `@this_model` (the stored table in a merge, [`EMPTY_THIS`] in a build). An
+    /// ingest model's `@landing_files` is left to the caller.
+    pub fn render(&self, run_id: i64, incremental: bool) -> String {
+        self.sql
+            .replace("@run_id", &run_id.to_string())
+            .replace("@is_incremental", if incremental { "TRUE" } else { "FALSE" })
+            .replace(THIS_MODEL, if incremental { &self.name } else { EMPTY_THIS })
+    }
+
+    /// DDL for the empty table a build reads as `@this_model` (None if the SQL does
+    /// not read itself).
+    pub fn empty_this_ddl(&self) -> Option<String> {
+        self.reads_itself().then(|| {
+            let cols = self.columns.iter().map(|(n, t)| format!("{n} {t}")).collect::<Vec<_>>().join(", ");
+            format!("CREATE OR REPLACE TEMP TABLE {EMPTY_THIS} ({cols})")
+        })
+    }
 }
+
+/// The macro naming the model's own table in its SQL (and an audit's table).
+pub const THIS_MODEL: &str = "@this_model";
+
+/// What `@this_model` reads in a build: an empty temp table of the declared columns.
+pub const EMPTY_THIS: &str = "__materia_this";
 
 // ---- tokens ----------------------------------------------------------------
 
@@ -441,8 +482,7 @@ fn header(src: &str, keyword: &str, path: &Path) -> Result<(Vec<Item>, usize, us
     Ok((props, p.lex.pos + lead, line))
 }
 
-const MODEL_PROPS: &str =
-    "name, kind, partitioned_by, grain, description, column_descriptions, audits, session_properties";
+const MODEL_PROPS: &str = "name, kind, partitioned_by, partitions_from, grain, columns, description, column_descriptions, audits, session_properties";
 
 /// Parse a model file.
 pub fn parse_model(src: &str, path: &Path) -> Result<Model, ModelError> {
@@ -456,6 +496,8 @@ pub fn parse_model(src: &str, path: &Path) -> Result<Model, ModelError> {
     let mut column_descriptions = Vec::new();
     let mut audits = Vec::new();
     let mut session_properties = Vec::new();
+    let mut columns = Vec::new();
+    let mut partitions_from = None;
     for item in props.into_iter().map(as_property) {
         let line = item.line;
         let Some(key) = item.key.as_deref() else {
@@ -474,6 +516,28 @@ pub fn parse_model(src: &str, path: &Path) -> Result<Model, ModelError> {
             ("partitioned_by", v) => {
                 partitioned_by =
                     Some(idents(&v).ok_or_else(|| err(line, "partitioned_by: expected a column or (a, b, ...)".into()))?)
+            }
+            ("partitions_from", Val::Word(w)) if w.split('.').count() == 2 => partitions_from = Some(w.to_ascii_lowercase()),
+            ("partitions_from", _) => return Err(err(line, "partitions_from: expected an upstream model, schema.table".into())),
+            ("columns", Val::Tuple(items)) => {
+                for i in items {
+                    let ty = match &i.val {
+                        Val::Word(t) => Some(t.clone()),
+                        Val::Call(t, args) => args
+                            .iter()
+                            .map(|a| match (&a.key, &a.val) {
+                                (None, Val::Num(n)) => Some(n.clone()),
+                                _ => None,
+                            })
+                            .collect::<Option<Vec<_>>>()
+                            .map(|a| format!("{t}({})", a.join(", "))),
+                        _ => None,
+                    };
+                    match (i.key, ty) {
+                        (Some(k), Some(t)) => columns.push((k.to_ascii_lowercase(), t.to_ascii_uppercase())),
+                        _ => return Err(err(i.line, "columns: expected (name TYPE, ...)".into())),
+                    }
+                }
             }
             ("description", Val::Str(s)) => description = Some(s),
             ("column_descriptions", Val::Tuple(items)) => {
@@ -503,7 +567,7 @@ pub fn parse_model(src: &str, path: &Path) -> Result<Model, ModelError> {
             ("audits", v @ (Val::Call(..) | Val::Word(_))) => {
                 audits.push(audit_call(Item { key: None, val: v, line }, path)?)
             }
-            (k @ ("name" | "description" | "column_descriptions" | "audits" | "session_properties"), _) => {
+            (k @ ("name" | "description" | "column_descriptions" | "audits" | "session_properties" | "columns"), _) => {
                 return Err(err(line, format!("property '{k}' has a value of the wrong form")));
             }
             (other, _) => {
@@ -525,6 +589,17 @@ pub fn parse_model(src: &str, path: &Path) -> Result<Model, ModelError> {
     if sql.is_empty() {
         return Err(err(sql_line, "no SQL after the MODEL header".into()));
     }
+    if partitions_from.is_some() && !matches!(kind, Kind::IncrementalByPartition { .. }) {
+        return Err(err(1, "partitions_from goes with kind INCREMENTAL_BY_PARTITION".into()));
+    }
+    if sql.contains(THIS_MODEL) {
+        if !matches!(kind, Kind::IncrementalByPartition { .. } | Kind::IncrementalByUniqueKey { .. }) {
+            return Err(err(sql_line, format!("{THIS_MODEL}: only an incremental model can read its own rows")));
+        }
+        if columns.is_empty() {
+            return Err(err(sql_line, format!("{THIS_MODEL} needs columns (name TYPE, ...) in the header: a first build reads it as an empty table of those columns")));
+        }
+    }
     Ok(Model {
         name,
         kind,
@@ -533,6 +608,8 @@ pub fn parse_model(src: &str, path: &Path) -> Result<Model, ModelError> {
         column_descriptions,
         audits,
         session_properties,
+        columns,
+        partitions_from,
         sql,
         path: path.to_owned(),
         sql_line,
@@ -716,10 +793,25 @@ mod tests {
     }
 
     #[test]
+    fn this_model_columns_and_partitions_from() {
+        let m = p("MODEL (name a.b, kind INCREMENTAL_BY_PARTITION, partitioned_by k, partitions_from A.Up,\n columns (k VARCHAR, n DECIMAL(18, 3), d date));\nSELECT k, n, d FROM a.up WHERE @is_incremental AND k NOT IN (SELECT k FROM @this_model) AND _run_id = @run_id").unwrap();
+        assert_eq!(m.columns, [("k".into(), "VARCHAR".into()), ("n".into(), "DECIMAL(18, 3)".into()), ("d".into(), "DATE".into())]);
+        assert_eq!(m.partitions_from.as_deref(), Some("a.up"));
+        assert!(m.reads_itself());
+        assert_eq!(m.render(7, true), "SELECT k, n, d FROM a.up WHERE TRUE AND k NOT IN (SELECT k FROM a.b) AND _run_id = 7");
+        assert_eq!(m.render(7, false), "SELECT k, n, d FROM a.up WHERE FALSE AND k NOT IN (SELECT k FROM __materia_this) AND _run_id = 7");
+        assert_eq!(m.empty_this_ddl().unwrap(), "CREATE OR REPLACE TEMP TABLE __materia_this (k VARCHAR, n DECIMAL(18, 3), d DATE)");
+        assert!(p("MODEL (name a.b, kind INCREMENTAL_BY_PARTITION, partitioned_by k);\nSELECT * FROM @this_model").unwrap_err().starts_with("m.sql:2: @this_model needs columns"));
+        assert!(p("MODEL (name a.b, kind FULL, columns (k INT));\nSELECT * FROM @this_model").unwrap_err().contains("only an incremental model"));
+        assert!(p("MODEL (name a.b, kind FULL, partitions_from a.c); SELECT 1").unwrap_err().contains("goes with kind INCREMENTAL_BY_PARTITION"));
+        assert!(p("MODEL (name a.b, kind FULL, columns (k)); SELECT 1").unwrap_err().contains("columns: expected (name TYPE"));
+    }
+
+    #[test]
     fn errors_name_the_file_and_line() {
         assert_eq!(
             p("MODEL (\n name a.b,\n kind FULL,\n cron '@daily'\n);\nSELECT 1").unwrap_err(),
-            "m.sql:4: unknown MODEL property 'cron' (supported: name, kind, partitioned_by, grain, description, column_descriptions, audits, session_properties)"
+            "m.sql:4: unknown MODEL property 'cron' (supported: name, kind, partitioned_by, partitions_from, grain, columns, description, column_descriptions, audits, session_properties)"
         );
         assert_eq!(p("MODEL (name a.b,\n kind SCD_TYPE_2); SELECT 1").unwrap_err().split(" (supported").next().unwrap(), "m.sql:2: unknown kind 'SCD_TYPE_2'");
         assert!(p("MODEL (name ab, kind FULL); SELECT 1").unwrap_err().contains("expected schema.table"));

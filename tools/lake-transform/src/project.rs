@@ -93,6 +93,25 @@ impl Project {
                     return Err(Usage(format!("{}:{}: unknown audit '{}'", m.path.display(), a.line, a.name)).into());
                 }
             }
+            if let Some(up) = &m.partitions_from {
+                let cols = match &m.kind {
+                    model::Kind::IncrementalByPartition { partitioned_by } => partitioned_by,
+                    _ => unreachable!("the parser allows partitions_from only here"),
+                };
+                let fits = by_name.get(up).is_some_and(|u| match &u.kind {
+                    model::Kind::IncrementalByPartition { partitioned_by } => cols.iter().all(|c| partitioned_by.contains(c)),
+                    _ => false,
+                });
+                if !ups.contains(up) || !fits {
+                    return Err(Usage(format!(
+                        "{}: partitions_from {up}: expected an INCREMENTAL_BY_PARTITION model that {} reads, partitioned by ({}) or more",
+                        m.path.display(),
+                        m.name,
+                        cols.join(", ")
+                    ))
+                    .into());
+                }
+            }
             deps.insert(m.name.clone(), ups.into_iter().collect::<Vec<_>>());
         }
         let order = toposort(&deps)?;
@@ -157,6 +176,9 @@ fn fingerprint(m: &Model, ups: &[String], fps: &HashMap<String, String>, audits:
     put(&m.name);
     put(&m.kind.to_string());
     put(&m.grain.join(","));
+    if !m.columns.is_empty() || m.partitions_from.is_some() {
+        put(&format!("{:?}{:?}", m.columns, m.partitions_from));
+    }
     for a in &m.audits {
         put(&format!("{a:?}").replace(&format!("line: {}", a.line), ""));
         if let Some(def) = audits.get(&a.name) {

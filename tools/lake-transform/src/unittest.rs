@@ -11,7 +11,9 @@
 //! ```
 //!
 //! `incremental = true` (with `run_id = N`) tests the batch a merge would compute
-//! (`@is_incremental` TRUE, `@run_id` N) instead of a build. An ingest model takes
+//! (`@is_incremental` TRUE, `@run_id` N) instead of a build; a model that reads its own
+//! rows (`@this_model`) takes them from `inputs."<the model>"` then (an empty table of its
+//! declared columns in a build). An ingest model takes
 //! `landing_csv = """..."""` (the CSV of one landed file,
 //! landed as `psd/2024/01/test.csv.gzip`) instead of `inputs`. Each test runs in its own
 //! in-memory DuckDB. Outputs are compared as a multiset of rows on the columns the
@@ -104,10 +106,12 @@ pub fn run_case(project: &Project, case: &Case, scratch: &Path) -> anyhow::Resul
         conn.execute_batch(&format!("CREATE SCHEMA IF NOT EXISTS {schema}; CREATE TABLE {table} AS {}", values_sql(rows)?))
             .with_context(|| format!("creating input {table}"))?;
     }
-    let mut sql = m
-        .sql
-        .replace("@run_id", &case.run_id.to_string())
-        .replace("@is_incremental", if case.incremental { "TRUE" } else { "FALSE" });
+    let mut sql = m.render(case.run_id, case.incremental);
+    if !case.incremental
+        && let Some(ddl) = m.empty_this_ddl()
+    {
+        conn.execute_batch(&ddl).context("creating the empty @this_model")?;
+    }
     if let Kind::LandingIngest { .. } = m.kind {
         let csv = case.landing_csv.as_deref().ok_or_else(|| anyhow!("an ingest model's test needs landing_csv"))?;
         let file = scratch.join(format!("{}/psd/2024/01/test.csv.gzip", case.name));

@@ -281,7 +281,7 @@ fn a_new_release_is_ingested_incrementally_and_revisions_are_tracked() {
     let plan = env.run(&["plan"]);
     assert_eq!(plan.code, 0);
     assert!(plan.stdout.contains("raw.psd\tappend psd/2024/02/b.csv.gzip\t1 new landing file"), "{}", plan.stdout);
-    assert!(plan.stdout.contains("serving.revisions\tbuild\tupstream staging.psd_changes changed"), "{}", plan.stdout);
+    assert!(plan.stdout.contains("serving.revisions\tmerge\tupstream staging.psd_changes changed"), "{}", plan.stdout);
     let run = env.run(&["run"]);
     assert_eq!(run.code, 0, "{run:?}");
 
@@ -459,6 +459,34 @@ fn bad_models_are_refused_before_anything_runs() {
 }
 
 #[test]
+fn self_reading_models_and_partitions_from_are_checked() {
+    let mut env = Env::new();
+    let models = env.own_models();
+    for (src, msg) in [
+        (
+            "MODEL (name staging.z, kind INCREMENTAL_BY_PARTITION, partitioned_by release,\n partitions_from serving.releases);\nSELECT release FROM staging.psd_values",
+            "partitions_from serving.releases: expected an INCREMENTAL_BY_PARTITION model that staging.z reads, partitioned by (release) or more",
+        ),
+        (
+            "MODEL (name staging.z, kind INCREMENTAL_BY_PARTITION, partitioned_by release);\nSELECT * FROM @this_model",
+            "z.sql:2: @this_model needs columns (name TYPE, ...) in the header",
+        ),
+    ] {
+        std::fs::write(models.join("z.sql"), src).unwrap();
+        let run = env.run(&["run"]);
+        assert_eq!(run.code, 2, "{run:?}");
+        assert!(run.error_line().contains(msg), "{} does not contain {msg}", run.error_line());
+    }
+    // Declared columns are checked against what the model returns, and the run rolls back.
+    std::fs::write(models.join("z.sql"), "MODEL (name staging.z, kind FULL, columns (release DATE, n BIGINT));\nSELECT release, count(*) AS rows FROM staging.psd_values GROUP BY release").unwrap();
+    env.land("psd/2024/01/a.csv.gzip", &csv(&balance("BR", 2023, 1.0)));
+    let run = env.run(&["run"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    assert!(run.error_line().contains("staging.z returned columns (release, rows) but its header declares (release, n)"), "{}", run.error_line());
+    assert_eq!(env.rows("SELECT count(*) FROM duckdb_tables() WHERE schema_name <> '_materia'"), ["0"], "rolled back");
+}
+
+#[test]
 fn plan_touches_nothing_and_no_landing_files_means_nothing_to_do() {
     let env = Env::new();
     let plan = env.run(&["plan"]);
@@ -474,7 +502,7 @@ fn every_shipped_model_has_a_passing_unit_test() {
     let env = Env::new();
     let run = env.run(&["test"]);
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.ends_with("10 passed, 0 failed\n"), "{}", run.stdout);
+    assert!(run.stdout.ends_with("16 passed, 0 failed\n"), "{}", run.stdout);
     let tests = std::fs::read_to_string(env.models.join("tests/psd.toml")).unwrap();
     let mut models = 0;
     for f in std::fs::read_dir(&env.models).unwrap() {
@@ -485,7 +513,7 @@ fn every_shipped_model_has_a_passing_unit_test() {
             assert!(tests.contains(&format!("model = \"{name}\"")), "no unit test for {name}");
         }
     }
-    assert_eq!(models, 8);
+    assert_eq!(models, 9);
     assert!(!env.data.exists(), "unit tests never touch the data dir");
 }
 
@@ -496,7 +524,7 @@ fn a_failing_unit_test_says_which_row_and_exits_non_zero() {
     let path = models.join("tests/psd.toml");
     let src = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, src.replace("change = 1.5 }", "change = 1.25 }")).unwrap();
-    let run = env.run(&["test", "revisions"]);
+    let run = env.run(&["test", "revisions_are"]);
     assert_eq!(run.code, 1, "{run:?}");
     let line = run.stdout.lines().find(|l| l.starts_with("FAILED\t")).unwrap();
     assert!(line.contains("revisions_are_the_changes_whose_value_differs") && line.contains("change = 1.25"), "{line}");
@@ -535,12 +563,25 @@ fn an_incremental_by_unique_key_model_merges_new_rows_by_key() {
 }
 
 /// Every serving table, sorted, without load timestamps.
+/// Every serving table and the incremental staging state, without load times and run ids.
 fn serving_state(env: &Env) -> Vec<String> {
     let mut out = Vec::new();
-    for t in ["releases", "attribute_values", "commodity_balance", "world_balance", "revisions"] {
-        let cols = if t == "releases" { "release, commodity_code, files, rows" } else { "*" };
+    for t in [
+        "serving.releases",
+        "serving.attribute_values",
+        "serving.commodity_balance",
+        "serving.world_balance",
+        "serving.revisions",
+        "staging.psd_latest",
+        "staging.psd_changes",
+    ] {
+        let cols = match t {
+            "serving.releases" => "release, commodity_code, files, rows",
+            "staging.psd_changes" => "* EXCLUDE (_run_id)",
+            _ => "*",
+        };
         out.push(format!("-- {t}"));
-        out.extend(env.rows(&format!("SELECT {cols} FROM serving.{t} ORDER BY ALL")));
+        out.extend(env.rows(&format!("SELECT {cols} FROM {t} ORDER BY ALL")));
     }
     out
 }
@@ -567,6 +608,20 @@ fn incremental_runs_match_a_full_rebuild_even_with_backfills_and_relandings() {
     assert_eq!(env.run(&["run"]).code, 0);
     assert_eq!(env.rows("SELECT count(*) FROM serving.commodity_balance WHERE country_code = 'CO'"), ["0"]);
     assert_eq!(env.rows("SELECT value FROM serving.attribute_values WHERE country_code = 'BR' AND attribute_id = '028'"), ["140.0"]);
+    // Two newer months in one run.
+    env.land("psd/2024/04/e.csv.gzip", &rel(150.0, "VN"));
+    env.land("psd/2024/05/f.csv.gzip", &rel(160.0, "ET"));
+    assert_eq!(env.run(&["run"]).code, 0);
+    assert_eq!(
+        env.rows("SELECT release, previous_release, previous_value FROM serving.revisions WHERE country_code = 'BR' AND attribute_id = '028' AND release >= '2024-04-01' ORDER BY release"),
+        ["2024-04-01|2024-03-01|140.0", "2024-05-01|2024-04-01|150.0"]
+    );
+    // May landed again, now equal to April and without ET: May has no revisions left, and
+    // ET's latest value goes back to February's.
+    env.land("psd/2024/05/g.csv.gzip", &rel(150.0, "VN"));
+    assert_eq!(env.run(&["run"]).code, 0);
+    assert_eq!(env.rows("SELECT count(*) FROM serving.revisions WHERE release = '2024-05-01'"), ["0"]);
+    assert_eq!(env.rows("SELECT release FROM staging.psd_latest WHERE country_code = 'ET' AND attribute_id = '028'"), ["2024-02-01"]);
 
     let incremental = serving_state(&env);
     let run = env.run(&["run", "--rebuild"]);

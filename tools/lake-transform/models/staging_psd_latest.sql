@@ -1,0 +1,59 @@
+MODEL (
+  name staging.psd_latest,
+  kind INCREMENTAL_BY_PARTITION,
+  partitioned_by commodity_code,
+  grain (commodity_code, country_code, market_year, attribute_id),
+  columns (
+    commodity_code VARCHAR, country_code VARCHAR, market_year INTEGER, attribute_id VARCHAR,
+    attribute VARCHAR, release DATE, value DOUBLE, previous_release DATE, previous_value DOUBLE
+  ),
+  description 'For every commodity, country, market year and attribute: its latest release and value, and the release and value before. The state that lets a new release find its previous values without reading the history: a run that only adds newer releases reads this table and the new rows.',
+  audits (
+    unique_combination_of_columns(columns := (commodity_code, country_code, market_year, attribute_id)),
+    not_null(columns := (commodity_code, country_code, market_year, attribute_id, release))
+  )
+);
+
+-- Build: the last row of each history.
+SELECT commodity_code, country_code, market_year, attribute_id, attribute, release, value,
+       lag(release) OVER h AS previous_release, lag(value) OVER h AS previous_value
+FROM staging.psd_values
+WHERE NOT @is_incremental
+WINDOW h AS (PARTITION BY commodity_code, country_code, market_year, attribute_id ORDER BY release)
+QUALIFY lead(release) OVER h IS NULL
+
+UNION ALL
+
+-- Merge: every commodity the run loaded is recomputed (its partition replaced).
+(WITH touched AS (
+  SELECT commodity_code, min(release) AS first_release
+  FROM staging.psd_values WHERE @is_incremental AND _run_id = @run_id
+  GROUP BY commodity_code
+), stored AS (
+  SELECT commodity_code, max(release) AS last_release
+  FROM @this_model WHERE commodity_code IN (SELECT commodity_code FROM touched)
+  GROUP BY commodity_code
+), forward AS (
+  -- Only releases newer than all it had: the stored rows plus the new ones.
+  SELECT t.commodity_code FROM touched t LEFT JOIN stored s USING (commodity_code)
+  WHERE s.last_release IS NULL OR t.first_release > s.last_release
+), history AS (
+  -- A backfilled or re-landed month: from the commodity's whole history.
+  SELECT commodity_code FROM touched EXCEPT SELECT commodity_code FROM forward
+), candidates AS (
+  SELECT commodity_code, country_code, market_year, attribute_id, attribute, release, value,
+         TRUE AS stored, previous_release AS stored_previous_release, previous_value AS stored_previous_value
+  FROM @this_model WHERE commodity_code IN (SELECT commodity_code FROM forward)
+  UNION ALL
+  SELECT commodity_code, country_code, market_year, attribute_id, attribute, release, value, FALSE, NULL, NULL
+  FROM staging.psd_values WHERE _run_id = @run_id AND commodity_code IN (SELECT commodity_code FROM forward)
+  UNION ALL
+  SELECT commodity_code, country_code, market_year, attribute_id, attribute, release, value, FALSE, NULL, NULL
+  FROM staging.psd_values WHERE commodity_code IN (SELECT commodity_code FROM history)
+)
+SELECT commodity_code, country_code, market_year, attribute_id, attribute, release, value,
+       CASE WHEN stored THEN stored_previous_release ELSE lag(release) OVER w END AS previous_release,
+       CASE WHEN stored THEN stored_previous_value ELSE lag(value) OVER w END AS previous_value
+FROM candidates
+WINDOW w AS (PARTITION BY commodity_code, country_code, market_year, attribute_id ORDER BY release)
+QUALIFY lead(release) OVER w IS NULL)
