@@ -5,7 +5,7 @@
 # (apt, when run as root and something is missing), the pinned prebuilt DuckDB
 # library (into .duckdb/, where .cargo/config.toml points DUCKDB_LIB_DIR), and checks
 # for a Rust toolchain. --tests adds what only the tests need (moto and sops in a venv,
-# openssh-server, age, git). Idempotent: a second run installs nothing.
+# openssh-server, age, git, shellcheck). Idempotent: a second run installs nothing.
 set -euo pipefail
 
 # Debian packages the build and scripts/ use.
@@ -18,9 +18,10 @@ command -v npm >/dev/null || packages+=(npm)
 tests=
 if [[ ${1:-} == --tests ]]; then
     # python3-venv: the test tools' venv; git: tag-deploy's tests; age: keys for the sops
-    # tests; openssh-server: the sshd of tag-deploy's SSH test.
+    # tests; openssh-server: the sshd of tag-deploy's SSH test; shellcheck: every shell
+    # script is checked by tests/scripts.rs.
     tests=1
-    packages+=(python3-venv git age openssh-server)
+    packages+=(python3-venv git age openssh-server shellcheck)
 fi
 
 missing=()

@@ -120,7 +120,8 @@ fn psd_server(dir: &Path) -> Option<(Server, u16)> {
     Some((Server(child), port))
 }
 
-/// A webhook on 127.0.0.1: prints its port, appends each POST body to argv[1].
+/// A webhook on 127.0.0.1: prints its port, appends each POST body to argv[1], and
+/// each GET (a monitoring ping) as a `GET /path` line.
 const NOTIFY_RECEIVER: &str = r#"
 import http.server, sys
 class H(http.server.BaseHTTPRequestHandler):
@@ -128,6 +129,10 @@ class H(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         with open(sys.argv[1], "ab") as f:
             f.write(body)
+        self.send_response(200); self.end_headers()
+    def do_GET(self):
+        with open(sys.argv[1], "a") as f:
+            f.write("GET %s\n" % self.path)
         self.send_response(200); self.end_headers()
     def log_message(self, *a): pass
 s = http.server.HTTPServer(("127.0.0.1", 0), H)
@@ -179,7 +184,9 @@ fn the_chain_runs_under_a_real_systemd() {
     }
     std::fs::copy(repo().join(".duckdb/1.5.6/libduckdb.so"), release.join("lib/libduckdb.so")).unwrap();
     assert!(Command::new("cp").arg("-r").arg(repo().join("tools/lake-transform/models")).arg(&release).status().unwrap().success());
-    std::fs::copy(repo().join("scripts/notify-failure.sh"), release.join("scripts/notify-failure.sh")).unwrap();
+    for script in ["notify-failure.sh", "ping.sh"] {
+        std::fs::copy(repo().join("scripts").join(script), release.join("scripts").join(script)).unwrap();
+    }
     assert!(Command::new("chmod").args(["-R", "a+rX"]).arg(&release).status().unwrap().success());
     std::os::unix::fs::symlink("releases/test", c.path("/opt/materia/current")).unwrap();
     c.write("/etc/systemd/system/psd-extract.service.d/test.conf", &format!("[Service]\nEnvironment=PSD_BASE_URL=http://127.0.0.1:{port}\n"));
@@ -230,8 +237,8 @@ fn the_chain_runs_under_a_real_systemd() {
     assert_eq!(runs(), before + 2, "exactly one more run, no loop");
     assert!(!c.path("/data/materia/triggers/landing.updated").exists());
 
-    // A failing unit calls the notifier, which POSTs to the configured webhook:
-    // landing-backup has no target configured here.
+    // A failing unit calls the notifier, which POSTs to the configured webhook, and
+    // pings the monitoring URL's start and fail: landing-backup has no target here.
     let received = scratch.join("notified.txt");
     let hook = Command::new("python3")
         .args(["-c", NOTIFY_RECEIVER])
@@ -243,7 +250,8 @@ fn the_chain_runs_under_a_real_systemd() {
     let mut hook = Server(hook);
     let mut port_line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(hook.0.stdout.as_mut().unwrap()), &mut port_line).unwrap();
-    c.write("/opt/materia/.env", &format!("MATERIA_NOTIFY_URL=http://127.0.0.1:{}/fail\n", port_line.trim()));
+    let hook_url = format!("http://127.0.0.1:{}", port_line.trim());
+    c.write("/opt/materia/.env", &format!("MATERIA_NOTIFY_URL={hook_url}/fail\nMATERIA_PING_URL={hook_url}/ping/KEY\n"));
     let (code, _) = c.exec(&["systemctl", "start", "landing-backup.service"]);
     assert_ne!(code, 0);
     let notifier = "materia-notify@landing-backup.service.service";
@@ -252,7 +260,48 @@ fn the_chain_runs_under_a_real_systemd() {
     c.wait_for("the webhook POST", Duration::from_secs(30), || {
         std::fs::read_to_string(&received).is_ok_and(|t| t.contains("landing-backup.service failed on") && t.contains("INVALIDARGUMENT"))
     });
+    let pings = || -> Vec<String> {
+        std::fs::read_to_string(&received).unwrap_or_default().lines().filter_map(|l| l.strip_prefix("GET ")).map(str::to_owned).collect()
+    };
+    c.wait_for("the fail ping", Duration::from_secs(30), || pings().contains(&"/ping/KEY/landing-backup/fail".to_owned()));
+    assert_eq!(pings(), ["/ping/KEY/landing-backup/start", "/ping/KEY/landing-backup/fail"]);
+    // A step that succeeds (here with nothing to do, exit 3) pings its start, then success.
+    c.ok(&["systemctl", "start", "psd-extract.service"]);
+    c.wait_for("the success ping", Duration::from_secs(30), || pings().contains(&"/ping/KEY/psd-extract".to_owned()));
+    assert_eq!(pings()[2..], ["/ping/KEY/psd-extract/start", "/ping/KEY/psd-extract"]);
+    assert!(!c.journal("materia-ping@psd-extract:success.service").contains("KEY"), "the ping URL is not logged");
     drop(hook);
+}
+
+/// A real sshd on 127.0.0.1 (Debian's openssh-server, as setup-dev.sh --tests installs)
+/// that lets `authorized` in as root; killed on drop. None (with a SKIPPED line) without it.
+fn sshd(dir: &Path, authorized: &str) -> Option<(Server, u16)> {
+    let sshd = Path::new("/usr/sbin/sshd");
+    if !sshd.exists() || std::fs::create_dir_all("/run/sshd").is_err() {
+        eprintln!("SKIPPED: no sshd here (needs openssh-server, as scripts/setup-dev.sh --tests installs)");
+        return None;
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let key = dir.join("host_key");
+    if !key.exists() {
+        assert!(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status().unwrap().success());
+    }
+    std::fs::write(dir.join("authorized_keys"), authorized).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = format!(
+        "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/sshd.pid\n\
+         StrictModes no\nPermitRootLogin yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n",
+        d = dir.display()
+    );
+    std::fs::write(dir.join("sshd_config"), config).unwrap();
+    let child = Command::new(sshd).arg("-D").arg("-e").arg("-f").arg(dir.join("sshd_config")).stderr(Stdio::null()).spawn().unwrap();
+    let server = Server(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "sshd did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some((server, port))
 }
 
 /// Every file under `dir` (inside the container) with its size and mode: what a rerun
@@ -278,8 +327,19 @@ fn setup_server_and_bootstrap_deploy_and_are_idempotent() {
         return;
     };
 
-    // The release remote: any repo with a tag; its build installs the tools this test run built.
-    let remote = "/srv/materia.git";
+    // The release remote: any repo with a tag, served over SSH (a real sshd on
+    // 127.0.0.1, outside the container) to the deploy key setup_server.sh makes; its
+    // build installs the tools this test run built.
+    let remote_dir = scratch.join("materia.git");
+    assert!(Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "set -e; git init -q -b main {d}; cd {d}; git -c user.name=t -c user.email=t@t commit -q --allow-empty -m one; git tag v1",
+            d = remote_dir.display()
+        ))
+        .status()
+        .unwrap()
+        .success());
     let prebuilt = c.path("/opt/prebuilt");
     std::fs::create_dir_all(&prebuilt).unwrap();
     for t in ["psd-extract", "lake-transform", "serve-export", "landing-backup", "tag-deploy", "materia-status"] {
@@ -297,7 +357,7 @@ fn setup_server_and_bootstrap_deploy_and_are_idempotent() {
     // The package check runs for real (everything is installed: no apt); rustup would
     // download from the internet, which this machine cannot reach.
     let setup = || c.ok(&["env", "MATERIA_SKIP_RUST=1", &format!("{repo_dir}/infra/setup_server.sh")]);
-    let bootstrap = || {
+    let bootstrap = |remote: &str| {
         c.ok(&[
             "env",
             &format!("PATH={}/.cargo/bin:/usr/local/bin:/usr/bin:/bin", std::env::var("HOME").unwrap()),
@@ -311,12 +371,15 @@ fn setup_server_and_bootstrap_deploy_and_are_idempotent() {
     let out = setup();
     assert!(out.contains("deploy key (add to the git remote, read-only):\nssh-ed25519 "), "{out}");
     assert!(out.contains("age recipient (encrypt .env.prod.sops to it):\nage1"), "{out}");
-    // A local remote must belong to the user that reads it (libgit2's safe-directory rule).
-    c.ok(&["sh", "-c", &format!(
-        "set -e; git init -q -b main {remote}; cd {remote}; git -c user.name=t -c user.email=t@t commit -q --allow-empty -m one; git tag v1; chown -R beanflows_service {remote}"
-    )]);
-    let out = bootstrap();
+    let deploy_key = std::fs::read_to_string(c.path("/opt/materia/.ssh/materia_deploy.pub")).unwrap();
+    let Some((_sshd, ssh_port)) = sshd(&scratch.join("sshd"), &deploy_key) else { return };
+    let remote = format!("ssh://root@127.0.0.1:{ssh_port}{}", remote_dir.display());
+    let remote = remote.as_str();
+    let out = bootstrap(remote);
+    assert!(out.contains("bootstrap: adding the host key of 127.0.0.1"), "{out}");
     assert!(out.contains("bootstrap: deployed releases/v1"), "{out}");
+    let known = std::fs::read_to_string(c.path("/opt/materia/.ssh/known_hosts")).unwrap();
+    assert!(known.starts_with(&format!("[127.0.0.1]:{ssh_port} ssh-")), "{known}");
     assert!(out.contains("landing-backup.timer stays disabled"), "no R2 variables: {out}");
     assert_eq!(c.ok(&["readlink", "/opt/materia/current"]).trim(), "releases/v1");
     // Recorded in the state DB (the timer, now enabled, may already be polling again).
@@ -332,6 +395,6 @@ fn setup_server_and_bootstrap_deploy_and_are_idempotent() {
     // A second run of both changes nothing.
     let before = (listing(&c, "/opt/materia"), listing(&c, "/etc/systemd/system"));
     setup();
-    bootstrap();
+    bootstrap(remote);
     assert_eq!((listing(&c, "/opt/materia"), listing(&c, "/etc/systemd/system")), before);
 }

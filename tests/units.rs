@@ -42,7 +42,9 @@ fn verify_root(tmp: &Path, units: &BTreeMap<String, String>) -> PathBuf {
     for t in ["psd-extract", "lake-transform", "serve-export", "landing-backup", "tag-deploy"] {
         std::fs::copy("/bin/true", current.join("bin").join(t)).unwrap();
     }
-    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/notify-failure.sh"), current.join("scripts/notify-failure.sh")).unwrap();
+    for script in ["notify-failure.sh", "ping.sh"] {
+        std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts").join(script), current.join("scripts").join(script)).unwrap();
+    }
     assert!(Command::new("chmod").args(["-R", "a+rX"]).arg(tmp).status().unwrap().success());
     root
 }
@@ -110,8 +112,13 @@ fn units_follow_the_house_rules() {
             assert!(set || why, "{name}: {h}= is neither set nor explained with `# no {h}: reason`");
             assert!(!(set && why), "{name}: {h}= is set and explained away");
         }
-        if !name.starts_with("materia-notify@") {
-            assert_eq!(values(text, "OnFailure"), ["materia-notify@%n.service"], "{name}");
+        if !name.starts_with("materia-notify@") && !name.starts_with("materia-ping@") {
+            // Failures reach the notifier; start, success and failure the monitoring pings.
+            assert_eq!(values(text, "OnFailure"), ["materia-notify@%n.service materia-ping@%N:fail.service"], "{name}");
+            assert_eq!(values(text, "OnSuccess"), ["materia-ping@%N:success.service"], "{name}");
+            for dep in ["Wants", "After"] {
+                assert!(values(text, dep).contains(&"materia-ping@%N:start.service"), "{name}: {dep}=materia-ping@%N:start.service");
+            }
             assert!(values(text, "SuccessExitStatus").first().is_some_and(|v| v.split(' ').any(|c| c == "3")), "{name}: exit 3 (nothing to do) is success");
             assert!(values(text, "ReadWritePaths").first().is_some_and(|v| v.contains("/data/materia")), "{name}: records its runs in the state DB");
         }

@@ -6,8 +6,10 @@ usage: sqlmesh_project.py MODELS_DIR OUT_DIR LANDING_DIR DB_FILE
 The model files are SQLMesh syntax already; the only differences are lake-transform's
 own: LANDING_INGEST and INCREMENTAL_BY_PARTITION (a merge of only the rows a run
 loaded) become FULL, as a SQLMesh user would write them (re-reading every file on each
-build) and lake-transform's session_properties (a DuckDB setting for its merges)
-are dropped; @landing_files becomes a glob of every landed file, @run_id 0, @is_incremental FALSE.
+build) and lake-transform's session_properties (a DuckDB setting for its merges) and
+partitions_from are dropped; @landing_files becomes a glob of every landed file, @run_id
+0, @is_incremental FALSE, and @this_model (read only by the merge branch, dead in a
+build) an empty relation of the model's declared columns.
 """
 import os
 import re
@@ -27,7 +29,13 @@ def main():
         sql = open(os.path.join(models, name)).read()
         sql = re.sub(r"kind LANDING_INGEST \(pattern '[^']*'\)", "kind FULL", sql)
         sql = sql.replace("kind INCREMENTAL_BY_PARTITION", "kind FULL")
-        sql = re.sub(r"\n\s*partitioned_by \([^)]*\),", "", sql)
+        sql = re.sub(r"\n\s*partitioned_by (\([^)]*\)|\w+),", "", sql)
+        sql = re.sub(r"(\n\s*--[^\n]*)*\n\s*partitions_from [\w.]+,", "", sql)
+        cols = re.search(r"\n\s*columns \(([^)]*)\)", sql)
+        if cols:
+            typed = [c.split() for c in cols.group(1).split(",")]
+            empty = ", ".join(f"CAST(NULL AS {t}) AS {n}" for n, t in typed)
+            sql = sql.replace("@this_model", f"(SELECT {empty} WHERE FALSE)")
         sql = re.sub(r",(\n\s*--[^\n]*)*\n\s*session_properties \([^)]*\)", "", sql)
         sql = sql.replace("@landing_files", f"'{glob}'").replace("@run_id", "0").replace("@is_incremental", "FALSE")
         open(os.path.join(out, "models", name), "w").write(sql)

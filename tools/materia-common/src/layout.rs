@@ -40,6 +40,8 @@
 //! | `DEPLOY_KNOWN_HOSTS` | tag-deploy | the SSH remote's host key must be in this file (default `~/.ssh/known_hosts`) |
 //! | `DEPLOY_ENV_FILE` | tag-deploy | where `.env.prod.sops` is decrypted to (default `APP_DIR/.env`) |
 //! | `SERVE_EXPORT_FAULT` | serve-export | tests only: `alter-copy` makes the copy differ, to exercise verification |
+//! | `MATERIA_NOTIFY_URL` | scripts/notify-failure.sh (materia-notify@) | webhook for a failed unit's journal lines |
+//! | `MATERIA_PING_URL` | scripts/ping.sh (materia-ping@) | healthchecks.io-style base URL: `/STEP/start`, `/STEP`, `/STEP/fail` |
 
 use std::path::{Path, PathBuf};
 

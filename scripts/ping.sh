@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# usage: ping.sh STEP:EVENT        (EVENT: start | success | fail)
+#
+# Run by materia-ping@STEP:EVENT.service, which every step's unit starts before it runs
+# (start), on success (OnSuccess=) and on failure (OnFailure=). When MATERIA_PING_URL is
+# set in /opt/materia/.env, pings healthchecks.io-style URLs, one check per step:
+#   MATERIA_PING_URL/STEP/start, MATERIA_PING_URL/STEP, MATERIA_PING_URL/STEP/fail
+# (e.g. MATERIA_PING_URL=https://hc-ping.com/<ping-key>, checks named by slug).
+# Unset: does nothing. A failed ping is logged and never fails anything (exit 0).
+set -euo pipefail
+arg=${1:?usage: ping.sh STEP:EVENT}
+step=${arg%%:*}
+event=${arg#*:}
+case $event in
+    start) suffix=/start ;;
+    success) suffix= ;;
+    fail) suffix=/fail ;;
+    *)
+        echo "ping.sh: unknown event '$event' (expected start, success or fail)" >&2
+        exit 2
+        ;;
+esac
+if [[ ! $step =~ ^[a-z0-9-]+$ ]]; then
+    echo "ping.sh: bad step name '$step'" >&2
+    exit 2
+fi
+[[ -n ${MATERIA_PING_URL:-} ]] || exit 0
+# The URL holds the ping key: it is not logged.
+if curl --fail --silent --show-error --max-time 10 --retry 2 --output /dev/null "${MATERIA_PING_URL%/}/$step$suffix"; then
+    echo "materia: pinged $event of $step"
+else
+    echo "materia: the $event ping of $step failed (ignored)" >&2
+fi
