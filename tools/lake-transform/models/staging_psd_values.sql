@@ -7,7 +7,10 @@ MODEL (
   audits (
     unique_combination_of_columns(columns := (release, commodity_code, country_code, market_year, attribute_id)),
     not_null(columns := (release, commodity_code, country_code, market_year, attribute_id))
-  )
+  ),
+  -- raw.psd has no statistics inside the run's transaction: keep the join as written,
+  -- the few chosen files on the build side (a first build of 100 releases: 6.4 s -> 4.5 s).
+  session_properties (disabled_optimizers = 'join_order')
 );
 
 -- A merge takes the rows this run loaded; a build takes them all.

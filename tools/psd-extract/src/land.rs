@@ -82,7 +82,30 @@ pub fn land_zip(db: &StateDb, landing: &Path, run_id: i64, zip: File, origin: &O
 
     let rel_dir = format!("psd/{:04}/{:02}", origin.month.year(), origin.month.month());
     let dir = landing.join(&rel_dir);
-    let mut out = AtomicFile::create_in(&dir, "landing")?;
+    let result = write_and_publish(db, run_id, origin, &mut entry, name, &dir, &rel_dir);
+    if !matches!(result, Ok(Landed::New { .. })) {
+        // A rejected or duplicate release leaves no empty folder behind: month, year,
+        // psd/ (remove_dir removes only empty ones; the step lock keeps other writers out).
+        for d in dir.ancestors().take(3) {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+    result
+}
+
+/// Stream the CSV through the checks into a gzip temp file in `dir`, then publish it
+/// under its ETag name (or find its content already landed). The temp file is removed
+/// on every error.
+fn write_and_publish(
+    db: &StateDb,
+    run_id: i64,
+    origin: &Origin<'_>,
+    entry: &mut impl Read,
+    name: &str,
+    dir: &Path,
+    rel_dir: &str,
+) -> anyhow::Result<Landed> {
+    let mut out = AtomicFile::create_in(dir, "landing")?;
     let mut gz = GzEncoder::new(BufWriter::with_capacity(1 << 16, out.file()), Compression::default());
     let mut hasher = Sha256::new();
     let mut scan = CsvScan::default();
@@ -102,7 +125,6 @@ pub fn land_zip(db: &StateDb, landing: &Path, run_id: i64, zip: File, origin: &O
         gz.write_all(chunk).with_context(|| format!("writing {}", dir.display()))?;
         csv_bytes += n as u64;
     }
-    drop(entry);
     let rows = scan.finish().map_err(|m| BadInput(format!("{name:?}: {m}")))?;
     gz.finish()
         .and_then(|w| w.into_inner().map_err(io::IntoInnerError::into_error))

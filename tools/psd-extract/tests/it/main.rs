@@ -273,6 +273,7 @@ fn invalid_releases_are_rejected_and_nothing_lands() {
         assert!(run.error_line().contains(msg), "{what}: {}", run.error_line());
         assert_eq!(s.requests_to(COFFEE).len(), 1, "{what}: bad input is not retried");
         assert!(env.landed().is_empty(), "{what}: {:?}", env.landed());
+        assert!(!env.landing().join("psd").exists(), "{what}: no empty month folder is left");
         let (status, error) = env.last_run();
         assert_eq!(status, "failed", "{what}");
         assert!(error.unwrap().contains(msg), "{what}");
