@@ -218,8 +218,9 @@ fn the_chain_runs_under_a_real_systemd() {
     assert!(next.as_str().is_some_and(|n| n.contains("UTC")), "the timer's next firing, from systemd: {next}");
 
     // A trigger that arrives while a transform runs is not lost: one more run follows.
+    // (The sqlite3 CLI waits for a writer's lock, as the tools do, instead of failing.)
     let runs = || -> i64 {
-        c.ok(&["sqlite3", "/data/materia/landing/.state.sqlite", "SELECT count(*) FROM runs WHERE tool = 'lake-transform'"]).trim().parse().unwrap()
+        c.ok(&["sqlite3", "-cmd", ".timeout 10000", "/data/materia/landing/.state.sqlite", "SELECT count(*) FROM runs WHERE tool = 'lake-transform'"]).trim().parse().unwrap()
     };
     let before = runs();
     c.write("/etc/systemd/system/lake-transform.service.d/slow.conf", "[Service]\nExecStartPost=/bin/sleep 3\n");
@@ -383,7 +384,7 @@ fn setup_server_and_bootstrap_deploy_and_are_idempotent() {
     assert!(out.contains("landing-backup.timer stays disabled"), "no R2 variables: {out}");
     assert_eq!(c.ok(&["readlink", "/opt/materia/current"]).trim(), "releases/v1");
     // Recorded in the state DB (the timer, now enabled, may already be polling again).
-    let deploys = c.ok(&["sqlite3", "/data/materia/landing/.state.sqlite", "SELECT tag || ' ' || status FROM deploys"]);
+    let deploys = c.ok(&["sqlite3", "-cmd", ".timeout 10000", "/data/materia/landing/.state.sqlite", "SELECT tag || ' ' || status FROM deploys"]);
     assert_eq!(deploys.trim(), "v1 deployed");
     for u in ["psd-extract.timer", "lake-transform.path", "serve-export.path", "tag-deploy.timer"] {
         assert_eq!(c.exec(&["systemctl", "is-enabled", u]).1.trim(), "enabled", "{u}");
