@@ -4,8 +4,9 @@
 usage: gen_psd.py ROWS OUT.zip [SEED]
 
 Rows cycle through commodities x countries x market years x attributes like the
-all-commodities file (psd_alldata_csv.zip, about 2M rows); SEED changes the values so
-several releases differ. Streams, so memory stays small for any ROWS.
+all-commodities file (psd_alldata_csv.zip, about 2M rows), unique on that grain (made-up
+commodity codes past the six real ones); SEED changes the values so several releases
+differ. Streams, so memory stays small for any ROWS.
 """
 import random
 import sys
@@ -28,9 +29,13 @@ def main():
         with z.open(out.rsplit("/", 1)[-1].replace("_csv.zip", ".csv").replace(".zip", ".csv"), "w",
                     force_zip64=True) as f:
             f.write((HEADER + "\r\n").encode())
-            buf, n = [], 0
+            buf, n, cycle = [], 0, 0
             while n < rows:
-                for code, desc in COMMODITIES:
+                # Past the real commodities, more with made-up codes: every row stays unique
+                # on the PSD grain (commodity, country, market year, attribute), as USDA's are.
+                for i, (code, desc) in enumerate(COMMODITIES):
+                    if cycle:
+                        code, desc = f"9{cycle:03d}{i:03d}", f"{desc} {cycle}"
                     for ccode, cname in countries:
                         for year in range(1960, 2025):
                             for aid, adesc in ATTRIBUTES:
@@ -43,6 +48,7 @@ def main():
                             if len(buf) >= 10000:
                                 f.write("".join(buf).encode())
                                 buf.clear()
+                cycle += 1
             f.write("".join(buf).encode())
 
 

@@ -38,6 +38,14 @@ fn csv(rows: &[Row]) -> Vec<u8> {
     s.into_bytes()
 }
 
+/// `coffee` as [`csv`] makes it, plus `wheat` rows of another commodity (0410000).
+fn with_wheat(coffee: &[Row], wheat: &[Row]) -> Vec<u8> {
+    let mut out = csv(coffee);
+    let more = String::from_utf8(csv(wheat)).unwrap().replace("0711100,\"Coffee, Green\"", "0410000,Wheat");
+    out.extend_from_slice(more.split_once("\r\n").unwrap().1.as_bytes());
+    out
+}
+
 /// A consistent balance for one country-year: supply = 10 + p + 5, use = 3 + 7 + rest.
 fn balance(country: &'static str, year: i32, production: f64) -> Vec<Row> {
     let supply = 10.0 + production + 5.0;
@@ -589,10 +597,12 @@ fn serving_state(env: &Env) -> Vec<String> {
 #[test]
 fn incremental_runs_match_a_full_rebuild_even_with_backfills_and_relandings() {
     let env = Env::new();
-    let rel = |p: f64, extra: &'static str| csv(&[balance("BR", 2023, p), balance(extra, 2023, p / 2.0), balance("CO", 2022, 7.0)].concat());
-    env.land("psd/2024/01/a.csv.gzip", &rel(100.0, "VN"));
+    let coffee = |p: f64, extra: &'static str| [balance("BR", 2023, p), balance(extra, 2023, p / 2.0), balance("CO", 2022, 7.0)].concat();
+    let rel = |p: f64, extra: &'static str| csv(&coffee(p, extra));
+    // Wheat is in January and March only: the coffee months after never touch it.
+    env.land("psd/2024/01/a.csv.gzip", &with_wheat(&coffee(100.0, "VN"), &balance("US", 2023, 50.0)));
     assert_eq!(env.run(&["run"]).code, 0);
-    env.land("psd/2024/03/c.csv.gzip", &rel(130.0, "VN"));
+    env.land("psd/2024/03/c.csv.gzip", &with_wheat(&coffee(130.0, "VN"), &balance("US", 2023, 55.0)));
     assert_eq!(env.run(&["run"]).code, 0);
     // A backfilled month between the two: its successor's revisions change.
     env.land("psd/2024/02/b.csv.gzip", &rel(120.0, "ET"));
@@ -622,6 +632,12 @@ fn incremental_runs_match_a_full_rebuild_even_with_backfills_and_relandings() {
     assert_eq!(env.run(&["run"]).code, 0);
     assert_eq!(env.rows("SELECT count(*) FROM serving.revisions WHERE release = '2024-05-01'"), ["0"]);
     assert_eq!(env.rows("SELECT release FROM staging.psd_latest WHERE country_code = 'ET' AND attribute_id = '028'"), ["2024-02-01"]);
+    // Wheat keeps March (the re-landing replaced coffee's March only) and its revision.
+    assert_eq!(env.rows("SELECT DISTINCT release FROM serving.attribute_values WHERE commodity_code = '0410000'"), ["2024-03-01"]);
+    assert_eq!(
+        env.rows("SELECT release, previous_release, change FROM serving.revisions WHERE commodity_code = '0410000' AND attribute_id = '028'"),
+        ["2024-03-01|2024-01-01|5.0"]
+    );
 
     let incremental = serving_state(&env);
     let run = env.run(&["run", "--rebuild"]);
