@@ -25,8 +25,9 @@ if [[ ! $step =~ ^[a-z0-9-]+$ ]]; then
     exit 2
 fi
 [[ -n ${MATERIA_PING_URL:-} ]] || exit 0
-# The URL holds the ping key: it is not logged.
-if curl --fail --silent --show-error --max-time 10 --retry 2 --output /dev/null "${MATERIA_PING_URL%/}/$step$suffix"; then
+# The URL holds the ping key: it is not logged. At most ~30 s in all (a step waits for
+# its start ping), however unreachable the monitoring host.
+if curl --fail --silent --show-error --max-time 8 --retry 2 --retry-max-time 20 --output /dev/null "${MATERIA_PING_URL%/}/$step$suffix"; then
     echo "materia: pinged $event of $step"
 else
     echo "materia: the $event ping of $step failed (ignored)" >&2
