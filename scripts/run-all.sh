@@ -16,7 +16,7 @@
 #   1. psd-extract     fetch (or import) PSD releases into DIR/landing
 #   2. lake-transform  run the SQL models (tools/lake-transform/models) into DIR/lakehouse.duckdb
 #   3. serve-export    publish the serving tables as DIR/analytics.duckdb
-#   4. landing-backup  copy DIR/landing to the backup target
+#   4. landing-backup  copy DIR/landing (and the day's state DB snapshot) to the backup target
 #
 # Exit: 0 when every step succeeded or had nothing to do; otherwise the failing
 # step's exit code (see ARCHITECTURE.md, "Exit codes").
@@ -76,5 +76,5 @@ else
 fi
 step lake-transform run
 step serve-export
-step landing-backup
+step landing-backup --state-snapshot
 echo "run-all: done; data in $data_dir" >&2

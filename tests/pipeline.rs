@@ -74,9 +74,13 @@ fn run_all_offline_lands_the_real_release_and_is_idempotent() {
         db.query_row("SELECT action, rows FROM exports", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
     assert_eq!(action, "publish");
     assert!(exported_rows > 77_957, "every serving table: {exported_rows} rows");
-    let backed_up: String = db.query_row("SELECT key FROM backup_objects", [], |r| r.get(0)).unwrap();
-    assert_eq!(backed_up, path, "the landed file is in the default fs backup");
+    let mut st = db.prepare("SELECT key FROM backup_objects ORDER BY key").unwrap();
+    let backed_up: Vec<String> = st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    assert_eq!(backed_up.len(), 2, "{backed_up:?}");
+    assert!(backed_up[0].starts_with(".state/state-"), "and the day's state DB snapshot: {backed_up:?}");
+    assert_eq!(backed_up[1], path, "the landed file is in the default fs backup");
     assert!(data.join("backup").join(&path).exists());
+    assert!(data.join("backup").join(&backed_up[0]).exists());
 
     // A second run finds nothing new and still succeeds.
     let out = run_all(&data, &["--import", zip, "--release", "2022-12"]);

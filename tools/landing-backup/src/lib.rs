@@ -12,6 +12,11 @@
 //! MD5s and `-N`), or, when the answer has none, a HEAD shows that size and ETag. `--verify` lists everything and checks every ledger entry and every
 //! landing file, repairing what is missing. Requests are counted by kind at the HTTP
 //! transport, retries included, and reported.
+//!
+//! The state DB is not a landing file (it changes on every run of every tool): with
+//! `--state-snapshot`, the first run of each UTC day also uploads a consistent copy of
+//! it (`VACUUM INTO`, gzipped) as `PREFIX.state/state-YYYY-MM-DD.sqlite.gz`, a new
+//! immutable object a day, recorded in the ledger like the landing files.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read as _;
@@ -74,6 +79,12 @@ pub struct Cli {
     /// Retries per request after errors the service reports as temporary.
     #[arg(long, value_name = "N", default_value_t = 4)]
     retries: usize,
+
+    /// Also upload a snapshot of the state DB, once a UTC day, as
+    /// PREFIX.state/state-YYYY-MM-DD.sqlite.gz (never overwritten: expire old ones with a
+    /// bucket lifecycle rule on that prefix).
+    #[arg(long)]
+    state_snapshot: bool,
 }
 
 /// Where backups go (no secret in its Display).
@@ -436,6 +447,9 @@ async fn backup(step: &mut materia_common::Step, cli: &Cli, target: &Target) -> 
                 }
                 Some(_) => {}
                 None if local.contains_key(key) => log::warn!("{key} is missing from the backup: uploading it again"),
+                None if key.starts_with(&format!("{}{STATE_DIR}", target.prefix())) => {
+                    alerts.push(format!("the state DB snapshot {key} is gone from the backup"));
+                }
                 None => alerts.push(format!("{key} is gone from both the backup and the landing zone")),
             }
         }
@@ -482,6 +496,28 @@ async fn backup(step: &mut materia_common::Step, cli: &Cli, target: &Target) -> 
     }
     bar.finish_and_clear();
 
+    let mut snapshot = None;
+    if cli.state_snapshot {
+        match snapshot_state(step, &op, &cfg, target, &ledger).await? {
+            Some((Done::Uploaded { etag } | Done::Adopted { etag }, LocalFile { rel, bytes, .. })) => {
+                let key = format!("{}{rel}", target.prefix());
+                log::info!("backed up the state DB as {rel} ({bytes} bytes)");
+                record(&step.db, step.run_id, &target_id, &key, &rel, bytes, etag.as_deref())?;
+                uploaded += 1;
+                bytes_up += bytes;
+                snapshot = Some(rel);
+            }
+            // The day's key holds another snapshot (a restored or copied state DB): it
+            // stays; tomorrow's key is new.
+            Some((Done::Alert(msg), _)) => log::warn!("{msg}"),
+            Some((Done::Failed(e), _)) => {
+                log::error!("{}", materia_common::exit::one_line(&e));
+                failed.push(e);
+            }
+            None => {}
+        }
+    }
+
     let requests = counts.snapshot();
     let req_line = ["LIST", "PUT", "HEAD", "GET", "DELETE"]
         .iter()
@@ -504,6 +540,7 @@ async fn backup(step: &mut materia_common::Step, cli: &Cli, target: &Target) -> 
     let stats = serde_json::json!({
         "files": files.len(), "uploaded": uploaded, "uploaded_bytes": bytes_up, "adopted": adopted,
         "alerts": alerts.len(), "failed": failed.len(), "listed": listed, "verify": cli.verify,
+        "state_snapshot": snapshot,
         "requests": requests,
     });
     for a in &alerts {
@@ -516,6 +553,47 @@ async fn backup(step: &mut materia_common::Step, cli: &Cli, target: &Target) -> 
     };
     let outcome = if uploaded > 0 || adopted > 0 && !cli.verify { Outcome::Changed } else { Outcome::Unchanged };
     Ok(Report { outcome, summary, stats, failure })
+}
+
+/// Where state DB snapshots go, under the prefix (hidden, as the state DB is in landing/).
+const STATE_DIR: &str = ".state/";
+
+/// Upload today's state DB snapshot unless the ledger has it: what happened and the
+/// file (its `rel` relative to the prefix). `None`: nothing to do.
+async fn snapshot_state(
+    step: &materia_common::Step,
+    op: &Operator,
+    cfg: &Cfg,
+    target: &Target,
+    ledger: &HashMap<String, LedgerEntry>,
+) -> anyhow::Result<Option<(Done, LocalFile)>> {
+    let day: String = step.db.conn().query_row("SELECT date('now')", [], |r| r.get(0)).map_err(|e| step.db.err(e))?;
+    let rel = format!("{STATE_DIR}state-{day}.sqlite.gz");
+    let key = format!("{}{rel}", target.prefix());
+    if ledger.contains_key(&key) {
+        return Ok(None);
+    }
+    // A consistent copy while other steps may write (SQLite's own VACUUM INTO), gzipped
+    // in a private temp dir.
+    let tmp = tempfile::tempdir().context("creating a temp dir for the state DB snapshot")?;
+    let copy = tmp.path().join("state.sqlite");
+    let gz = tmp.path().join("state.sqlite.gz");
+    step.db
+        .conn()
+        .execute("VACUUM INTO ?1", [copy.to_string_lossy()])
+        .map_err(|e| step.db.err(e))
+        .context("snapshotting the state DB")?;
+    {
+        let mut input = std::fs::File::open(&copy).with_context(|| format!("reading {}", copy.display()))?;
+        let out = std::fs::File::create(&gz).with_context(|| format!("writing {}", gz.display()))?;
+        let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+        std::io::copy(&mut input, &mut enc).with_context(|| format!("writing {}", gz.display()))?;
+        enc.finish().with_context(|| format!("writing {}", gz.display()))?;
+    }
+    let bytes = std::fs::metadata(&gz)?.len();
+    let file = LocalFile { rel, abs: gz, bytes };
+    let done = back_up(op.clone(), key, file.clone(), None, cfg.clone()).await;
+    Ok(Some((done, file)))
 }
 
 #[derive(Debug)]

@@ -62,6 +62,12 @@ impl Moto {
 
     /// A raw, unsigned request (moto does not check signatures): the test's own view.
     fn http(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+        let (status, body) = self.http_bytes(method, path, body);
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Status and raw body.
+    fn http_bytes(&self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         // moto does not check signatures, but objects the tool wrote belong to its key:
         // present a (dummy) credential, except for the unsigned CreateBucket.
@@ -74,9 +80,10 @@ impl Moto {
         s.write_all(body).unwrap();
         let mut out = Vec::new();
         s.read_to_end(&mut out).unwrap();
-        let text = String::from_utf8_lossy(&out).into_owned();
-        let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
-        (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+        let end = out.windows(4).position(|w| w == b"\r\n\r\n").map_or(out.len(), |p| p + 4);
+        let head = String::from_utf8_lossy(&out[..end]).into_owned();
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (status, out[end..].to_vec())
     }
 
     /// (key, size, etag) of every object.
@@ -93,9 +100,9 @@ impl Moto {
     }
 
     fn object(&self, key: &str) -> Vec<u8> {
-        let (status, body) = self.http("GET", &format!("/bkt/{}", encode(key)), b"");
+        let (status, body) = self.http_bytes("GET", &format!("/bkt/{}", encode(key)), b"");
         assert_eq!(status, 200, "{key}");
-        body.into_bytes()
+        body
     }
 }
 
@@ -329,6 +336,60 @@ fn the_fs_backend_backs_up_verifies_and_repairs() {
     assert_eq!(run.code, 6, "{run:?}");
     assert_eq!(std::fs::read(dest.join("psd/2024/02/b.csv.gzip")).unwrap(), b"tampered!!!");
     let _ = Path::new("");
+}
+
+/// The state DB inside a gzipped snapshot: its runs' tools.
+fn snapshot_runs(gz: &[u8], dir: &Path) -> Vec<String> {
+    let mut db = Vec::new();
+    flate2::read::GzDecoder::new(gz).read_to_end(&mut db).unwrap();
+    let path = dir.join("restored.sqlite");
+    std::fs::write(&path, db).unwrap();
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let mut st = c.prepare("SELECT tool || ' ' || status FROM runs ORDER BY run_id").unwrap();
+    st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+}
+
+#[test]
+fn a_state_db_snapshot_goes_up_once_a_day() {
+    let env = Env::new();
+    three_files(&env);
+    let dest: PathBuf = env.root.join("backup");
+    let target = format!("fs:{}", dest.display());
+    assert_eq!(env.run(&target, None, &[]).code, 0);
+    assert!(!dest.join(".state").exists(), "only with --state-snapshot");
+    let run = env.run(&target, None, &["--state-snapshot"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let snaps: Vec<PathBuf> = std::fs::read_dir(dest.join(".state")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    let name = snaps[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with("state-20") && name.ends_with(".sqlite.gz"), "{name}");
+    // A consistent copy taken during the run: the earlier run, and this one, running.
+    assert_eq!(snapshot_runs(&std::fs::read(&snaps[0]).unwrap(), &env.root), ["landing-backup success", "landing-backup running"]);
+    assert!(env.ledger().contains(&format!(".state/{name}")), "{:?}", env.ledger());
+    // The same day again: nothing new, nothing uploaded.
+    let run = env.run(&target, None, &["--state-snapshot"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert_eq!(std::fs::read_dir(dest.join(".state")).unwrap().count(), 1);
+    // A snapshot that vanished from the backup is an integrity alert.
+    std::fs::remove_file(&snaps[0]).unwrap();
+    let run = env.run(&target, None, &["--verify"]);
+    assert_eq!(run.code, 6, "{run:?}");
+    assert!(run.stderr.contains(&format!("the state DB snapshot .state/{name} is gone from the backup")), "{}", run.stderr);
+}
+
+#[test]
+fn a_state_db_snapshot_to_s3_is_one_more_put_and_then_nothing() {
+    let moto = Moto::start();
+    let env = Env::new();
+    three_files(&env);
+    let run = env.s3(&moto, &["--state-snapshot"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(env.requests(), serde_json::json!({"LIST": 1, "PUT": 4}), "three files and the snapshot, each confirmed by its ETag");
+    let key = moto.objects().into_iter().map(|o| o.0).find(|k| k.starts_with(&format!("{PREFIX}.state/state-"))).unwrap();
+    assert_eq!(snapshot_runs(&moto.object(&key), &env.root), ["landing-backup running"]);
+    let again = env.s3(&moto, &["--state-snapshot"]);
+    assert_eq!(again.code, 3, "{again:?}");
+    assert_eq!(env.requests(), serde_json::json!({}), "the ledger has today's snapshot: no request");
 }
 
 #[test]
