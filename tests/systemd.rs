@@ -3,6 +3,9 @@
 //! export, a failing unit calls the notifier, materia-status reports it all.
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
+#[path = "support/sshd.rs"]
+mod sshd;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -274,37 +277,6 @@ fn the_chain_runs_under_a_real_systemd() {
     drop(hook);
 }
 
-/// A real sshd on 127.0.0.1 (Debian's openssh-server, as setup-dev.sh --tests installs)
-/// that lets `authorized` in as root; killed on drop. None (with a SKIPPED line) without it.
-fn sshd(dir: &Path, authorized: &str) -> Option<(Server, u16)> {
-    let sshd = Path::new("/usr/sbin/sshd");
-    if !sshd.exists() || std::fs::create_dir_all("/run/sshd").is_err() {
-        eprintln!("SKIPPED: no sshd here (needs openssh-server, as scripts/setup-dev.sh --tests installs)");
-        return None;
-    }
-    std::fs::create_dir_all(dir).unwrap();
-    let key = dir.join("host_key");
-    if !key.exists() {
-        assert!(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status().unwrap().success());
-    }
-    std::fs::write(dir.join("authorized_keys"), authorized).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let config = format!(
-        "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/sshd.pid\n\
-         StrictModes no\nPermitRootLogin yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n",
-        d = dir.display()
-    );
-    std::fs::write(dir.join("sshd_config"), config).unwrap();
-    let child = Command::new(sshd).arg("-D").arg("-e").arg("-f").arg(dir.join("sshd_config")).stderr(Stdio::null()).spawn().unwrap();
-    let server = Server(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "sshd did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Some((server, port))
-}
-
 /// Every file under `dir` (inside the container) with its size and mode: what a rerun
 /// must leave unchanged.
 fn listing(c: &Container, dir: &str) -> String {
@@ -373,14 +345,14 @@ fn setup_server_and_bootstrap_deploy_and_are_idempotent() {
     assert!(out.contains("deploy key (add to the git remote, read-only):\nssh-ed25519 "), "{out}");
     assert!(out.contains("age recipient (encrypt .env.prod.sops to it):\nage1"), "{out}");
     let deploy_key = std::fs::read_to_string(c.path("/opt/materia/.ssh/materia_deploy.pub")).unwrap();
-    let Some((_sshd, ssh_port)) = sshd(&scratch.join("sshd"), &deploy_key) else { return };
-    let remote = format!("ssh://root@127.0.0.1:{ssh_port}{}", remote_dir.display());
+    let Some(sshd) = sshd::Sshd::start(&scratch.join("sshd"), &deploy_key) else { return };
+    let remote = format!("ssh://root@127.0.0.1:{}{}", sshd.port, remote_dir.display());
     let remote = remote.as_str();
     let out = bootstrap(remote);
     assert!(out.contains("bootstrap: adding the host key of 127.0.0.1"), "{out}");
     assert!(out.contains("bootstrap: deployed releases/v1"), "{out}");
     let known = std::fs::read_to_string(c.path("/opt/materia/.ssh/known_hosts")).unwrap();
-    assert!(known.starts_with(&format!("[127.0.0.1]:{ssh_port} ssh-")), "{known}");
+    assert_eq!(known.trim(), sshd.known_hosts_line(), "the server's own host key");
     assert!(out.contains("landing-backup.timer stays disabled"), "no R2 variables: {out}");
     assert_eq!(c.ok(&["readlink", "/opt/materia/current"]).trim(), "releases/v1");
     // Recorded in the state DB (the timer, now enabled, may already be polling again).

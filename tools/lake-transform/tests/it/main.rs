@@ -2,10 +2,15 @@
 //! real lakehouse.duckdb, the real state DB.
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
+#[path = "../../../../tests/support/run.rs"]
+mod run;
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
+
+use run::Run;
 
 const HEADER: &str = "Commodity_Code,Commodity_Description,Country_Code,Country_Name,Market_Year,\
 Calendar_Year,Month,Attribute_ID,Attribute_Description,Unit_ID,Unit_Description,Value";
@@ -68,18 +73,6 @@ struct Env {
     models: PathBuf,
 }
 
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn error_line(&self) -> &str {
-        self.stderr.lines().find(|l| l.starts_with("lake-transform: error: ")).unwrap_or_else(|| panic!("no error line:\n{}", self.stderr))
-    }
-}
 
 impl Env {
     fn new() -> Env {
@@ -107,12 +100,7 @@ impl Env {
     }
 
     fn run(&self, args: &[&str]) -> Run {
-        let o = self.cmd().args(args).output().unwrap();
-        Run {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
+        Run::from(self.cmd().args(args).output().unwrap())
     }
 
     /// Write a landing file as psd-extract does (gzip'd CSV under psd/yyyy/mm/).

@@ -2,8 +2,11 @@
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 mod proxy;
+#[path = "../../../../tests/support/run.rs"]
+mod run;
 
 use proxy::{Fault, Proxy};
+use run::Run;
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -125,11 +128,6 @@ struct Env {
     data: PathBuf,
 }
 
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stderr: String,
-}
 
 impl Env {
     fn new() -> Env {
@@ -153,7 +151,7 @@ impl Env {
             c.env("R2_ENDPOINT", e).env("R2_ACCESS_KEY_ID", "test-key-id").env("R2_SECRET_ACCESS_KEY", "test-secret-value");
         }
         let o = c.arg("--data-dir").arg(&self.data).arg("--target").arg(target).args(args).output().unwrap();
-        Run { code: o.status.code().unwrap_or(-1), stderr: String::from_utf8_lossy(&o.stderr).into_owned() }
+        Run::from(o)
     }
 
     fn s3(&self, moto: &Moto, args: &[&str]) -> Run {

@@ -3,7 +3,7 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 pub const HEADER: &str = "Commodity_Code,Commodity_Description,Country_Code,Country_Name,Market_Year,\
 Calendar_Year,Month,Attribute_ID,Attribute_Description,Unit_ID,Unit_Description,Value";
@@ -84,31 +84,9 @@ pub struct Env {
     pub data: PathBuf,
 }
 
-/// A finished run.
-#[derive(Debug)]
-pub struct Run {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Run {
-    pub fn error_line(&self) -> &str {
-        self.stderr.lines().find(|l| l.starts_with("psd-extract: error: ")).unwrap_or_else(|| {
-            panic!("no error line in stderr:\n{}", self.stderr)
-        })
-    }
-}
-
-impl From<Output> for Run {
-    fn from(o: Output) -> Self {
-        Run {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
-    }
-}
+#[path = "../../../../tests/support/run.rs"]
+mod run;
+pub use run::Run;
 
 impl Env {
     pub fn new() -> Env {

@@ -9,24 +9,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use materia_common::reader::AnalyticsReader;
+use run::Run;
+
+#[path = "../../../../tests/support/run.rs"]
+mod run;
 
 struct Env {
     _tmp: tempfile::TempDir,
     data: PathBuf,
 }
 
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn error_line(&self) -> &str {
-        self.stderr.lines().find(|l| l.starts_with("serve-export: error: ")).unwrap_or_else(|| panic!("no error line:\n{}", self.stderr))
-    }
-}
 
 impl Env {
     fn new() -> Env {
@@ -46,12 +38,7 @@ impl Env {
     }
 
     fn run(&self, args: &[&str]) -> Run {
-        let o = self.cmd().args(args).output().unwrap();
-        Run {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
+        Run::from(self.cmd().args(args).output().unwrap())
     }
 
     /// A lakehouse as lake-transform leaves it: serving tables stamped with `generation`,

@@ -1,9 +1,17 @@
 //! tag-deploy against real git repositories made by the tests.
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
+#[path = "../../../../tests/support/run.rs"]
+mod run;
+#[path = "../../../../tests/support/sshd.rs"]
+mod sshd;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use run::Run;
+use sshd::{Sshd, keygen};
 
 /// The release's build: fails when FAIL exists, sleeps when SLOW exists, and installs a
 /// `psd-extract` that prints its tag.
@@ -27,12 +35,6 @@ struct Env {
     data: PathBuf,
 }
 
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
 
 impl Env {
     fn new() -> Env {
@@ -97,7 +99,7 @@ impl Env {
         let mut args = vec!["--remote", &src, "--build-cmd", "sh build.sh"];
         args.extend(extra);
         let o = self.cmd(&args).output().unwrap();
-        Run { code: o.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&o.stdout).into_owned(), stderr: String::from_utf8_lossy(&o.stderr).into_owned() }
+        Run::from(o)
     }
 
     fn current(&self) -> Option<String> {
@@ -394,55 +396,13 @@ fn old_releases_are_pruned_but_never_the_current_or_previous_one() {
     assert_eq!(env.deployed_binary(), "v5");
 }
 
-/// A real sshd on 127.0.0.1 (Debian's openssh-server) that lets the test's deploy key in
-/// as the current user; killed on drop.
-struct Sshd {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn keygen(path: &Path) {
-    let o = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", ""]).arg("-f").arg(path).output().unwrap();
-    assert!(o.status.success(), "{o:?}");
-}
-
+/// sshd on 127.0.0.1 that lets a fresh deploy key (`dir/deploy_key`) in, with
+/// `dir/known_hosts` listing its host key.
 fn sshd(dir: &Path) -> Option<Sshd> {
-    let sshd = Path::new("/usr/sbin/sshd");
-    if !sshd.exists() || std::fs::create_dir_all("/run/sshd").is_err() {
-        eprintln!("SKIPPED: no sshd here (needs root and openssh-server, as scripts/setup-dev.sh installs)");
-        return None;
-    }
     std::fs::create_dir_all(dir).unwrap();
-    keygen(&dir.join("host_key"));
     keygen(&dir.join("deploy_key"));
-    std::fs::copy(dir.join("deploy_key.pub"), dir.join("authorized_keys")).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let config = format!(
-        "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\nPidFile {d}/sshd.pid\n\
-         StrictModes no\nPermitRootLogin yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n",
-        d = dir.display()
-    );
-    std::fs::write(dir.join("sshd_config"), config).unwrap();
-    let child = Command::new(sshd).arg("-D").arg("-e").arg("-f").arg(dir.join("sshd_config")).stderr(Stdio::null()).spawn().unwrap();
-    let server = Sshd { child, port }; // killed on every way out
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            eprintln!("SKIPPED: sshd did not start");
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let host_pub = std::fs::read_to_string(dir.join("host_key.pub")).unwrap();
-    let mut f = host_pub.split_whitespace();
-    std::fs::write(dir.join("known_hosts"), format!("[127.0.0.1]:{port} {} {}\n", f.next().unwrap(), f.next().unwrap())).unwrap();
+    let server = Sshd::start(dir, &std::fs::read_to_string(dir.join("deploy_key.pub")).unwrap())?;
+    std::fs::write(dir.join("known_hosts"), format!("{}\n", server.known_hosts_line())).unwrap();
     Some(server)
 }
 
