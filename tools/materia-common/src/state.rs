@@ -175,6 +175,20 @@ const MIGRATIONS: &[&str] = &[
 /// SQL for "now" as stored everywhere: UTC, ISO 8601, milliseconds.
 pub const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
+/// Runs that changed nothing (status `unchanged`) are kept this many days, then dropped
+/// unless another table refers to them.
+pub const NOOP_RUNS_KEPT_DAYS: u32 = 30;
+
+/// (table, column) of every foreign key to `runs`.
+fn referencing_tables(conn: &Connection) -> rusqlite::Result<Vec<(String, String)>> {
+    let mut st = conn.prepare(
+        "SELECT m.name, f.\"from\" FROM sqlite_master m, pragma_foreign_key_list(m.name) f
+         WHERE m.type = 'table' AND f.\"table\" = 'runs' ORDER BY m.name",
+    )?;
+    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
 /// An open state DB.
 #[derive(Debug)]
 pub struct StateDb {
@@ -257,6 +271,22 @@ impl StateDb {
                 "UPDATE runs SET status = 'aborted', finished_at = {NOW},
                     error = 'process ended without finishing the run (killed?)'
                  WHERE tool = ?1 AND status = 'running'"
+            ),
+            params![tool],
+        )
+        .map_err(|e| self.err(e))?;
+        // No-op runs pile up (tag-deploy polls every minute: ~1,440 a day): those older
+        // than NOOP_RUNS_KEPT_DAYS that no other table refers to are dropped.
+        let unreferenced = referencing_tables(&tx)
+            .map_err(|e| self.err(e))?
+            .iter()
+            .map(|(table, column)| format!("NOT EXISTS (SELECT 1 FROM \"{table}\" c WHERE c.\"{column}\" = runs.run_id)"))
+            .collect::<Vec<_>>();
+        tx.execute(
+            &format!(
+                "DELETE FROM runs WHERE tool = ?1 AND status = 'unchanged'
+                   AND started_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-{NOOP_RUNS_KEPT_DAYS} days'){}",
+                unreferenced.iter().map(|c| format!(" AND {c}")).collect::<String>()
             ),
             params![tool],
         )
@@ -344,6 +374,33 @@ mod tests {
         assert_eq!(rows, vec![("psd-extract".into(), "unchanged".into()), ("psd-extract".into(), "aborted".into())]);
         let mode: String = db.conn().query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn old_noop_runs_nothing_refers_to_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&dir.path().join("s.sqlite")).unwrap();
+        let add = |tool: &str, status: &str, days_ago: u32| -> i64 {
+            db.conn()
+                .execute(
+                    &format!("INSERT INTO runs (tool, status, started_at, pid) VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-{days_ago} days'), 1)"),
+                    params![tool, status],
+                )
+                .unwrap();
+            db.conn().last_insert_rowid()
+        };
+        let old = add("tag-deploy", "unchanged", 40);
+        let recent = add("tag-deploy", "unchanged", 3);
+        let failed = add("tag-deploy", "failed", 40);
+        let other_tool = add("psd-extract", "unchanged", 40);
+        let referred = add("tag-deploy", "unchanged", 40);
+        db.conn()
+            .execute("INSERT INTO fetches (run_id, url, outcome, http_status, attempts, at) VALUES (?1, 'u', 'not_modified', 304, 1, 'x')", [referred])
+            .unwrap();
+        let run = db.begin_run("tag-deploy").unwrap();
+        let left: Vec<i64> =
+            db.conn().prepare("SELECT run_id FROM runs ORDER BY run_id").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+        assert_eq!(left, [recent, failed, other_tool, referred, run], "only {old} goes");
     }
 
     #[test]
