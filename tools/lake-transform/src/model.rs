@@ -53,7 +53,8 @@ pub enum Kind {
         unique_key: Vec<String>,
     },
     /// Partitions replaced: every partition present in the new result replaces the
-    /// stored one (the model's `partitioned_by`).
+    /// stored one (the model's `partitioned_by`), and with `partitions_from` every
+    /// partition that upstream replaced in the run, even if the result has none of it.
     IncrementalByPartition {
         /// The partition columns.
         partitioned_by: Vec<String>,
