@@ -499,13 +499,12 @@ async fn backup(step: &mut materia_common::Step, cli: &Cli, target: &Target) -> 
     let mut snapshot = None;
     if cli.state_snapshot {
         match snapshot_state(step, &op, &cfg, target, &ledger).await? {
-            Some((Done::Uploaded { etag } | Done::Adopted { etag }, LocalFile { rel, bytes, .. })) => {
-                let key = format!("{}{rel}", target.prefix());
-                log::info!("backed up the state DB as {rel} ({bytes} bytes)");
-                record(&step.db, step.run_id, &target_id, &key, &rel, bytes, etag.as_deref())?;
+            Some((Done::Uploaded { etag } | Done::Adopted { etag }, file)) => {
+                log::info!("backed up the state DB as {} ({} bytes)", file.rel, file.bytes);
+                record(&step.db, step.run_id, &target_id, &key_of(&file), &file.rel, file.bytes, etag.as_deref())?;
                 uploaded += 1;
-                bytes_up += bytes;
-                snapshot = Some(rel);
+                bytes_up += file.bytes;
+                snapshot = Some(file.rel);
             }
             // The day's key holds another snapshot (a restored or copied state DB): it
             // stays; tomorrow's key is new.

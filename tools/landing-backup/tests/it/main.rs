@@ -368,6 +368,15 @@ fn a_state_db_snapshot_goes_up_once_a_day() {
     let run = env.run(&target, None, &["--state-snapshot"]);
     assert_eq!(run.code, 3, "{run:?}");
     assert_eq!(std::fs::read_dir(dest.join(".state")).unwrap().count(), 1);
+    // Another snapshot already under the day's key (a restored state DB, a second
+    // machine): kept as it is, not recorded, and the run does not fail.
+    let env2 = Env::new();
+    three_files(&env2);
+    let run = env2.run(&target, None, &["--state-snapshot"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains(&format!("remote .state/{name} differs")) && run.stderr.contains("not overwritten"), "{}", run.stderr);
+    assert_eq!(snapshot_runs(&std::fs::read(&snaps[0]).unwrap(), &env.root), ["landing-backup success", "landing-backup running"], "untouched");
+    assert!(!env2.ledger().iter().any(|k| k.starts_with(".state/")), "{:?}", env2.ledger());
     // A snapshot that vanished from the backup is an integrity alert.
     std::fs::remove_file(&snaps[0]).unwrap();
     let run = env.run(&target, None, &["--verify"]);
