@@ -14,7 +14,7 @@
 #
 # Steps, in pipeline order:
 #   1. psd-extract     fetch (or import) PSD releases into DIR/landing
-#   2. lake-transform  run the SQL models (tools/lake-transform/models) into DIR/lakehouse.duckdb
+#   2. lake-transform  run the SQL models (models) into DIR/lakehouse.duckdb
 #   3. serve-export    publish the serving tables as DIR/analytics.duckdb
 #   4. landing-backup  copy DIR/landing (and the day's state DB snapshot) to the backup target
 #
@@ -55,7 +55,7 @@ mkdir -p "$data_dir"
 data_dir=$(cd "$data_dir" && pwd)
 export MATERIA_DATA_DIR=$data_dir
 export BACKUP_TARGET=${backup:-fs:$data_dir/backup}
-export MATERIA_MODELS=${MATERIA_MODELS:-$PWD/tools/lake-transform/models}
+export MATERIA_MODELS=${MATERIA_MODELS:-$PWD/models}
 
 # Run one step; "nothing to do" (exit 3) counts as success.
 step() {

@@ -31,7 +31,7 @@ if [[ ! -x $venv/bin/sqlmesh ]]; then
     "$venv/bin/pip" install -q 'sqlmesh==0.236.4' 'duckdb==1.5.6'
 fi
 sqlmesh=$(cd "$venv/bin" && pwd)/sqlmesh
-models=$PWD/tools/lake-transform/models
+models=$PWD/models
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

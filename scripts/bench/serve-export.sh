@@ -21,7 +21,7 @@ if [[ ! -x $venv/bin/python ]] || ! "$venv/bin/python" -c 'import duckdb' 2>/dev
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q 'duckdb==1.5.6'
 fi
-models=$PWD/tools/lake-transform/models
+models=$PWD/models
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # shellcheck source=scripts/bench/lib.sh

@@ -1,9 +1,15 @@
 //! Let the binaries find the prebuilt libduckdb.so at run time (see ARCHITECTURE.md,
-//! "DuckDB"): beside the build's DUCKDB_LIB_DIR, and in a deployed release's `lib/`.
+//! "DuckDB"): first in a deployed release's `lib/` (`$ORIGIN/../lib`); in a development
+//! build also in the build's DUCKDB_LIB_DIR, so `target/*/` binaries run in place. A
+//! release build (tag-deploy and bootstrap.sh set MATERIA_RELEASE_BUILD=1) records no
+//! path of the build machine: the release is self-contained.
 fn main() {
     println!("cargo:rerun-if-env-changed=DUCKDB_LIB_DIR");
-    if let Ok(dir) = std::env::var("DUCKDB_LIB_DIR") {
+    println!("cargo:rerun-if-env-changed=MATERIA_RELEASE_BUILD");
+    println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../lib");
+    if std::env::var_os("MATERIA_RELEASE_BUILD").is_none()
+        && let Ok(dir) = std::env::var("DUCKDB_LIB_DIR")
+    {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
     }
-    println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../lib");
 }

@@ -41,7 +41,7 @@ pub struct Cli {
     #[command(flatten)]
     common: CommonArgs,
 
-    /// Models folder [default: models/ beside the release's bin/, else this source tree's].
+    /// Models folder [default: the release's models/, beside the bin/ this binary is in].
     #[arg(long, global = true, value_name = "DIR", env = layout::ENV_MODELS)]
     models: Option<PathBuf>,
 
@@ -73,7 +73,10 @@ enum Command {
 /// Run the tool.
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     materia_common::init_logging(&cli.common);
-    let models = cli.models.clone().unwrap_or_else(default_models_dir);
+    let models = match cli.models.clone() {
+        Some(dir) => dir,
+        None => release_models_dir()?,
+    };
     match cli.command {
         Command::Run { rebuild } => run_models(&cli.common, &models, rebuild),
         Command::Plan { rebuild } => plan(&cli.common, &models, rebuild),
@@ -106,14 +109,22 @@ fn test(models: &Path, filter: Option<&str>) -> anyhow::Result<Outcome> {
     Ok(Outcome::Changed)
 }
 
-/// `models/` beside a release's `bin/`, else the models of this source tree.
-fn default_models_dir() -> PathBuf {
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().and_then(Path::parent).map(|p| p.join("models")))
-        && dir.is_dir()
-    {
-        return dir;
+/// The release's `models/`: a release is `releases/<tag>/` with `bin/lake-transform` and
+/// `models/` side by side. Nothing else is guessed (no build or source dir: a deployed
+/// binary must never depend on where it was built).
+fn release_models_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let release = exe.parent().and_then(Path::parent).unwrap_or(Path::new("/"));
+    let dir = release.join("models");
+    if dir.is_dir() {
+        return Ok(dir);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
+    Err(materia_common::exit::Usage(format!(
+        "no models folder: {} does not exist (a release has models/ beside bin/); pass --models DIR or set {}",
+        dir.display(),
+        layout::ENV_MODELS
+    ))
+    .into())
 }
 
 /// The lakehouse lock, shared with serve-export: whoever holds it may open the file.
@@ -148,10 +159,9 @@ fn plan(common: &CommonArgs, models: &Path, rebuild: bool) -> anyhow::Result<Out
 fn run_models(common: &CommonArgs, models: &Path, rebuild: bool) -> anyhow::Result<Outcome> {
     // Bad models fail before anything is locked or opened.
     let project = Project::load(models)?;
+    log::info!("models from {}", models.display());
     materia_common::run_step(TOOL, common, |step| {
         let _lock = lakehouse_lock(&step.layout, common.wait_lock)?;
-        // Whatever lands from now on triggers another run.
-        materia_common::consume_trigger(&step.layout, layout::TRIGGER_LANDING_UPDATED)?;
         let lakehouse = step.layout.lakehouse();
         let t = std::time::Instant::now();
         let conn = Connection::open(&lakehouse).with_context(|| format!("opening {}", lakehouse.display()))?;

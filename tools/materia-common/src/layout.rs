@@ -38,7 +38,10 @@
 //! | `DEPLOY_HEALTH_CMD` | tag-deploy | health check after a switch, `sh -c`, exit 0 = healthy |
 //! | `DEPLOY_SSH_KEY` | tag-deploy | private key for an SSH remote (default `~/.ssh/materia_deploy`) |
 //! | `DEPLOY_KNOWN_HOSTS` | tag-deploy | the SSH remote's host key must be in this file (default `~/.ssh/known_hosts`) |
-//! | `DEPLOY_ENV_FILE` | tag-deploy | where `.env.prod.sops` is decrypted to (default `APP_DIR/.env`) |
+//! | `DEPLOY_ENV_FILE` | tag-deploy | where `.env.prod.sops` is decrypted to (default `APP_DIR/secrets.env`) |
+//! | `DUCKDB_LIB_DIR` | builds, tag-deploy | the prebuilt `libduckdb.so` to link, and to ship in a release's `lib/` |
+//! | `MATERIA_TAG`, `MATERIA_RELEASE_DIR` | tag-deploy → build, hooks | the tag being deployed and its release dir |
+//! | `MATERIA_RELEASE_BUILD` | tag-deploy, bootstrap.sh → build | `1`: binaries record no build-machine path (rpath `$ORIGIN/../lib` only) |
 //! | `SERVE_EXPORT_FAULT` | serve-export | tests only: `alter-copy` makes the copy differ, to exercise verification |
 //! | `MATERIA_NOTIFY_URL` | scripts/notify-failure.sh (materia-notify@) | webhook for a failed unit's journal lines |
 //! | `MATERIA_PING_URL` | scripts/ping.sh (materia-ping@) | healthchecks.io-style base URL: `/STEP/start`, `/STEP`, `/STEP/fail` |

@@ -94,19 +94,6 @@ pub fn progress_bar(len: Option<u64>, template: &str) -> indicatif::ProgressBar 
     bar
 }
 
-/// Take a trigger: remove `DATA_DIR/triggers/{name}` if it is there. A step calls this
-/// as it starts, under its lock; a producer that writes the trigger during the run
-/// leaves it present again, so the systemd path unit (`PathExists=`, level-triggered)
-/// starts one more run afterwards: no update is lost, none runs twice at once.
-pub fn consume_trigger(layout: &Layout, name: &str) -> anyhow::Result<bool> {
-    let path = layout.trigger(name);
-    match std::fs::remove_file(&path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("removing {}", path.display()))),
-    }
-}
-
 /// The entries of `dir`; none when it does not exist (yet). Errors name the dir.
 pub fn read_dir_or_empty(dir: &std::path::Path) -> anyhow::Result<Vec<std::fs::DirEntry>> {
     match std::fs::read_dir(dir) {

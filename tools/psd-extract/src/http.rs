@@ -26,6 +26,14 @@ pub struct RetryPolicy {
     pub base_delay: Duration,
     /// Total time one URL may take, retries included.
     pub budget: Duration,
+    /// The whole run's deadline: no request starts, no body read continues and no retry
+    /// waits past it, however slowly a server trickles bytes.
+    pub deadline: Instant,
+}
+
+/// The message of a run stopped by its deadline (`--run-timeout`).
+pub fn deadline_error() -> anyhow::Error {
+    anyhow!("the run's deadline passed (--run-timeout)")
 }
 
 /// Stored validators for a conditional GET.
@@ -94,7 +102,7 @@ pub fn fetch(
     let start = Instant::now();
     let mut status = None;
     for attempt in 1.. {
-        let failure = match attempt_once(client, url, known, tmp_dir, bar, &mut status) {
+        let failure = match attempt_once(client, url, known, policy.deadline, tmp_dir, bar, &mut status) {
             Ok(fetched) => return FetchResult { attempts: attempt, status, result: Ok(fetched) },
             Err(f) => f,
         };
@@ -115,6 +123,10 @@ pub fn fetch(
             ));
             return FetchResult { attempts: attempt, status, result: Err(err) };
         }
+        if Instant::now() + delay > policy.deadline {
+            let err = err.context(format!("giving up after {attempt} attempts: the next retry would pass the run's deadline (--run-timeout)"));
+            return FetchResult { attempts: attempt, status, result: Err(err) };
+        }
         log::warn!("{url}: {}; retry {attempt}/{} in {:.1} s", materia_common::exit::one_line(&err), policy.retries, delay.as_secs_f32());
         std::thread::sleep(delay);
     }
@@ -125,10 +137,14 @@ fn attempt_once(
     client: &Client,
     url: &str,
     known: &Validators,
+    deadline: Instant,
     tmp_dir: &Path,
     bar: &ProgressBar,
     status_out: &mut Option<u16>,
 ) -> Result<Fetched, Failure> {
+    if Instant::now() >= deadline {
+        return Err(Failure::Fatal(deadline_error()));
+    }
     let mut req = client.get(url);
     if let Some(etag) = known.etag.as_deref().and_then(|e| HeaderValue::from_str(e).ok()) {
         req = req.header(header::IF_NONE_MATCH, etag);
@@ -164,7 +180,7 @@ fn attempt_once(
     if let Some(n) = expected {
         bar.set_length(n);
     }
-    let bytes = copy_body(resp, &mut file, bar)?;
+    let bytes = copy_body(resp, &mut file, deadline, bar)?;
     if let Some(expected) = expected
         && bytes != expected
     {
@@ -177,10 +193,15 @@ fn attempt_once(
     Ok(Fetched::Body { file, bytes, validators })
 }
 
-fn copy_body(mut resp: Response, file: &mut File, bar: &ProgressBar) -> Result<u64, Failure> {
+fn copy_body(mut resp: Response, file: &mut File, deadline: Instant, bar: &ProgressBar) -> Result<u64, Failure> {
     let mut buf = vec![0u8; 1 << 16];
     let mut total = 0u64;
     loop {
+        // Each read is bounded by the client's timeout; a server that trickles a byte
+        // at a time is bounded by the run's deadline.
+        if Instant::now() >= deadline {
+            return Err(Failure::Fatal(deadline_error().context(format!("download stopped after {total} bytes"))));
+        }
         let n = match resp.read(&mut buf) {
             Ok(0) => return Ok(total),
             Ok(n) => n,

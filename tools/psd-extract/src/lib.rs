@@ -3,8 +3,9 @@
 //! `psd-extract` checks each configured file at the current endpoint (and, with
 //! `--since`, every monthly archive up to `--until`) with a conditional GET, validates
 //! what changed, and lands it as `landing/psd/{yyyy}/{mm}/{etag}.csv.gzip`. Every run,
-//! every URL's outcome and every landed file is recorded in the state DB. When
-//! something new landed it writes `DATA_DIR/triggers/landing.updated` for the next step.
+//! every URL's outcome and every landed file is recorded in the state DB. As each file
+//! lands it rewrites `DATA_DIR/triggers/landing.updated` for the next step. A run is
+//! bounded by `--run-timeout`, however slowly a server sends.
 //!
 //! stdout gets the path of each landed file, one per line; logs go to stderr.
 
@@ -12,7 +13,7 @@ mod http;
 mod land;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -86,6 +87,12 @@ struct FetchArgs {
     /// Total seconds one URL may take, retries and Retry-After waits included.
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     retry_budget: u64,
+
+    /// Seconds the whole run may take once it holds its lock: past it no request starts
+    /// and a download in progress stops (nothing of it lands); the run fails, recorded.
+    /// The unit's TimeoutStartSec= is set above this and --wait-lock together.
+    #[arg(long, value_name = "SECS", default_value_t = 3000)]
+    run_timeout: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -129,6 +136,7 @@ struct Tally {
     not_released: u64,
     skipped: u64,
     failed: u64,
+    not_checked: u64,
     downloaded: u64,
     landed_bytes: u64,
 }
@@ -136,13 +144,14 @@ struct Tally {
 impl Tally {
     fn summary(&self) -> String {
         format!(
-            "checked {}, landed {}, unchanged {}, not released {}, already landed {}, failed {}; downloaded {} bytes, landed {} bytes",
+            "checked {}, landed {}, unchanged {}, not released {}, already landed {}, failed {}{}; downloaded {} bytes, landed {} bytes",
             self.checked,
             self.landed,
             self.unchanged,
             self.not_released,
             self.skipped,
             self.failed,
+            if self.not_checked > 0 { format!(", not checked {} (deadline)", self.not_checked) } else { String::new() },
             self.downloaded,
             self.landed_bytes
         )
@@ -151,7 +160,7 @@ impl Tally {
     fn stats(&self) -> serde_json::Value {
         serde_json::json!({
             "checked": self.checked, "landed": self.landed, "unchanged": self.unchanged,
-            "not_released": self.not_released, "skipped": self.skipped, "failed": self.failed,
+            "not_released": self.not_released, "skipped": self.skipped, "failed": self.failed, "not_checked": self.not_checked,
             "downloaded_bytes": self.downloaded, "landed_bytes": self.landed_bytes,
         })
     }
@@ -161,7 +170,7 @@ impl Tally {
         let summary = self.summary();
         log::info!("{summary}");
         let failure = errors.into_iter().next().map(|first| {
-            if self.failed > 1 {
+            if self.failed > 1 && self.not_checked == 0 {
                 first.context(format!("{} of {} sources failed; the first", self.failed, self.checked))
             } else {
                 first
@@ -193,13 +202,13 @@ fn fetch(common: &CommonArgs, args: &FetchArgs) -> anyhow::Result<Outcome> {
     {
         return Err(Usage(format!("--since {since} is after --until {until}")).into());
     }
-    let policy = http::RetryPolicy {
-        retries: args.retries,
-        base_delay: Duration::from_millis(args.retry_delay_ms),
-        budget: Duration::from_secs(args.retry_budget),
-    };
-
     materia_common::run_step(TOOL, common, |step| {
+        let policy = http::RetryPolicy {
+            retries: args.retries,
+            base_delay: Duration::from_millis(args.retry_delay_ms),
+            budget: Duration::from_secs(args.retry_budget),
+            deadline: Instant::now() + Duration::from_secs(args.run_timeout),
+        };
         let landing = prepare_landing(&step.layout)?;
         let client = http::client(Duration::from_secs(args.timeout))?;
         let mut sources = Vec::new();
@@ -223,7 +232,15 @@ fn fetch(common: &CommonArgs, args: &FetchArgs) -> anyhow::Result<Outcome> {
         } else {
             (hidden(), materia_common::progress_bar(None, "[{elapsed}] {bytes}/{total_bytes} {bytes_per_sec} {msg}"))
         };
-        for src in &sources {
+        for (i, src) in sources.iter().enumerate() {
+            if Instant::now() >= policy.deadline {
+                let left = sources.len() - i;
+                log::error!("the run's deadline passed: {left} of {} sources not checked", sources.len());
+                tally.not_checked = left as u64;
+                // The run's failure is the deadline, whatever else failed before it.
+                errors.insert(0, http::deadline_error().context(format!("{left} of {} sources not checked", sources.len())));
+                break;
+            }
             bar.set_message(src.url.clone());
             if src.archive && archive_done(&step.db, &src.url)? {
                 log::debug!("{}: already landed, not requested again", src.url);
@@ -240,6 +257,8 @@ fn fetch(common: &CommonArgs, args: &FetchArgs) -> anyhow::Result<Outcome> {
                     tally.landed += 1;
                     tally.landed_bytes += bytes;
                     println!("{}", landing.join(path).display());
+                    // Each landing is signalled as it lands: a run killed later loses none.
+                    signal_landed(step)?;
                 }
                 FetchOutcome::Duplicate | FetchOutcome::NotModified => tally.unchanged += 1,
                 FetchOutcome::NotReleased => tally.not_released += 1,
@@ -253,9 +272,6 @@ fn fetch(common: &CommonArgs, args: &FetchArgs) -> anyhow::Result<Outcome> {
         }
         bar.finish_and_clear();
         download_bar.finish_and_clear();
-        if tally.landed > 0 {
-            signal_landed(step)?;
-        }
         Ok(tally.report(errors))
     })
 }

@@ -72,8 +72,6 @@ fn publish(common: &CommonArgs) -> anyhow::Result<Outcome> {
         let lock_path = layout.lakehouse_lock();
         let lock = Lock::acquire(&lock_path, Duration::from_secs(common.wait_lock))
             .with_context(|| format!("the lakehouse is held by another writer ({})", lock_path.display()))?;
-        // A transform that finishes from now on triggers another export.
-        materia_common::consume_trigger(&layout, layout::TRIGGER_LAKEHOUSE_UPDATED)?;
         let lakehouse = layout.lakehouse();
         if !lakehouse.exists() {
             anyhow::bail!("{} does not exist yet: run lake-transform first", lakehouse.display());

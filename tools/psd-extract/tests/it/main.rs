@@ -213,6 +213,53 @@ fn a_stalled_download_times_out_and_is_retried() {
 }
 
 #[test]
+fn a_trickling_server_is_stopped_by_the_run_deadline_and_nothing_lands() {
+    // Every read gets a few bytes in time, so no per-read timeout ever fires: only the
+    // whole run's deadline ends it (the drip alone would take minutes).
+    let s = psd_server();
+    s.set_always(COFFEE, Some(Fault::Drip { chunk: 8, pause: Duration::from_millis(200) }));
+    let env = Env::new();
+    let run = env.fetch(&s.url(), &["--timeout", "5", "--run-timeout", "2"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.error_line().contains("the run's deadline passed (--run-timeout)"), "{}", run.error_line());
+    assert!(env.landed().is_empty());
+    assert!(!env.data.join("triggers/landing.updated").exists());
+    assert_eq!(env.last_run().0, "failed");
+    assert_eq!(env.count("SELECT count(*) FROM fetches WHERE outcome = 'failed' AND detail LIKE '%deadline%'"), 1);
+    assert_eq!(s.requests_to(COFFEE).len(), 1, "a deadline is not retried");
+
+    // A backfill whose deadline passes stops checking and says how many it left.
+    s.set_always(COFFEE, None);
+    for m in 1..=3 {
+        s.set_always(&archive(2024, m), Some(Fault::Drip { chunk: 8, pause: Duration::from_millis(200) }));
+    }
+    let run = env.fetch(&s.url(), &["--since", "2024-01", "--until", "2024-03", "--run-timeout", "1"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.error_line().contains("sources not checked"), "{}", run.error_line());
+    assert!(env.landed().is_empty());
+}
+
+#[test]
+fn each_landing_is_signalled_as_it_lands() {
+    // 2024-01 lands, then the run is killed while 2024-02 drips: what landed is already
+    // signalled, so the transform does not wait for the next landing.
+    let s = psd_server();
+    let env = Env::new();
+    s.set_always(&archive(2024, 2), Some(Fault::Drip { chunk: 8, pause: Duration::from_millis(100) }));
+    let args = env.fetch_args(&s.url(), &["--since", "2024-01", "--until", "2024-02"]);
+    let mut child = env.command(env!("CARGO_BIN_EXE_psd-extract")).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while s.requests_to(&archive(2024, 2)).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "2024-02 was not requested");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(env.landed(), ["psd/2024/01/a1_0.csv.gzip"]);
+    assert!(env.data.join("triggers/landing.updated").exists(), "signalled before the run ended");
+}
+
+#[test]
 fn memory_stays_bounded_whatever_the_release_size() {
     // 400,000 rows: a 40 MB CSV. Holding it (or the zip) in memory would show in the peak RSS.
     let body = psd_zip(400_000, "big");

@@ -117,20 +117,6 @@ fn publishes_every_serving_table_with_its_meta_and_nothing_else() {
 }
 
 #[test]
-fn an_export_takes_the_lakehouse_trigger_even_when_nothing_changed() {
-    let env = Env::new();
-    env.lakehouse(1, 10);
-    let trigger = env.data.join("triggers/lakehouse.updated");
-    std::fs::create_dir_all(trigger.parent().unwrap()).unwrap();
-    std::fs::write(&trigger, "run_id=1\n").unwrap();
-    assert_eq!(env.run(&[]).code, 0);
-    assert!(!trigger.exists());
-    std::fs::write(&trigger, "run_id=2\n").unwrap();
-    assert_eq!(env.run(&[]).code, 3);
-    assert!(!trigger.exists(), "taken by a no-change run too, or systemd would start it forever");
-}
-
-#[test]
 fn an_unchanged_lakehouse_is_not_exported_again() {
     let env = Env::new();
     env.lakehouse(1, 10);

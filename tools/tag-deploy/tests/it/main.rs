@@ -13,16 +13,18 @@ use std::time::{Duration, Instant};
 use run::Run;
 use sshd::{Sshd, keygen};
 
-/// The release's build: fails when FAIL exists, sleeps when SLOW exists, and installs a
-/// `psd-extract` that prints its tag.
+/// The release's build: fails when FAIL exists, sleeps when SLOW exists, and makes
+/// every tool as a script that prints its tag.
 const BUILD: &str = r#"#!/bin/sh
 set -e
 if [ -e FAIL ]; then echo "build broken" >&2; exit 1; fi
 if [ -e "$MATERIA_RELEASE_DIR/../../BREAK" ]; then echo "build machine broken" >&2; exit 1; fi
 if [ -e SLOW ]; then sleep 3; fi
 mkdir -p "$CARGO_TARGET_DIR/release"
-printf '#!/bin/sh\necho %s\n' "$MATERIA_TAG" > "$CARGO_TARGET_DIR/release/psd-extract"
-chmod +x "$CARGO_TARGET_DIR/release/psd-extract"
+for t in psd-extract lake-transform serve-export landing-backup tag-deploy materia-status; do
+    printf '#!/bin/sh\necho %s\n' "$MATERIA_TAG" > "$CARGO_TARGET_DIR/release/$t"
+    chmod +x "$CARGO_TARGET_DIR/release/$t"
+done
 echo "$MATERIA_TAG" >> "$MATERIA_RELEASE_DIR/../../builds.log"
 "#;
 
@@ -335,7 +337,7 @@ fn secrets_are_decrypted_on_every_deploy_owner_only_and_never_logged() {
     let poll = || env.cmd(&["--remote", &src, "--build-cmd", "sh build.sh"]).env("PATH", &path).env("HOME", &home).output().unwrap();
     let o = poll();
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
-    let env_file = env.app.join(".env");
+    let env_file = env.app.join("secrets.env");
     assert_eq!(std::fs::read_to_string(&env_file).unwrap(), "API_KEY=first-s3cret\n");
     assert_eq!(std::fs::metadata(&env_file).unwrap().permissions().mode() & 0o777, 0o600);
     assert!(!String::from_utf8_lossy(&o.stderr).contains("s3cret") && !String::from_utf8_lossy(&o.stdout).contains("s3cret"));
@@ -464,4 +466,166 @@ fn a_failing_web_hook_switches_back() {
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("web deploy hook failed") && run.stderr.contains("switched back"), "{}", run.stderr);
     assert_eq!(env.deployed_binary(), "v1");
+}
+
+/// Polls after a failure: each must be a no-op (exit 3) that builds nothing.
+fn assert_not_retried(env: &Env, builds: &[&str]) {
+    for _ in 0..2 {
+        let again = env.poll(&[]);
+        assert_eq!(again.code, 3, "a failed tag is not retried: {again:?}");
+    }
+    assert_eq!(env.lines("builds.log"), builds);
+}
+
+#[test]
+fn every_failing_tag_is_recorded_once_whatever_step_failed() {
+    let env = Env::new();
+    env.tag("v1");
+    assert_eq!(env.poll(&[]).code, 0);
+
+    // A tag that points at a tree, not a commit.
+    env.git(&["tag", "v2", "HEAD^{tree}"]);
+    let run = env.poll(&[]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.error_line().contains("v2 does not point at a commit"), "{}", run.error_line());
+    assert_not_retried(&env, &["v1"]);
+
+    // A build that succeeds but produces no tool.
+    env.write("build.sh", "#!/bin/sh\necho \"$MATERIA_TAG\" >> \"$MATERIA_RELEASE_DIR/../../builds.log\"\n", true);
+    env.commit("empty build");
+    env.tag("v3");
+    let run = env.poll(&[]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.error_line().contains("the build produced none of the tools"), "{}", run.error_line());
+    assert_not_retried(&env, &["v1", "v3"]);
+
+    assert_eq!(env.deploys(), ["v1 deployed", "v2 failed", "v3 failed"]);
+    assert_eq!(env.deployed_binary(), "v1");
+    assert_eq!(env.releases(), ["v1"], "nothing half-deployed left");
+}
+
+/// Is process `pid` gone (or a zombie waiting for its parent)?
+fn gone(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[test]
+fn a_build_or_hook_past_its_deadline_is_killed_with_everything_it_started() {
+    let env = Env::new();
+    // The build starts a grandchild that would outlive a plain kill of `sh`.
+    env.write(
+        "build.sh",
+        "#!/bin/sh\nsleep 300 &\necho $! > \"$MATERIA_RELEASE_DIR/../../sleeper.pid\"\nwait\n",
+        true,
+    );
+    env.commit("hanging build");
+    env.tag("v1");
+    let run = env.poll(&["--build-timeout", "1"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.error_line().contains("did not finish within 1 s (--build-timeout); killed"), "{}", run.error_line());
+    let pid = std::fs::read_to_string(env.app.join("sleeper.pid")).unwrap().trim().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gone(&pid) {
+        assert!(Instant::now() < deadline, "the build's child {pid} outlived the build");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(env.deploys(), ["v1 failed"]);
+    assert!(env.current().is_none());
+    assert_eq!(env.poll(&["--build-timeout", "1"]).code, 3, "recorded once, not retried");
+
+    // A web hook past its deadline: killed, switched back.
+    env.write("build.sh", BUILD, true);
+    env.commit("good build");
+    env.tag("v2");
+    assert_eq!(env.poll(&[]).code, 0);
+    env.write("web/deploy.sh", "#!/bin/sh\nsleep 300\n", true);
+    env.commit("hanging hook");
+    env.tag("v3");
+    let run = env.poll(&["--hook-timeout", "1"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.error_line().contains("(--hook-timeout); killed") && run.error_line().contains("switched back to releases/v2"), "{}", run.error_line());
+    assert_eq!(env.deployed_binary(), "v2");
+}
+
+#[test]
+fn a_remote_that_never_answers_fails_the_poll_at_its_deadline() {
+    // Accepts connections and never says a word: an SSH server stuck before its banner.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = held.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            h.lock().unwrap().push(conn);
+        }
+    });
+    let env = Env::new();
+    let url = format!("ssh://git@127.0.0.1:{port}/materia.git");
+    let o = env.cmd(&["--remote", &url, "--git-timeout", "2"]).output().unwrap();
+    let run = Run::from(o);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.error_line().contains(&format!("listing the tags of {url} did not finish within 2 s (--git-timeout)")), "{}", run.error_line());
+    assert!(!held.lock().unwrap().is_empty(), "it did connect");
+    let c = rusqlite::Connection::open(env.data.join("landing/.state.sqlite")).unwrap();
+    let (status, error): (String, String) = c.query_row("SELECT status, error FROM runs ORDER BY run_id DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    assert_eq!(status, "failed");
+    assert!(error.contains("--git-timeout"), "{error}");
+}
+
+#[test]
+fn credentials_in_the_remote_url_are_never_shown() {
+    let env = Env::new();
+    let url = "https://deploy:glpat-s3cret@127.0.0.1:1/materia.git";
+    let run = Run::from(env.cmd(&["--remote", url, "--git-timeout", "10"]).output().unwrap());
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.error_line().contains("https://deploy:***@127.0.0.1:1/materia.git"), "{}", run.error_line());
+    assert!(!run.stderr.contains("s3cret"), "{}", run.stderr);
+    let c = rusqlite::Connection::open(env.data.join("landing/.state.sqlite")).unwrap();
+    let recorded: String = c.query_row("SELECT summary || ' ' || error FROM runs", [], |r| r.get(0)).unwrap();
+    assert!(!recorded.contains("s3cret") && recorded.contains("***"), "{recorded}");
+}
+
+#[test]
+fn the_build_dir_keeps_unchanged_files_so_builds_are_incremental() {
+    let env = Env::new();
+    env.write("src/keep.rs", "// unchanged", false);
+    env.write("src/gone.rs", "// removed in v2", false);
+    env.commit("files");
+    env.tag("v1");
+    assert_eq!(env.poll(&[]).code, 0);
+    let build = env.app.join("build");
+    let mtime = |p: &str| std::fs::metadata(build.join(p)).unwrap().modified().unwrap();
+    let (keep, lib) = (mtime("src/keep.rs"), mtime("src/lib.rs"));
+    std::thread::sleep(Duration::from_millis(20));
+    env.write("src/lib.rs", "// 2", false);
+    env.remove("src/gone.rs");
+    env.commit("two");
+    env.tag("v2");
+    let run = env.poll(&[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("1 files changed"), "{}", run.stderr);
+    assert_eq!(mtime("src/keep.rs"), keep, "an unchanged file is not rewritten (cargo would rebuild it)");
+    assert_ne!(mtime("src/lib.rs"), lib);
+    assert_eq!(std::fs::read_to_string(build.join("src/lib.rs")).unwrap(), "// 2");
+    assert!(!build.join("src/gone.rs").exists(), "a file removed from the tree is removed from the build dir");
+    // The release is the tag's tree plus what the build installed.
+    let release = env.app.join("releases/v2");
+    assert!(release.join("src/keep.rs").exists() && !release.join("src/gone.rs").exists() && release.join("bin/psd-extract").exists());
+}
+
+#[test]
+fn a_failed_first_deploy_puts_back_whatever_current_was() {
+    // bootstrap.sh points `current` at its own deployer before the first deploy.
+    let env = Env::new();
+    std::fs::create_dir_all(env.app.join("bootstrap/bin")).unwrap();
+    std::os::unix::fs::symlink("bootstrap", env.app.join("current")).unwrap();
+    env.tag("v1");
+    let run = env.poll(&["--health-cmd", "false"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.error_line().contains("switched back to bootstrap"), "{}", run.error_line());
+    assert_eq!(env.current().as_deref(), Some("bootstrap"));
+    assert_eq!(env.releases(), Vec::<String>::new());
 }

@@ -1,0 +1,79 @@
+//! What tag-deploy keeps in the state DB: `deploys` (every deployed, failed or refused
+//! tag, once) and `deploy_seen_tags` (tags already judged), and `tag-deploy status`.
+
+use materia_common::{StateDb, Step};
+
+/// Tags that failed and were not cleared with `--clear-failed`.
+pub fn failed_tags(db: &StateDb) -> anyhow::Result<Vec<String>> {
+    let mut st = db.conn().prepare("SELECT DISTINCT tag FROM deploys WHERE status = 'failed' AND cleared = 0").map_err(|e| db.err(e))?;
+    let rows = st.query_map([], |r| r.get(0)).map_err(|e| db.err(e))?;
+    rows.collect::<Result<_, _>>().map_err(|e| db.err(e).into())
+}
+
+/// Forget the recorded failures; returns how many.
+pub fn clear_failed(db: &StateDb) -> anyhow::Result<usize> {
+    Ok(db.conn().execute("UPDATE deploys SET cleared = 1 WHERE status = 'failed' AND cleared = 0", []).map_err(|e| db.err(e))?)
+}
+
+/// Tags this mirror has judged already.
+pub fn seen_tags(db: &StateDb) -> anyhow::Result<std::collections::HashSet<String>> {
+    let mut st = db.conn().prepare("SELECT tag FROM deploy_seen_tags").map_err(|e| db.err(e))?;
+    let rows = st.query_map([], |r| r.get(0)).map_err(|e| db.err(e))?;
+    rows.collect::<Result<_, _>>().map_err(|e| db.err(e).into())
+}
+
+pub fn mark_seen<'a>(db: &StateDb, tags: impl Iterator<Item = &'a str>) -> anyhow::Result<()> {
+    let tx = db.conn().unchecked_transaction().map_err(|e| db.err(e))?;
+    {
+        let mut st = tx
+            .prepare(&format!("INSERT OR IGNORE INTO deploy_seen_tags (tag, seen_at) VALUES (?1, {})", materia_common::state::NOW))
+            .map_err(|e| db.err(e))?;
+        for t in tags {
+            st.execute([t]).map_err(|e| db.err(e))?;
+        }
+    }
+    tx.commit().map_err(|e| db.err(e))?;
+    Ok(())
+}
+
+/// One row of `deploys`.
+pub fn record(step: &Step, tag: &str, status: &str, previous: Option<&str>, web: bool, detail: Option<&str>) -> anyhow::Result<()> {
+    step.db
+        .conn()
+        .execute(
+            &format!(
+                "INSERT INTO deploys (run_id, tag, status, previous_tag, web_hook, detail, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, {})",
+                materia_common::state::NOW
+            ),
+            rusqlite::params![step.run_id, tag, status, previous, web, detail],
+        )
+        .map_err(|e| step.db.err(e))?;
+    Ok(())
+}
+
+/// `tag-deploy status`: the deployed tag, since when, the previous one, failed tags.
+pub fn print_status(db: Option<&StateDb>, deployed: Option<&str>) -> anyhow::Result<()> {
+    let (mut when, mut prev, mut failed) = (None, None, Vec::new());
+    if let Some(db) = db {
+        if let Some(tag) = deployed {
+            let row: Option<(String, Option<String>)> = db
+                .conn()
+                .query_row(
+                    "SELECT at, previous_tag FROM deploys WHERE tag = ?1 AND status = 'deployed' ORDER BY rowid DESC LIMIT 1",
+                    [tag],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .ok();
+            if let Some((at, p)) = row {
+                when = Some(at);
+                prev = p;
+            }
+        }
+        failed = failed_tags(db)?;
+    }
+    println!("deployed: {}", deployed.unwrap_or("none"));
+    println!("since:    {}", when.as_deref().unwrap_or("-"));
+    println!("previous: {}", prev.as_deref().unwrap_or("-"));
+    println!("failed:   {}", if failed.is_empty() { "-".to_owned() } else { failed.join(" ") });
+    Ok(())
+}
