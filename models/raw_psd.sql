@@ -35,7 +35,9 @@ SELECT
   now()::TIMESTAMP AS _loaded_at
 FROM read_csv(
   @landing_files,
-  header = true, filename = true, compression = 'gzip',
+  -- The dialect is pinned, not sniffed: psd-extract checks every row against it
+  -- (a quoted field may hold "" for a quote), so what lands always loads.
+  header = true, filename = true, compression = 'gzip', delim = ',', quote = '"', escape = '"',
   columns = {
     'Commodity_Code': 'VARCHAR', 'Commodity_Description': 'VARCHAR',
     'Country_Code': 'VARCHAR', 'Country_Name': 'VARCHAR',

@@ -10,7 +10,11 @@ lines=$(journalctl --unit "$unit" --lines 30 --no-pager --output short-iso 2>&1 
 echo "materia: $unit failed; its last journal lines:"
 echo "$lines"
 if [[ -n ${MATERIA_NOTIFY_URL:-} ]]; then
+    # The URL (it may hold a key) reaches curl in a config on a pipe, never on its
+    # command line, which every local user can read in /proc.
+    url=${MATERIA_NOTIFY_URL//\\/\\\\}
     printf '%s failed on %s\n\n%s\n' "$unit" "$(hostname)" "$lines" |
-        curl --fail --silent --show-error --max-time 20 --retry 3 --data-binary @- "$MATERIA_NOTIFY_URL" >/dev/null
+        curl --fail --silent --show-error --max-time 20 --retry 3 --data-binary @- \
+            --config <(printf 'url = "%s"\n' "${url//\"/\\\"}") >/dev/null
     echo "materia: reported to the notify URL"
 fi

@@ -27,7 +27,12 @@ fi
 [[ -n ${MATERIA_PING_URL:-} ]] || exit 0
 # The URL holds the ping key: it is not logged. At most ~30 s in all (a step waits for
 # its start ping), however unreachable the monitoring host.
-if curl --fail --silent --show-error --max-time 8 --retry 2 --retry-max-time 20 --output /dev/null "${MATERIA_PING_URL%/}/$step$suffix"; then
+# The URL reaches curl in a config on a pipe, not on its command line (which every
+# local user can read in /proc).
+url=${MATERIA_PING_URL%/}/$step$suffix
+url=${url//\\/\\\\}
+if curl --fail --silent --show-error --max-time 8 --retry 2 --retry-max-time 20 --output /dev/null \
+    --config <(printf 'url = "%s"\n' "${url//\"/\\\"}"); then
     echo "materia: pinged $event of $step"
 else
     echo "materia: the $event ping of $step failed (ignored)" >&2

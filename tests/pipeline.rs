@@ -118,3 +118,53 @@ fn run_all_stops_at_the_first_failure_with_its_exit_code() {
     assert!(stderr.contains("psd-extract: error: importing"), "{stderr}");
     assert!(stderr.contains("run-all: psd-extract failed (exit 5); stopping"), "{stderr}");
 }
+
+/// `csv` zipped as USDA serves it (one CSV in a zip), with Python's zipfile.
+fn zip_csv(csv: &[u8], out: &Path) {
+    let tmp = out.with_extension("csv");
+    std::fs::write(&tmp, csv).unwrap();
+    let script = "import sys, zipfile\nwith zipfile.ZipFile(sys.argv[2], 'w', zipfile.ZIP_DEFLATED) as z: z.write(sys.argv[1], 'psd_coffee.csv')";
+    assert!(Command::new("python3").args(["-c", script]).arg(&tmp).arg(out).status().unwrap().success());
+}
+
+#[test]
+fn what_psd_extract_lands_the_models_load() {
+    // The rows psd-extract's checks accept at their edges load through every model; a
+    // row they refuse never lands. Both on top of the real release.
+    let Some(zip) = fixture() else { return };
+    let real = Command::new("unzip").arg("-p").arg(&zip).output().unwrap().stdout;
+    let tmp = tempfile::tempdir().unwrap();
+    let edges = concat!(
+        "\"0711100\",\"Coffee, Green\",ZZ,\"Test \"\"quoted\"\", land\",2024,2024,00,028,\"Production\",02,\"(1000 60 KG BAGS)\",\r\n",
+        "0711100,\"Coffee, Green\",ZZ,Testland,2025,2024,12,028,Production,02,\"(1000 60 KG BAGS)\",1.5e3\r\n",
+        "0711100,\"Coffee, Green\",ZZ,Testland,2025,2024,12,057,Imports,02,\"(1000 60 KG BAGS)\",-2\r\n",
+    );
+    let mut good = real.clone();
+    good.extend_from_slice(edges.as_bytes());
+    let good_zip = tmp.path().join("good.zip");
+    zip_csv(&good, &good_zip);
+    let data = tmp.path().join("data");
+    let out = run_all(&data, &["--import", good_zip.to_str().unwrap(), "--release", "2022-12"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let db = rusqlite::Connection::open(data.join("landing/.state.sqlite")).unwrap();
+    let rows: i64 = db.query_row("SELECT rows FROM landed_files", [], |r| r.get(0)).unwrap();
+    assert_eq!(rows, 77_957 + 3);
+    let transformed: String = db
+        .query_row("SELECT status FROM runs WHERE tool = 'lake-transform' ORDER BY run_id DESC LIMIT 1", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(transformed, "success");
+
+    // A release with one value the models cannot read: refused, nothing lands.
+    let bad = String::from_utf8(good).unwrap().replacen(",1.5e3\r\n", ",1.5e3x\r\n", 1);
+    let bad_zip = tmp.path().join("bad.zip");
+    zip_csv(bad.as_bytes(), &bad_zip);
+    let out = Command::new(bin_dir().join("psd-extract"))
+        .args(["--data-dir", data.to_str().unwrap(), "import", bad_zip.to_str().unwrap(), "--release", "2023-01"])
+        .env_remove("MATERIA_DATA_DIR")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("line {}: Value is \"1.5e3x\", expected a number", 77_957 + 3)), "{stderr}");
+    assert!(!data.join("landing/psd/2023").exists());
+}

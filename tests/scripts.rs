@@ -64,3 +64,58 @@ fn the_ping_does_nothing_unconfigured_and_never_fails_a_step() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("the fail ping of psd-extract failed (ignored)") && !out.contains("SECRETKEY"), "{out}");
 }
+
+/// Every process's command line, as any local user can read it.
+fn command_lines() -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .collect()
+}
+
+#[test]
+fn the_ping_and_notify_urls_never_reach_a_command_line() {
+    // A monitoring server that answers slowly, so curl is caught mid-request.
+    let server = r#"
+import http.server, sys, time
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self): time.sleep(1.5); self.send_response(200); self.end_headers()
+    def do_POST(self): self.rfile.read(int(self.headers.get("Content-Length", 0))); self.do_GET()
+    def log_message(self, *a): pass
+s = http.server.HTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+    let mut child = Command::new("python3").args(["-c", server]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut port = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut port).unwrap();
+    let url = format!("http://127.0.0.1:{}/PINGSECRETKEY", port.trim());
+    for (script, args, var) in [("scripts/ping.sh", vec!["psd-extract:start"], "MATERIA_PING_URL"), ("scripts/notify-failure.sh", vec!["x.service"], "MATERIA_NOTIFY_URL")] {
+        let mut run = Command::new(repo().join(script))
+            .args(&args)
+            .env_remove("MATERIA_PING_URL")
+            .env(var, &url)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (mut saw_curl, mut leaked) = (false, Vec::new());
+        while run.try_wait().unwrap().is_none() {
+            for line in command_lines() {
+                saw_curl |= line.starts_with("curl ");
+                if line.contains("PINGSECRETKEY") {
+                    leaked.push(line);
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(saw_curl, "{script}: curl was seen running");
+        assert!(leaked.is_empty(), "{script}: the URL is on a command line: {leaked:?}");
+        let out = run.wait_with_output().unwrap();
+        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("PINGSECRETKEY"), "{script}: not logged");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -465,6 +465,17 @@ fn with_session_properties<T>(conn: &Connection, m: &Model, f: impl FnOnce() -> 
 /// The temp table holding an append's or a merge's new rows.
 const BATCH: &str = "__materia_batch";
 
+/// Close the connection to the outside before any model runs: DuckDB may then read
+/// files only under `readable` (the landing dir), and write none but its own database
+/// (no COPY TO, ATTACH, extension install or read of another file). A running database
+/// cannot turn either setting back, and a model is one query (model.rs), so no model
+/// SQL can widen it.
+pub fn sandbox(conn: &Connection, readable: &Path) -> anyhow::Result<()> {
+    let dir = format!("{}/", readable.display()).replace('\'', "''");
+    conn.execute_batch(&format!("SET allowed_directories = ['{dir}']; SET enable_external_access = false;"))
+        .context("closing DuckDB's access to files outside the landing dir")
+}
+
 /// Run the model's step; returns the landing files it loaded (with their sha256).
 /// Appends and merges leave their new rows in [`BATCH`] for the audits.
 fn execute(m: &Model, conn: &Connection, step: &Step, run_id: i64) -> anyhow::Result<Vec<(LandingFile, String)>> {

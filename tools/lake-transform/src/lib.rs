@@ -167,8 +167,10 @@ fn run_models(common: &CommonArgs, models: impl FnOnce() -> anyhow::Result<PathB
         let t = std::time::Instant::now();
         let conn = Connection::open(&lakehouse).with_context(|| format!("opening {}", lakehouse.display()))?;
         log::debug!("opened {} in {:?}", lakehouse.display(), t.elapsed());
+        let landing = std::path::absolute(step.layout.landing())?;
+        engine::sandbox(&conn, &landing)?;
         let t = std::time::Instant::now();
-        let steps = engine::plan(&project, Some(&conn), &step.layout.landing(), rebuild)?;
+        let steps = engine::plan(&project, Some(&conn), &landing, rebuild)?;
         log::debug!("planned in {:?}", t.elapsed());
         if steps.iter().all(|s| s.action == Action::Skip) {
             let summary = format!("nothing to do: {} models unchanged", steps.len());

@@ -558,6 +558,9 @@ pub fn parse_model(src: &str, path: &Path) -> Result<Model, ModelError> {
                 for i in items {
                     let ok = i.key.as_deref().is_some_and(|k| k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
                     match (i.key, i.val) {
+                        (Some(k), _) if ok && !SESSION_PROPERTIES.contains(&k.to_ascii_lowercase().as_str()) => {
+                            return Err(err(i.line, format!("session_properties: {k} is not a tuning setting a model may change (allowed: {})", SESSION_PROPERTIES.join(", "))));
+                        }
                         (Some(k), v @ (Val::Str(_) | Val::Num(_) | Val::Word(_))) if ok => {
                             session_properties.push((k.to_ascii_lowercase(), to_arg(v, i.line, path)?));
                         }
@@ -586,7 +589,7 @@ pub fn parse_model(src: &str, path: &Path) -> Result<Model, ModelError> {
         (_, Some(_)) => return Err(err(1, "partitioned_by goes with kind INCREMENTAL_BY_PARTITION".into())),
         (_, None) => {}
     }
-    let sql = src[offset..].trim().trim_end_matches(';').trim().to_owned();
+    let sql = one_statement(&src[offset..], sql_line).map_err(|(line, msg)| err(line, msg))?;
     if sql.is_empty() {
         return Err(err(sql_line, "no SQL after the MODEL header".into()));
     }
@@ -631,12 +634,79 @@ pub fn parse_audit(src: &str, path: &Path) -> Result<AuditDef, ModelError> {
             (None, _) => return Err(err(item.line, "expected a property (name, blocking)".into())),
         }
     }
-    let sql = src[offset..].trim().trim_end_matches(';').trim().to_owned();
+    let sql = one_statement(&src[offset..], sql_line).map_err(|(line, msg)| err(line, msg))?;
     if sql.is_empty() {
         return Err(err(sql_line, "no SQL after the AUDIT header".into()));
     }
     Ok(AuditDef { name: name.ok_or_else(|| err(1, "AUDIT has no name".into()))?, blocking, sql, path: path.to_owned() })
 }
+
+/// The one SQL statement of a model or audit body (`first_line` is the line it starts
+/// on), without its final `;`. A second statement is refused: the engine runs the body
+/// inside its own `CREATE TABLE … AS`, so a `; COMMIT`, `; COPY … TO`, `; ATTACH` or
+/// `; SET` would run outside its control (the run's one transaction, the sandbox).
+/// Strings, quoted names, dollar-quoted strings and comments are skipped.
+pub fn one_statement(body: &str, first_line: usize) -> Result<String, (usize, String)> {
+    let b = body.as_bytes();
+    let (mut i, mut line) = (0, first_line);
+    let mut end = None;
+    while i < b.len() {
+        match b[i] {
+            b'\n' => line += 1,
+            q @ (b'\'' | b'"') => {
+                i += 1;
+                while i < b.len() && !(b[i] == q && b.get(i + 1) != Some(&q)) {
+                    if b[i] == q {
+                        i += 1; // a doubled quote
+                    } else if b[i] == b'\n' {
+                        line += 1;
+                    }
+                    i += 1;
+                }
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i < b.len() && !b[i..].starts_with(b"*/") {
+                    line += usize::from(b[i] == b'\n');
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'$' => {
+                // $tag$ ... $tag$
+                let tag_end = b[i + 1..].iter().position(|&c| !(c.is_ascii_alphanumeric() || c == b'_')).map(|p| i + 1 + p);
+                if let Some(t) = tag_end.filter(|&t| b[t] == b'$') {
+                    let tag = &b[i..=t];
+                    let close = b[t + 1..].windows(tag.len()).position(|w| w == tag).map(|p| t + 1 + p);
+                    let stop = close.map_or(b.len(), |c| c + tag.len());
+                    line += b[i..stop].iter().filter(|&&c| c == b'\n').count();
+                    i = stop;
+                    continue;
+                }
+            }
+            b';' if end.is_none() => end = Some(i),
+            c if end.is_some() && !c.is_ascii_whitespace() => {
+                return Err((line, "a model or audit is one SQL query: no statement may follow ';' (COMMIT, COPY, ATTACH, SET and the like are not allowed)".into()));
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(body[..end.unwrap_or(body.len())].trim().to_owned())
+}
+
+/// The DuckDB settings a model's `session_properties` may set: tuning only. The run's
+/// sandbox (external access, allowed directories, extensions) is not a model's to change.
+pub const SESSION_PROPERTIES: &[&str] = &[
+    "threads", "memory_limit", "max_memory", "preserve_insertion_order", "disabled_optimizers", "default_order",
+    "default_null_order", "ordered_aggregate_threshold", "perfect_ht_threshold", "max_expression_depth",
+];
 
 /// At the top of a header, `grain (a, b)` reads like a call: it is property `grain`
 /// with the tuple `(a, b)`.
@@ -758,6 +828,24 @@ fn to_arg(v: Val, line: usize, path: &Path) -> Result<Arg, ModelError> {
             return Err(ModelError { path: path.to_owned(), line, msg: "audit arguments cannot be calls".into() });
         }
     })
+}
+
+#[cfg(test)]
+mod statement_tests {
+    use super::one_statement;
+
+    #[test]
+    fn a_body_is_one_statement() {
+        assert_eq!(one_statement("SELECT 1;\n-- done\n", 3), Ok("SELECT 1".into()));
+        assert_eq!(one_statement(" SELECT ';' AS a, \"x;\" FROM t /* ; */ -- ;\n", 1), Ok("SELECT ';' AS a, \"x;\" FROM t /* ; */ -- ;".into()));
+        let dollars = "SELECT $$;$$, $t$ ; $t$, 'it''s;'";
+        assert_eq!(one_statement(dollars, 1), Ok(dollars.into()));
+        for (body, line) in [("SELECT 1; COMMIT", 1), ("SELECT 1\n;\nCOPY t TO 'x'", 3), ("SELECT 1; /* c */ ATTACH 'f'", 1), ("SELECT 'a;'\n; SET x = 1", 2)] {
+            let (l, msg) = one_statement(body, 1).unwrap_err();
+            assert_eq!(l, line, "{body}");
+            assert!(msg.contains("no statement may follow ';'"), "{msg}");
+        }
+    }
 }
 
 #[cfg(test)]

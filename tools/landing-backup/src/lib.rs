@@ -186,11 +186,21 @@ impl opendal::HttpTransport for CountingTransport {
     }
 }
 
+/// The fs target's temp dir for objects being written (never listed as an object).
+const FS_TMP: &str = ".materia-tmp";
+
 fn operator(target: &Target, counts: Arc<Counts>, timeout: Duration, retries: usize) -> anyhow::Result<Operator> {
     let op = match target {
         Target::Fs { root } => {
             std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
-            Operator::new(opendal::services::Fs::default().root(&root.display().to_string()))?
+            // Every object is written to a temp file in FS_TMP (inside the root: the same
+            // file system), fsynced and renamed into place: a kill or a full disk leaves
+            // no short object under a final name. What a killed run left there is swept.
+            let tmp = root.join(FS_TMP);
+            if tmp.exists() {
+                std::fs::remove_dir_all(&tmp).with_context(|| format!("clearing {}", tmp.display()))?;
+            }
+            Operator::new(opendal::services::Fs::default().root(&root.display().to_string()).atomic_write_dir(&tmp.display().to_string()))?
         }
         Target::S3 { bucket, endpoint, key_id, secret, .. } => {
             let builder = opendal::services::S3::default()
@@ -366,7 +376,7 @@ async fn upload(op: &Operator, key: &str, file: &LocalFile, cfg: &Cfg) -> openda
         return op.write_with(key, data).if_not_exists(cfg.if_not_exists).await;
     }
     use tokio::io::AsyncReadExt as _;
-    let mut w = op.writer_with(key).chunk(cfg.part as usize).await?;
+    let mut w = op.writer_with(key).chunk(cfg.part as usize).if_not_exists(cfg.if_not_exists).await?;
     let mut f = tokio::fs::File::open(&file.abs).await.map_err(io)?;
     let mut buf = vec![0u8; cfg.part as usize];
     let result: opendal::Result<opendal::Metadata> = async {
@@ -428,7 +438,7 @@ async fn backup(step: &mut materia_common::Step, cli: &Cli, target: &Target) -> 
     if listed {
         // One listing pass: what the remote already has under the prefix.
         for entry in op.list_with(target.prefix()).recursive(true).await.context("listing the backup")? {
-            if !entry.metadata().is_dir() {
+            if !entry.metadata().is_dir() && !entry.path().starts_with(FS_TMP) {
                 let mut r = remote_of(entry.metadata());
                 if let (Target::Fs { root }, None) = (target, &r.etag) {
                     // A folder reports no ETag; its files are local, so compute one.

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, anyhow};
 use materia_common::ProgressBar;
+use materia_common::exit::BadInput;
 use reqwest::StatusCode;
 use reqwest::blocking::{Client, Response};
 use reqwest::header::{self, HeaderMap, HeaderValue};
@@ -29,6 +30,8 @@ pub struct RetryPolicy {
     /// The whole run's deadline: no request starts, no body read continues and no retry
     /// waits past it, however slowly a server trickles bytes.
     pub deadline: Instant,
+    /// Sizes.
+    pub limits: Limits,
 }
 
 /// The message of a run stopped by its deadline (`--run-timeout`).
@@ -74,13 +77,43 @@ pub struct FetchResult {
     pub result: anyhow::Result<Fetched>,
 }
 
+/// How far this machine's clock may be off a server's `Date` before nothing is landed.
+const MAX_CLOCK_SKEW: Duration = Duration::from_secs(24 * 3600);
+
+/// What a server's answer may be.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The largest body accepted.
+    pub max_download_bytes: u64,
+    /// ETags longer than this are not kept (nor sent back).
+    pub max_etag_bytes: usize,
+}
+
 /// The HTTP client every fetch uses: `timeout` bounds connecting and each read, so a
-/// stalled server is detected without limiting the size of a download.
-pub fn client(timeout: Duration) -> anyhow::Result<Client> {
+/// stalled server is detected without limiting the size of a download. Redirects are
+/// followed (at most 5) only to `hosts` (the base URL's host and `--allow-redirect-host`),
+/// and never from https to http.
+pub fn client(timeout: Duration, hosts: Vec<String>) -> anyhow::Result<Client> {
+    let policy = reqwest::redirect::Policy::custom(move |attempt| {
+        let next = attempt.url();
+        let from_https = attempt.previous().last().is_some_and(|u| u.scheme() == "https");
+        let host = next.host_str().unwrap_or("").to_owned();
+        let (scheme, shown) = (next.scheme().to_owned(), next.to_string());
+        if attempt.previous().len() > 5 {
+            attempt.error("more than 5 redirects")
+        } else if from_https && scheme != "https" {
+            attempt.error(format!("a redirect from https to {shown} is refused"))
+        } else if !hosts.iter().any(|h| h.eq_ignore_ascii_case(&host)) {
+            attempt.error(format!("a redirect to another host ({host}) is refused; allow it with --allow-redirect-host"))
+        } else {
+            attempt.follow()
+        }
+    });
     Client::builder()
         .user_agent(concat!("materia-psd-extract/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(timeout)
         .timeout(timeout)
+        .redirect(policy)
         .build()
         .context("building the HTTP client")
 }
@@ -102,7 +135,7 @@ pub fn fetch(
     let start = Instant::now();
     let mut status = None;
     for attempt in 1.. {
-        let failure = match attempt_once(client, url, known, policy.deadline, tmp_dir, bar, &mut status) {
+        let failure = match attempt_once(client, url, known, policy, tmp_dir, bar, &mut status) {
             Ok(fetched) => return FetchResult { attempts: attempt, status, result: Ok(fetched) },
             Err(f) => f,
         };
@@ -137,21 +170,29 @@ fn attempt_once(
     client: &Client,
     url: &str,
     known: &Validators,
-    deadline: Instant,
+    policy: &RetryPolicy,
     tmp_dir: &Path,
     bar: &ProgressBar,
     status_out: &mut Option<u16>,
 ) -> Result<Fetched, Failure> {
+    let (deadline, limits) = (policy.deadline, &policy.limits);
     if Instant::now() >= deadline {
         return Err(Failure::Fatal(deadline_error()));
     }
     let mut req = client.get(url);
-    if let Some(etag) = known.etag.as_deref().and_then(|e| HeaderValue::from_str(e).ok()) {
+    let etag = known.etag.as_deref().filter(|e| e.len() <= limits.max_etag_bytes);
+    if let Some(etag) = etag.and_then(|e| HeaderValue::from_str(e).ok()) {
         req = req.header(header::IF_NONE_MATCH, etag);
     } else if let Some(lm) = known.last_modified.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
         req = req.header(header::IF_MODIFIED_SINCE, lm);
     }
-    let resp = req.send().map_err(|e| Failure::Retry { err: transport(e), retry_after: None })?;
+    let resp = req.send().map_err(|e| {
+        if e.is_redirect() {
+            Failure::Fatal(anyhow::Error::new(e).context("redirect refused"))
+        } else {
+            Failure::Retry { err: transport(e), retry_after: None }
+        }
+    })?;
     let status = resp.status();
     *status_out = Some(status.as_u16());
     match status {
@@ -164,15 +205,36 @@ fn attempt_once(
         }
         s => return Err(Failure::Fatal(anyhow!("server answered HTTP {s}"))),
     }
-    let validators = Validators {
+    // A release's month comes from this machine's clock: a clock far off the server's
+    // would file it under the wrong month, for good (landing is immutable).
+    if let Some(server) = resp.headers().get(header::DATE).and_then(|v| httpdate::parse_http_date(v.to_str().ok()?).ok()) {
+        let skew = SystemTime::now().duration_since(server).or_else(|e| Ok::<_, ()>(e.duration())).unwrap_or_default();
+        if skew > MAX_CLOCK_SKEW {
+            let err = anyhow!(
+                "this machine's clock is {} hours off the server's (Date: {}): a release would be filed under the wrong month; fix the clock (timedatectl)",
+                skew.as_secs() / 3600,
+                httpdate::fmt_http_date(server)
+            );
+            return Err(Failure::Fatal(err));
+        }
+    }
+    let mut validators = Validators {
         etag: header_text(resp.headers(), header::ETAG),
         last_modified: header_text(resp.headers(), header::LAST_MODIFIED),
     };
+    if let Some(e) = validators.etag.take_if(|e| e.len() > limits.max_etag_bytes) {
+        // Not kept: sent back, it could make a proxy refuse every later request.
+        log::warn!("{url}: an ETag of {} bytes is not kept (--max-etag-bytes {}); Last-Modified or the content's hash stand in", e.len(), limits.max_etag_bytes);
+    }
     let expected = resp
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(n) = expected.filter(|&n| n > limits.max_download_bytes) {
+        let err = BadInput(format!("the server announces {n} bytes, over the limit of {} (--max-download-mib)", limits.max_download_bytes));
+        return Err(Failure::Fatal(err.into()));
+    }
     let mut file = tempfile::tempfile_in(tmp_dir)
         .with_context(|| format!("creating a temp file in {}", tmp_dir.display()))
         .map_err(Failure::Fatal)?;
@@ -180,7 +242,7 @@ fn attempt_once(
     if let Some(n) = expected {
         bar.set_length(n);
     }
-    let bytes = copy_body(resp, &mut file, deadline, bar)?;
+    let bytes = copy_body(resp, &mut file, deadline, limits.max_download_bytes, bar)?;
     if let Some(expected) = expected
         && bytes != expected
     {
@@ -193,7 +255,7 @@ fn attempt_once(
     Ok(Fetched::Body { file, bytes, validators })
 }
 
-fn copy_body(mut resp: Response, file: &mut File, deadline: Instant, bar: &ProgressBar) -> Result<u64, Failure> {
+fn copy_body(mut resp: Response, file: &mut File, deadline: Instant, max: u64, bar: &ProgressBar) -> Result<u64, Failure> {
     let mut buf = vec![0u8; 1 << 16];
     let mut total = 0u64;
     loop {
@@ -211,8 +273,12 @@ fn copy_body(mut resp: Response, file: &mut File, deadline: Instant, bar: &Progr
                 return Err(Failure::Retry { err, retry_after: None });
             }
         };
-        file.write_all(&buf[..n]).context("writing the download to a temp file").map_err(Failure::Fatal)?;
         total += n as u64;
+        if total > max {
+            let err = BadInput(format!("the download is over the limit of {max} bytes (--max-download-mib)"));
+            return Err(Failure::Fatal(err.into()));
+        }
+        file.write_all(&buf[..n]).context("writing the download to a temp file").map_err(Failure::Fatal)?;
         bar.set_position(total);
     }
 }

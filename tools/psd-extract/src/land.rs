@@ -64,9 +64,10 @@ pub enum Landed {
     },
 }
 
-/// Validate `zip` and land it under `landing`, recording it in the state DB.
-/// Errors that are the input's fault are [`BadInput`]; nothing is left behind on error.
-pub fn land_zip(db: &StateDb, landing: &Path, run_id: i64, zip: File, origin: &Origin<'_>) -> anyhow::Result<Landed> {
+/// Validate `zip` and land it under `landing`, recording it in the state DB. A CSV
+/// larger than `max_csv_bytes` once decompressed is refused (a zip bomb never fills the
+/// disk). Errors that are the input's fault are [`BadInput`]; nothing is left behind on error.
+pub fn land_zip(db: &StateDb, landing: &Path, run_id: i64, zip: File, origin: &Origin<'_>, max_csv_bytes: u64) -> anyhow::Result<Landed> {
     let mut archive = zip::ZipArchive::new(zip).map_err(|e| BadInput(format!("not a valid zip archive: {e}")))?;
     let names: Result<Vec<String>, _> = archive.file_names().map(|n| n.map(|n| n.into_owned())).collect();
     let names = names.map_err(|e| BadInput(format!("unreadable zip entry name: {e}")))?;
@@ -82,7 +83,10 @@ pub fn land_zip(db: &StateDb, landing: &Path, run_id: i64, zip: File, origin: &O
 
     let rel_dir = format!("psd/{:04}/{:02}", origin.month.year(), origin.month.month());
     let dir = landing.join(&rel_dir);
-    let result = write_and_publish(db, run_id, origin, &mut entry, name, &dir, &rel_dir);
+    if entry.size() > max_csv_bytes {
+        return Err(BadInput(format!("{name:?} is {} bytes uncompressed, over the limit of {max_csv_bytes} (--max-csv-mib)", entry.size())).into());
+    }
+    let result = write_and_publish(db, run_id, origin, &mut entry, name, &dir, &rel_dir, max_csv_bytes);
     if !matches!(result, Ok(Landed::New { .. })) {
         // A rejected or duplicate release leaves no empty folder behind: month, year,
         // psd/ (remove_dir removes only empty ones; the step lock keeps other writers out).
@@ -96,6 +100,7 @@ pub fn land_zip(db: &StateDb, landing: &Path, run_id: i64, zip: File, origin: &O
 /// Stream the CSV through the checks into a gzip temp file in `dir`, then publish it
 /// under its ETag name (or find its content already landed). The temp file is removed
 /// on every error.
+#[allow(clippy::too_many_arguments)]
 fn write_and_publish(
     db: &StateDb,
     run_id: i64,
@@ -104,6 +109,7 @@ fn write_and_publish(
     name: &str,
     dir: &Path,
     rel_dir: &str,
+    max_csv_bytes: u64,
 ) -> anyhow::Result<Landed> {
     let mut out = AtomicFile::create_in(dir, "landing")?;
     let mut gz = GzEncoder::new(BufWriter::with_capacity(1 << 16, out.file()), Compression::default());
@@ -120,10 +126,14 @@ fn write_and_publish(
             Err(e) => return Err(BadInput(format!("corrupt zip entry {name:?}: {e}")).into()),
         };
         let chunk = &buf[..n];
+        csv_bytes += n as u64;
+        if csv_bytes > max_csv_bytes {
+            // The zip's declared size can lie: the bytes themselves are counted.
+            return Err(BadInput(format!("{name:?} is over {max_csv_bytes} bytes uncompressed (--max-csv-mib)")).into());
+        }
         scan.feed(chunk).map_err(|m| BadInput(format!("{name:?}: {m}")))?;
         hasher.update(chunk);
         gz.write_all(chunk).with_context(|| format!("writing {}", dir.display()))?;
-        csv_bytes += n as u64;
     }
     let rows = scan.finish().map_err(|m| BadInput(format!("{name:?}: {m}")))?;
     gz.finish()
@@ -229,80 +239,207 @@ fn record(
     Ok(db.conn().last_insert_rowid())
 }
 
-/// Streaming checks on the CSV: the first line is the PSD header, and data rows follow.
+/// The longest line a release may have: real PSD lines are under 200 bytes, and DuckDB
+/// refuses lines over 2 MB, which would fail every transform after the release landed.
+pub const MAX_LINE: usize = 4096;
+
+/// Streaming checks on the CSV, line by line: the first line is the PSD header; every
+/// data row is one that the models can load (read_csv with the types of raw.psd):
+/// UTF-8, at most [`MAX_LINE`] bytes, the header's line ending, 12 fields with sound
+/// quoting, codes of letters and digits, 4-digit years, a month 0–12, a numeric (or
+/// empty) `Value`. Blank lines are skipped, as DuckDB skips them. The first bad line
+/// is reported with its number and why.
 #[derive(Debug, Default)]
 struct CsvScan {
-    header: Vec<u8>,
+    line: Vec<u8>,
+    /// The number (1-based) of the line in `line`.
+    line_no: u64,
     header_done: bool,
+    /// Whether the header ended in CRLF: every line must end the same way.
+    crlf: bool,
     rows: u64,
-    line_has_content: bool,
 }
 
 impl CsvScan {
     fn feed(&mut self, mut chunk: &[u8]) -> Result<(), String> {
-        if !self.header_done {
-            match chunk.iter().position(|&b| b == b'\n') {
-                Some(i) => {
-                    self.header.extend_from_slice(&chunk[..i]);
-                    self.check_header()?;
-                    self.header_done = true;
-                    chunk = &chunk[i + 1..];
-                }
-                None => {
-                    self.header.extend_from_slice(chunk);
-                    if self.header.len() > 4096 {
-                        return Err("no CSV header line in the first 4 KiB".into());
-                    }
-                    return Ok(());
-                }
+        while !chunk.is_empty() {
+            let (part, rest, ended) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => (&chunk[..i], &chunk[i + 1..], true),
+                None => (chunk, &chunk[chunk.len()..], false),
+            };
+            if self.line.len() + part.len() > MAX_LINE + 1 {
+                return Err(match self.header_done {
+                    true => format!("line {} is longer than {MAX_LINE} bytes", self.line_no + 1),
+                    false => "no CSV header line in the first 4 KiB".into(),
+                });
             }
-        }
-        for &b in chunk {
-            if b == b'\n' {
-                self.rows += u64::from(self.line_has_content);
-                self.line_has_content = false;
-            } else if b != b'\r' {
-                self.line_has_content = true;
+            self.line.extend_from_slice(part);
+            if ended {
+                self.end_line(true)?;
             }
+            chunk = rest;
         }
         Ok(())
     }
 
-    fn check_header(&self) -> Result<(), String> {
-        let h = self.header.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&self.header);
-        let h = h.strip_suffix(b"\r").unwrap_or(h);
-        let h = String::from_utf8_lossy(h);
-        if h == PSD_HEADER {
-            return Ok(());
-        }
-        if h.trim().is_empty() {
-            return Err("empty CSV: no header".into());
-        }
-        let got: Vec<&str> = h.split(',').collect();
-        let want: Vec<&str> = PSD_HEADER.split(',').collect();
-        for (i, w) in want.iter().enumerate() {
-            match got.get(i) {
-                Some(g) if g == w => {}
-                Some(g) => return Err(format!("CSV header changed: column {} is {g:?}, expected {w:?}", i + 1)),
-                None => return Err(format!("CSV header changed: {} columns, expected {}", got.len(), want.len())),
+    fn end_line(&mut self, terminated: bool) -> Result<(), String> {
+        self.line_no += 1;
+        let n = self.line_no;
+        let cr = self.line.last() == Some(&b'\r');
+        let line = if cr { &self.line[..self.line.len() - 1] } else { &self.line[..] };
+        if !self.header_done {
+            self.crlf = cr;
+            check_header(line)?;
+            self.header_done = true;
+        } else if !line.is_empty() {
+            if terminated && cr != self.crlf {
+                let (this, header) = if cr { ("CRLF", "LF") } else { ("LF", "CRLF") };
+                return Err(format!("line {n} ends in {this}, the header in {header}"));
             }
+            check_row(line).map_err(|why| format!("line {n}: {why}"))?;
+            self.rows += 1;
         }
-        Err(format!("CSV header changed: {} columns, expected {}", got.len(), want.len()))
+        self.line.clear();
+        Ok(())
     }
 
     fn finish(mut self) -> Result<u64, String> {
-        if !self.header_done {
-            if self.header.is_empty() {
+        if !self.line.is_empty() || !self.header_done {
+            if !self.header_done && self.line.is_empty() {
                 return Err("empty CSV: no header".into());
             }
-            self.check_header()?;
+            self.end_line(false)?;
         }
-        self.rows += u64::from(self.line_has_content);
         if self.rows == 0 {
             return Err("CSV has a header but no data rows".into());
         }
         Ok(self.rows)
     }
+}
+
+fn check_header(line: &[u8]) -> Result<(), String> {
+    let h = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
+    let h = String::from_utf8_lossy(h);
+    if h == PSD_HEADER {
+        return Ok(());
+    }
+    if h.trim().is_empty() {
+        return Err("empty CSV: no header".into());
+    }
+    let got: Vec<&str> = h.split(',').collect();
+    let want: Vec<&str> = PSD_HEADER.split(',').collect();
+    for (i, w) in want.iter().enumerate() {
+        match got.get(i) {
+            Some(g) if g == w => {}
+            Some(g) => return Err(format!("CSV header changed: column {} is {g:?}, expected {w:?}", i + 1)),
+            None => return Err(format!("CSV header changed: {} columns, expected {}", got.len(), want.len())),
+        }
+    }
+    Err(format!("CSV header changed: {} columns, expected {}", got.len(), want.len()))
+}
+
+/// The columns of a PSD row, in header order.
+const COLUMNS: [&str; 12] = [
+    "Commodity_Code", "Commodity_Description", "Country_Code", "Country_Name", "Market_Year", "Calendar_Year", "Month",
+    "Attribute_ID", "Attribute_Description", "Unit_ID", "Unit_Description", "Value",
+];
+
+/// One data row: is it a row raw.psd loads?
+fn check_row(line: &[u8]) -> Result<(), String> {
+    let text = std::str::from_utf8(line).map_err(|e| format!("not UTF-8 (byte {})", e.valid_up_to() + 1))?;
+    let mut fields = [""; 12];
+    let mut n = 0;
+    let mut rest = text;
+    loop {
+        let (field, after) = split_field(rest)?;
+        if n < fields.len() {
+            fields[n] = field;
+        }
+        n += 1;
+        match after {
+            Some(r) => rest = r,
+            None => break,
+        }
+    }
+    if n != COLUMNS.len() {
+        return Err(format!("{n} columns, expected {}", COLUMNS.len()));
+    }
+    let shown = |i: usize| {
+        let v = fields[i];
+        if v.chars().count() > 40 { format!("{:?}…", v.chars().take(40).collect::<String>()) } else { format!("{v:?}") }
+    };
+    for i in [0, 2, 7, 9] {
+        let v = fields[i];
+        if v.is_empty() || v.len() > 16 || !v.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(format!("{} is {}, expected a code of letters and digits", COLUMNS[i], shown(i)));
+        }
+    }
+    for i in [4, 5] {
+        let v = fields[i];
+        if v.len() != 4 || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("{} is {}, expected a 4-digit year", COLUMNS[i], shown(i)));
+        }
+    }
+    let month = fields[6];
+    if month.is_empty() || month.len() > 2 || !month.bytes().all(|b| b.is_ascii_digit()) || month.parse::<u8>().is_ok_and(|m| m > 12) {
+        return Err(format!("Month is {}, expected 0-12", shown(6)));
+    }
+    if !is_number(fields[11]) {
+        return Err(format!("Value is {}, expected a number", shown(11)));
+    }
+    Ok(())
+}
+
+/// The first CSV field of `s` (quotes removed; a quoted field keeps its `""`), and what
+/// follows its comma (`None` at the end of the line).
+fn split_field(s: &str) -> Result<(&str, Option<&str>), String> {
+    if let Some(q) = s.strip_prefix('"') {
+        let bytes = q.as_bytes();
+        let mut i = 0;
+        loop {
+            match bytes.get(i) {
+                None => return Err("a quoted field is not closed".into()),
+                Some(b'"') if bytes.get(i + 1) == Some(&b'"') => i += 2,
+                Some(b'"') => break,
+                Some(_) => i += 1,
+            }
+        }
+        let field = &q[..i];
+        match bytes.get(i + 1) {
+            None => Ok((field, None)),
+            Some(b',') => Ok((field, Some(&q[i + 2..]))),
+            Some(_) => Err("text after a closing quote".into()),
+        }
+    } else {
+        let (field, after) = match s.find(',') {
+            Some(i) => (&s[..i], Some(&s[i + 1..])),
+            None => (s, None),
+        };
+        if field.contains('"') {
+            return Err("a quote inside an unquoted field".into());
+        }
+        Ok((field, after))
+    }
+}
+
+/// A number DuckDB reads as DOUBLE (`-1`, `60500.0000`, `1.5e3`), or empty (NULL).
+fn is_number(v: &str) -> bool {
+    if v.is_empty() {
+        return true;
+    }
+    let v = v.strip_prefix(['-', '+']).unwrap_or(v);
+    let (mantissa, exp) = match v.find(['e', 'E']) {
+        Some(i) => (&v[..i], Some(&v[i + 1..])),
+        None => (v, None),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    let mantissa_ok = digits(int) && digits(frac) && !(int.is_empty() && frac.is_empty());
+    let exp_ok = exp.is_none_or(|e| {
+        let e = e.strip_prefix(['-', '+']).unwrap_or(e);
+        !e.is_empty() && e.len() <= 3 && digits(e)
+    });
+    mantissa_ok && exp_ok && v.len() <= 40
 }
 
 #[cfg(test)]
@@ -342,12 +479,25 @@ mod tests {
         s.finish()
     }
 
+    const ROW: &str = "0711100,\"Coffee, Green\",AG,\"Algeria\",2003,2012,06,029,\"Arabica Production\",02,\"(1000 60 KG BAGS)\",1800.0000";
+
+    fn csv(rows: &[&str], eol: &str) -> String {
+        let mut s = format!("{PSD_HEADER}{eol}");
+        for r in rows {
+            s.push_str(r);
+            s.push_str(eol);
+        }
+        s
+    }
+
     #[test]
     fn csv_scan_checks_header_and_counts_rows_across_chunks() {
         let h = PSD_HEADER.as_bytes();
-        assert_eq!(scan(&[h, b"\r\n1,2\r\n", b"3,4\r\n5"]), Ok(3));
-        assert_eq!(scan(&[&h[..10], &h[10..], b"\n1\n\n"]), Ok(1));
-        assert_eq!(scan(&[b"\xEF\xBB\xBF", h, b"\n1\n"]), Ok(1));
+        let two = csv(&[ROW, ROW], "\r\n");
+        let b = two.as_bytes();
+        assert_eq!(scan(&[&b[..7], &b[7..200], &b[200..]]), Ok(2));
+        assert_eq!(scan(&[&h[..10], &h[10..], format!("\n{ROW}\n\n").as_bytes()]), Ok(1));
+        assert_eq!(scan(&[b"\xEF\xBB\xBF", h, format!("\n{ROW}").as_bytes()]), Ok(1), "no final newline");
         assert_eq!(scan(&[h, b"\r\n"]), Err("CSV has a header but no data rows".into()));
         assert_eq!(scan(&[h]), Err("CSV has a header but no data rows".into()));
         assert_eq!(scan(&[]), Err("empty CSV: no header".into()));
@@ -358,5 +508,44 @@ mod tests {
         );
         let more = format!("{PSD_HEADER},Extra\n1\n");
         assert!(scan(&[more.as_bytes()]).unwrap_err().contains("13 columns, expected 12"));
+    }
+
+    #[test]
+    fn every_row_is_checked_and_the_first_bad_line_is_named() {
+        // Rows the models load: quoted or not, negative, exponent, empty value, month 00.
+        let good = [
+            ROW.to_owned(),
+            ROW.replace("1800.0000", "-3.5"),
+            ROW.replace("1800.0000", "1.5e3"),
+            ROW.replace("1800.0000", ""),
+            ROW.replace(",06,", ",00,"),
+            ROW.replace("\"Algeria\"", "\"Al \"\"x\"\", geria\"").replace("0711100", "\"0711100\""),
+        ];
+        let good: Vec<&str> = good.iter().map(String::as_str).collect();
+        assert_eq!(scan(&[csv(&good, "\n").as_bytes()]), Ok(6));
+        let bad = [
+            (ROW.replace("1800.0000", "n/a"), "line 3: Value is \"n/a\", expected a number"),
+            (ROW.replace("1800.0000", "1,800"), "line 3: 13 columns, expected 12"),
+            (ROW.replace(",2003,", ",03,"), "line 3: Market_Year is \"03\", expected a 4-digit year"),
+            (ROW.replace(",2012,", ",2O12,"), "line 3: Calendar_Year is \"2O12\", expected a 4-digit year"),
+            (ROW.replace(",06,", ",13,"), "line 3: Month is \"13\", expected 0-12"),
+            (ROW.replace("0711100", ""), "line 3: Commodity_Code is \"\", expected a code of letters and digits"),
+            (ROW.replace(",AG,", ",A G,"), "line 3: Country_Code is \"A G\", expected a code of letters and digits"),
+            (ROW.replace("\"Algeria\"", "\"Algeria"), "line 3: text after a closing quote"),
+            (ROW.replace("BAGS)\"", "BAGS)"), "line 3: a quoted field is not closed"),
+            (ROW.replace("\"Algeria\"", "Alg\"eria"), "line 3: a quote inside an unquoted field"),
+            (ROW.replace("\"Algeria\"", "\"Alg\"eria"), "line 3: text after a closing quote"),
+            (ROW.replace(",029,", ",029,x,"), "line 3: 13 columns, expected 12"),
+        ];
+        for (row, want) in bad {
+            assert_eq!(scan(&[csv(&[ROW, &row, ROW], "\n").as_bytes()]), Err(want.to_owned()), "{row}");
+        }
+        let long = ROW.replace("Algeria", &"x".repeat(MAX_LINE));
+        assert_eq!(scan(&[csv(&[ROW, &long], "\n").as_bytes()]), Err(format!("line 3 is longer than {MAX_LINE} bytes")));
+        let mut latin1 = csv(&[ROW], "\n").into_bytes();
+        latin1.extend_from_slice(b"0711100,x,AG,Alg\xe9ria,2003,2012,06,029,x,02,x,1\n");
+        assert_eq!(scan(&[&latin1]), Err("line 3: not UTF-8 (byte 17)".into()));
+        let mixed = format!("{PSD_HEADER}\r\n{ROW}\r\n{ROW}\n{ROW}\r\n");
+        assert_eq!(scan(&[mixed.as_bytes()]), Err("line 3 ends in LF, the header in CRLF".into()));
     }
 }

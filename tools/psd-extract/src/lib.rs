@@ -93,6 +93,25 @@ struct FetchArgs {
     /// The unit's TimeoutStartSec= is set above this and --wait-lock together.
     #[arg(long, value_name = "SECS", default_value_t = 3000)]
     run_timeout: u64,
+
+    /// The largest download accepted, in MiB (the all-commodities zip is about 30 MiB).
+    #[arg(long, value_name = "MIB", default_value_t = 512)]
+    max_download_mib: u64,
+
+    /// The largest CSV accepted once decompressed, in MiB (the all-commodities CSV is
+    /// about 300 MiB): a zip bomb is refused before it fills the disk.
+    #[arg(long, global = true, value_name = "MIB", default_value_t = 4096)]
+    max_csv_mib: u64,
+
+    /// ETags longer than this are neither kept nor sent back (Last-Modified, or the
+    /// content's hash, stands in).
+    #[arg(long, value_name = "BYTES", default_value_t = 256)]
+    max_etag_bytes: usize,
+
+    /// Another host a redirect may lead to (repeatable). Redirects are followed only to
+    /// the base URL's host and these, and never from https to http.
+    #[arg(long, value_name = "HOST")]
+    allow_redirect_host: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -114,7 +133,7 @@ struct ImportArgs {
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     materia_common::init_logging(&cli.common);
     match cli.command {
-        Some(Command::Import(args)) => import(&cli.common, &args),
+        Some(Command::Import(args)) => import(&cli.common, &args, cli.fetch.max_csv_mib << 20),
         None => fetch(&cli.common, &cli.fetch),
     }
 }
@@ -208,9 +227,13 @@ fn fetch(common: &CommonArgs, args: &FetchArgs) -> anyhow::Result<Outcome> {
             base_delay: Duration::from_millis(args.retry_delay_ms),
             budget: Duration::from_secs(args.retry_budget),
             deadline: Instant::now() + Duration::from_secs(args.run_timeout),
+            limits: http::Limits { max_download_bytes: args.max_download_mib << 20, max_etag_bytes: args.max_etag_bytes },
         };
         let landing = prepare_landing(&step.layout)?;
-        let client = http::client(Duration::from_secs(args.timeout))?;
+        check_clock(&step.db, now)?;
+        let mut hosts = args.allow_redirect_host.clone();
+        hosts.extend(reqwest::Url::parse(base).ok().and_then(|u| u.host_str().map(str::to_owned)));
+        let client = http::client(Duration::from_secs(args.timeout), hosts)?;
         let mut sources = Vec::new();
         for file in &args.files {
             if let Some(since) = args.since {
@@ -249,7 +272,7 @@ fn fetch(common: &CommonArgs, args: &FetchArgs) -> anyhow::Result<Outcome> {
                 continue;
             }
             tally.checked += 1;
-            let rec = fetch_one(step, &landing, &client, &policy, src, &download_bar);
+            let rec = fetch_one(step, &landing, &client, &policy, src, &download_bar, args.max_csv_mib << 20);
             bar.inc(1);
             record_fetch(&step.db, step.run_id, &src.url, &rec)?;
             match rec.outcome {
@@ -276,7 +299,7 @@ fn fetch(common: &CommonArgs, args: &FetchArgs) -> anyhow::Result<Outcome> {
     })
 }
 
-fn import(common: &CommonArgs, args: &ImportArgs) -> anyhow::Result<Outcome> {
+fn import(common: &CommonArgs, args: &ImportArgs, max_csv_bytes: u64) -> anyhow::Result<Outcome> {
     let zip = std::fs::File::open(&args.zip).with_context(|| format!("cannot open {}", args.zip.display()))?;
     let abs = std::path::absolute(&args.zip).unwrap_or_else(|_| args.zip.clone());
     let source = match &args.source {
@@ -288,7 +311,7 @@ fn import(common: &CommonArgs, args: &ImportArgs) -> anyhow::Result<Outcome> {
         let landing = prepare_landing(&step.layout)?;
         let origin = land::Origin { source: &source, source_url: &url, month: args.release, etag: None, last_modified: None };
         let mut tally = Tally { checked: 1, downloaded: 0, ..Tally::default() };
-        let result = land::land_zip(&step.db, &landing, step.run_id, zip, &origin)
+        let result = land::land_zip(&step.db, &landing, step.run_id, zip, &origin, max_csv_bytes)
             .with_context(|| format!("importing {}", args.zip.display()));
         let (outcome, file_id) = outcome_of(result);
         let rec = FetchRecord { outcome, status: None, attempts: 1, bytes: None, file_id };
@@ -309,6 +332,21 @@ fn import(common: &CommonArgs, args: &ImportArgs) -> anyhow::Result<Outcome> {
         }
         Ok(tally.report(errors))
     })
+}
+
+/// Refuse to run on a clock that says it is earlier than the newest landed release: it
+/// would file the current release under a past month, for good.
+fn check_clock(db: &StateDb, now: Month) -> anyhow::Result<()> {
+    let newest: Option<String> =
+        db.conn().query_row("SELECT max(release_month) FROM landed_files", [], |r| r.get(0)).map_err(|e| db.err(e))?;
+    if let Some(newest) = newest.and_then(|m| m.parse::<Month>().ok())
+        && now < newest
+    {
+        anyhow::bail!(
+            "the system clock says {now}, before the newest landed release ({newest}): fix the clock (timedatectl) before psd-extract runs; nothing was fetched"
+        );
+    }
+    Ok(())
 }
 
 /// Create the landing dir and clear temp files a killed run left (we hold the lock).
@@ -371,6 +409,7 @@ fn fetch_one(
     policy: &http::RetryPolicy,
     src: &Source,
     bar: &materia_common::ProgressBar,
+    max_csv_bytes: u64,
 ) -> FetchRecord {
     let known = match validators(&step.db, &src.url) {
         Ok(v) => v,
@@ -405,7 +444,7 @@ fn fetch_one(
                 etag: validators.etag.as_deref(),
                 last_modified: validators.last_modified.as_deref(),
             };
-            let (outcome, file_id) = outcome_of(land::land_zip(&step.db, landing, step.run_id, file, &origin));
+            let (outcome, file_id) = outcome_of(land::land_zip(&step.db, landing, step.run_id, file, &origin, max_csv_bytes));
             rec.file_id = file_id;
             match outcome {
                 FetchOutcome::Failed(_) => outcome,

@@ -668,3 +668,52 @@ fn session_properties_apply_to_their_model_only() {
     let after = env.rows("SELECT threads FROM staging.after");
     assert_ne!(after, ["7"], "reset after the model that set it");
 }
+
+#[test]
+fn model_sql_is_sandboxed() {
+    let (a, _) = two_releases();
+    let mut env = Env::new();
+    env.land("psd/2024/01/a.csv.gzip", &a);
+    let models = env.own_models();
+    assert_eq!(env.run(&["run"]).code, 0);
+    let before = env.snapshot();
+    let secret = env.root.join("secret.duckdb");
+    std::fs::write(env.root.join("secret.txt"), "s3cret").unwrap();
+    let landing = env.data.join("landing");
+    let evil = models.join("staging_evil.sql");
+
+    // A model is one query: a second statement is refused before anything runs.
+    for second in [
+        "COMMIT".to_owned(),
+        format!("COPY (SELECT 1) TO '{}/psd/2024/01/evil.csv.gzip'", landing.display()),
+        format!("ATTACH '{}' AS s", secret.display()),
+        "SET enable_external_access = true".to_owned(),
+    ] {
+        std::fs::write(&evil, format!("MODEL (name staging.evil, kind FULL);\nSELECT 1 AS x;\n{second}")).unwrap();
+        let run = env.run(&["run"]);
+        assert_eq!(run.code, 2, "{second}: {run:?}");
+        assert!(run.error_line().contains("staging_evil.sql:3: a model or audit is one SQL query"), "{}", run.error_line());
+    }
+    // Nor may its settings open the sandbox.
+    std::fs::write(&evil, "MODEL (name staging.evil, kind FULL, session_properties (enable_external_access = true));\nSELECT 1 AS x").unwrap();
+    let run = env.run(&["run"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.error_line().contains("enable_external_access is not a tuning setting a model may change"), "{}", run.error_line());
+
+    // One query that reads outside the landing dir fails the run, named, rolled back.
+    for read in [
+        format!("SELECT * FROM read_text('{}')", env.root.join("secret.txt").display()),
+        format!("SELECT * FROM read_csv('{}/../secret.txt')", landing.display()),
+        "SELECT count(*) AS n FROM read_blob('/etc/hostname')".to_owned(),
+    ] {
+        std::fs::write(&evil, format!("MODEL (name staging.evil, kind FULL);\n{read}")).unwrap();
+        let run = env.run(&["run"]);
+        assert_eq!(run.code, 1, "{read}: {run:?}");
+        let line = run.error_line();
+        assert!(line.contains("building staging.evil") && line.contains("file system operations are disabled"), "{line}");
+    }
+    std::fs::remove_file(&evil).unwrap();
+    assert_eq!(env.snapshot(), before, "nothing changed");
+    assert!(!landing.join("psd/2024/01/evil.csv.gzip").exists() && !secret.exists());
+    assert_eq!(env.run(&["run"]).code, 3, "the landing dir is still readable: nothing new");
+}

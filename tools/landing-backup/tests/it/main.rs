@@ -336,6 +336,41 @@ fn the_fs_backend_backs_up_verifies_and_repairs() {
     let _ = Path::new("");
 }
 
+#[test]
+fn the_fs_backend_never_leaves_a_short_object() {
+    let env = Env::new();
+    // Big enough that the kill lands while it is written or fsynced.
+    let big: Vec<u8> = (0..48u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    env.land("psd/2024/01/big.csv.gzip", &big);
+    let dest: PathBuf = env.root.join("backup");
+    let target = format!("fs:{}", dest.display());
+    let mut c = Command::new(env!("CARGO_BIN_EXE_landing-backup"));
+    for v in ["MATERIA_DATA_DIR", "MATERIA_STATE_DB", "BACKUP_TARGET", "RUST_LOG"] {
+        c.env_remove(v);
+    }
+    let mut child = c.arg("--data-dir").arg(&env.data).args(["--target", &target]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let tmp = dest.join(".materia-tmp");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::fs::read_dir(&tmp).is_ok_and(|mut d| d.next().is_some()) && child.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "the upload did not start");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let object = dest.join("psd/2024/01/big.csv.gzip");
+    if let Ok(m) = std::fs::metadata(&object) {
+        assert_eq!(m.len(), big.len() as u64, "an object under its final name is complete");
+    }
+    // A stale temp file (a killed run's) is swept, never taken for an object.
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::write(tmp.join("psd-2024-01-x.csv.gzip.tmp"), b"short").unwrap();
+    let run = env.run(&target, None, &["--verify"]);
+    assert!(run.code == 0 || run.code == 3, "{run:?}");
+    assert_eq!(std::fs::read(&object).unwrap(), big);
+    assert!(std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0) == 0, "swept");
+    assert_eq!(env.run(&target, None, &["--verify"]).code, 3, "backed up, verified, nothing differs");
+}
+
 /// The state DB inside a gzipped snapshot: its runs' tools.
 fn snapshot_runs(gz: &[u8], dir: &Path) -> Vec<String> {
     let mut db = Vec::new();

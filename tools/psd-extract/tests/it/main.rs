@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use server::{Fault, Route, Server};
 use support::*;
+use materia_common::Month;
 
 const COFFEE: &str = "/downloads/psd_coffee_csv.zip";
 
@@ -257,6 +258,139 @@ fn each_landing_is_signalled_as_it_lands() {
     child.wait().unwrap();
     assert_eq!(env.landed(), ["psd/2024/01/a1_0.csv.gzip"]);
     assert!(env.data.join("triggers/landing.updated").exists(), "signalled before the run ended");
+}
+
+/// A release whose CSV is `psd_csv(rows)` with line `line` (1-based, the header is 1)
+/// replaced by `bad`.
+fn release_with_line(rows: usize, line: usize, bad: &str) -> Vec<u8> {
+    let csv = String::from_utf8(psd_csv(rows, "x")).unwrap();
+    let mut lines: Vec<String> = csv.split("\r\n").map(str::to_owned).collect();
+    lines[line - 1] = bad.to_owned();
+    zip_of(&[("psd_coffee.csv", lines.join("\r\n").as_bytes())])
+}
+
+#[test]
+fn a_release_the_models_cannot_load_never_lands() {
+    let row = "0711100,\"Coffee, Green\",BR,Brazil,2001,2022,12,028,Production,02,\"(1000 60 KG BAGS)\"";
+    let long = format!("{row},1.0{}", "0".repeat(3 << 20));
+    let cases = [
+        (format!("{row},n/a"), "line 7: Value is \"n/a\", expected a number"),
+        (format!("{row},1.0,extra"), "line 7: 13 columns, expected 12"),
+        (row.replace(",2001,", ",201,") + ",1.0", "line 7: Market_Year is \"201\", expected a 4-digit year"),
+        (long, "line 7 is longer than 4096 bytes"),
+    ];
+    for (bad, why) in cases {
+        let s = Server::start();
+        s.set(COFFEE, Route::new(release_with_line(20, 7, &bad), "\"bad\""));
+        let env = Env::new();
+        let run = env.fetch(&s.url(), &[]);
+        assert_eq!(run.code, 5, "{why}: {run:?}");
+        assert!(run.error_line().contains(why), "{}", run.error_line());
+        assert!(env.landed().is_empty(), "{why}");
+        assert!(!env.data.join("triggers/landing.updated").exists());
+        let detail: String = env.db().query_row("SELECT detail FROM fetches WHERE outcome = 'failed'", [], |r| r.get(0)).unwrap();
+        assert!(detail.contains(why), "recorded with the line and why: {detail}");
+        // Nothing is remembered of it: the next run asks again (USDA may fix it).
+        assert_eq!(env.count("SELECT count(*) FROM http_validators WHERE etag IS NOT NULL"), 0);
+    }
+}
+
+#[test]
+fn size_limits_refuse_a_huge_download_or_a_zip_bomb() {
+    // A body larger than --max-download-mib, announced by Content-Length: refused unread.
+    let s = Server::start();
+    s.set(COFFEE, Route::new(vec![b'x'; 3 << 20], "\"big\""));
+    let env = Env::new();
+    let run = env.fetch(&s.url(), &["--max-download-mib", "1"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    assert!(run.error_line().contains("over the limit of 1048576 (--max-download-mib)"), "{}", run.error_line());
+    assert_eq!(s.requests_to(COFFEE).len(), 1, "not retried");
+    // The same without Content-Length (a lying one): counted as it arrives.
+    s.set_always(COFFEE, Some(Fault::DeclareLength(10)));
+    let run = env.fetch(&s.url(), &["--max-download-mib", "1"]);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(env.landed().is_empty());
+
+    // A zip whose CSV inflates past --max-csv-mib: refused as it streams, nothing written.
+    let bomb = zip_of(&[("psd_coffee.csv", &psd_csv(30_000, "bomb"))]);
+    assert!(bomb.len() < 1 << 20 && psd_csv(30_000, "bomb").len() > 2 << 20);
+    let s = Server::start();
+    s.set(COFFEE, Route::new(bomb, "\"bomb\""));
+    let env = Env::new();
+    let run = env.fetch(&s.url(), &["--max-csv-mib", "2"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    assert!(run.error_line().contains("(--max-csv-mib)"), "{}", run.error_line());
+    assert!(env.landed().is_empty(), "no temp file either: {:?}", env.landed());
+    assert_eq!(env.fetch(&s.url(), &[]).code, 0, "within the default limit it lands");
+}
+
+#[test]
+fn a_long_etag_is_neither_kept_nor_sent_back() {
+    let s = Server::start();
+    let etag = format!("\"{}\"", "e".repeat(300));
+    let mut route = Route::new(psd_zip(10, "long"), &etag);
+    route.last_modified = Some("Wed, 21 Oct 2026 07:28:00 GMT".into());
+    s.set(COFFEE, route);
+    let env = Env::new();
+    let run = env.fetch(&s.url(), &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("an ETag of 302 bytes is not kept"), "{}", run.stderr);
+    assert!(env.landed()[0].contains("/sha256-"), "named by content: {:?}", env.landed());
+    assert_eq!(env.count("SELECT count(*) FROM http_validators WHERE etag IS NULL AND last_modified IS NOT NULL"), 1);
+    let again = env.fetch(&s.url(), &[]);
+    assert_eq!(again.code, 3, "{again:?}");
+    let second = s.requests_to(COFFEE).pop().unwrap();
+    assert!(!second.headers.contains_key("if-none-match") && second.headers.contains_key("if-modified-since"), "{:?}", second.headers);
+}
+
+#[test]
+fn redirects_stay_on_the_host() {
+    let s = psd_server();
+    // To the same host: followed.
+    s.set("/downloads/moved.zip", Route::new(Vec::new(), "\"m\""));
+    s.set_always("/downloads/moved.zip", Some(Fault::Redirect(format!("{}{COFFEE}", s.url()))));
+    let env = Env::new();
+    let run = env.fetch(&s.url(), &["--file", "moved.zip"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(env.landed().len(), 1);
+    // To another host (the same server, named otherwise): refused, recorded, not retried.
+    let port = s.url().rsplit(':').next().unwrap().to_owned();
+    s.set_always("/downloads/moved.zip", Some(Fault::Redirect(format!("http://localhost:{port}{COFFEE}"))));
+    let env = Env::new();
+    let run = env.fetch(&s.url(), &["--file", "moved.zip"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.error_line().contains("a redirect to another host (localhost) is refused"), "{}", run.error_line());
+    assert!(env.landed().is_empty());
+    // Unless allowed.
+    let run = env.fetch(&s.url(), &["--file", "moved.zip", "--allow-redirect-host", "localhost"]);
+    assert_eq!(run.code, 0, "{run:?}");
+}
+
+#[test]
+fn a_wrong_clock_never_dates_a_release() {
+    // This machine's clock days off the server's Date: nothing lands.
+    let s = Server::start();
+    let mut route = Route::new(psd_zip(10, "clock"), "\"c\"");
+    route.date = Some(httpdate::fmt_http_date(std::time::SystemTime::now() - Duration::from_secs(3 * 86_400)));
+    s.set(COFFEE, route.clone());
+    let env = Env::new();
+    let run = env.fetch(&s.url(), &[]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.error_line().contains("this machine's clock is 72 hours off the server's"), "{}", run.error_line());
+    assert!(env.landed().is_empty());
+    // In step with the server: it lands.
+    route.date = Some(httpdate::fmt_http_date(std::time::SystemTime::now()));
+    s.set(COFFEE, route);
+    assert_eq!(env.fetch(&s.url(), &[]).code, 0);
+
+    // A clock before the newest landed release (here: a release landed for a later month).
+    let later = format!("{}-12", Month::current_utc().year() + 1);
+    let zip = env.root.join("later.zip");
+    std::fs::write(&zip, psd_zip(5, "later")).unwrap();
+    assert_eq!(env.run(&["import", zip.to_str().unwrap(), "--release", &later]).code, 0);
+    let run = env.fetch(&s.url(), &[]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.error_line().contains(&format!("before the newest landed release ({later})")), "{}", run.error_line());
 }
 
 #[test]

@@ -23,6 +23,8 @@ pub enum Fault {
     Drip { chunk: usize, pause: Duration },
     /// Send the headers and 100 body bytes, then go silent for this long, then close.
     Stall(Duration),
+    /// Answer 302 with this Location.
+    Redirect(String),
 }
 
 /// What a path serves.
@@ -32,6 +34,8 @@ pub struct Route {
     /// Raw ETag header bytes, sent as-is.
     pub etag: Option<Vec<u8>>,
     pub last_modified: Option<String>,
+    /// A `Date` header (the server's clock), if any.
+    pub date: Option<String>,
     /// Applied one per request, in order.
     pub faults: VecDeque<Fault>,
     /// Applied to every request once `faults` is empty.
@@ -164,6 +168,7 @@ fn handle(shared: &Shared, mut conn: TcpStream) -> std::io::Result<()> {
     let status = match (&route, &fault) {
         (None, _) => 404,
         (_, Some(Fault::Status(s, _))) => *s,
+        (_, Some(Fault::Redirect(_))) => 302,
         (Some(r), _) if is_fresh(r, &headers) => 304,
         _ => 200,
     };
@@ -173,6 +178,9 @@ fn handle(shared: &Shared, mut conn: TcpStream) -> std::io::Result<()> {
     let Some(route) = route.filter(|_| status == 200 || status == 304) else {
         if let Some(Fault::Status(_, Some(ra))) = &fault {
             head.extend_from_slice(format!("Retry-After: {ra}\r\n").as_bytes());
+        }
+        if let Some(Fault::Redirect(to)) = &fault {
+            head.extend_from_slice(format!("Location: {to}\r\n").as_bytes());
         }
         head.extend_from_slice(b"Content-Length: 0\r\n\r\n");
         return conn.write_all(&head);
@@ -184,6 +192,9 @@ fn handle(shared: &Shared, mut conn: TcpStream) -> std::io::Result<()> {
     }
     if let Some(lm) = &route.last_modified {
         head.extend_from_slice(format!("Last-Modified: {lm}\r\n").as_bytes());
+    }
+    if let Some(date) = &route.date {
+        head.extend_from_slice(format!("Date: {date}\r\n").as_bytes());
     }
     if status == 304 {
         head.extend_from_slice(b"\r\n");
@@ -237,6 +248,7 @@ fn is_fresh(r: &Route, headers: &HashMap<String, String>) -> bool {
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        302 => "Found",
         304 => "Not Modified",
         404 => "Not Found",
         429 => "Too Many Requests",
