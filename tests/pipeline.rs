@@ -167,4 +167,17 @@ fn what_psd_extract_lands_the_models_load() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("line {}: Value is \"1.5e3x\", expected a number", 77_957 + 3)), "{stderr}");
     assert!(!data.join("landing/psd/2023").exists());
+
+    // The operator sets the landed file aside; materia-status shows it.
+    let landed: String = db.query_row("SELECT path FROM landed_files", [], |r| r.get(0)).unwrap();
+    let tool = |name: &str, args: &[&str]| {
+        Command::new(bin_dir().join(name)).arg("--data-dir").arg(&data).args(args).env_remove("MATERIA_DATA_DIR").env("SUDO_USER", "ops").output().unwrap()
+    };
+    let q = tool("lake-transform", &["quarantine", &landed, "--reason", "checking a revision"]);
+    assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&tool("materia-status", &["--json"]).stdout).unwrap();
+    assert_eq!(status["quarantined"][0]["path"], landed.as_str());
+    assert_eq!((status["quarantined"][0]["reason"].as_str(), status["quarantined"][0]["by"].as_str()), (Some("checking a revision"), Some("ops")));
+    let table = String::from_utf8(tool("materia-status", &[]).stdout).unwrap();
+    assert!(table.contains(&format!("quarantined: {landed} (checking a revision, by ops at ")), "{table}");
 }

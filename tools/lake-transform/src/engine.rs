@@ -128,13 +128,31 @@ fn read_state(conn: &Connection) -> anyhow::Result<EngineState> {
 }
 
 /// Decide what a run would do. Reads the lakehouse (if `conn` is given) and the
-/// landing dir; writes nothing.
-pub fn plan(project: &Project, conn: Option<&Connection>, landing: &Path, rebuild: bool) -> anyhow::Result<Vec<Step>> {
+/// landing dir; writes nothing. Files in `quarantined` (relative to the landing dir)
+/// are left out; one that was loaded already makes the run a rebuild without it (which
+/// rows downstream came from it is not tracked; a rebuild equals the incremental path).
+pub fn plan(
+    project: &Project,
+    conn: Option<&Connection>,
+    landing: &Path,
+    rebuild: bool,
+    quarantined: &HashSet<String>,
+) -> anyhow::Result<Vec<Step>> {
     let (state, ledger) = match conn {
         Some(c) => read_state(c)?,
         None => Default::default(),
     };
-    if !rebuild {
+    let mut set_aside: Vec<&str> = ledger.values().flatten().map(|e| e.path.as_str()).filter(|p| quarantined.contains(*p)).collect();
+    set_aside.sort_unstable();
+    set_aside.dedup();
+    let rebuild_why = if rebuild {
+        Some("--rebuild".to_owned())
+    } else if !set_aside.is_empty() {
+        Some(format!("quarantined since loaded: {}", set_aside.join(", ")))
+    } else {
+        None
+    };
+    if rebuild_why.is_none() {
         check_ledger(&ledger, landing)?;
     }
     let mut changed: HashSet<&str> = HashSet::new(); // models whose data changes in this run
@@ -148,8 +166,8 @@ pub fn plan(project: &Project, conn: Option<&Connection>, landing: &Path, rebuil
             waiting.insert(&m.name);
             (Action::Skip, format!("waiting for {w}"), Vec::new())
         } else {
-            let why_build = if rebuild {
-                Some("--rebuild".to_owned())
+            let why_build = if let Some(why) = &rebuild_why {
+                Some(why.clone())
             } else if prev.is_none() {
                 Some("new model".to_owned())
             } else if prev.is_some_and(|p| &p.fingerprint != fp) {
@@ -160,24 +178,27 @@ pub fn plan(project: &Project, conn: Option<&Connection>, landing: &Path, rebuil
             let ran_up = ups.iter().find(|u| changed.contains(u.as_str()));
             match &m.kind {
                 Kind::LandingIngest { pattern } => {
-                    let files = glob(landing, pattern)?;
+                    let matched = glob(landing, pattern)?;
+                    let aside = matched.iter().filter(|f| quarantined.contains(&f.rel)).count();
+                    let files: Vec<LandingFile> = matched.into_iter().filter(|f| !quarantined.contains(&f.rel)).collect();
                     let loaded: HashSet<&str> =
                         ledger.get(&m.name).map(|l| l.iter().map(|e| e.path.as_str()).collect()).unwrap_or_default();
                     let new: Vec<LandingFile> = files.iter().filter(|f| !loaded.contains(f.rel.as_str())).cloned().collect();
+                    let aside = if aside > 0 { format!(" ({aside} quarantined)") } else { String::new() };
                     match why_build {
                         Some(_) if files.is_empty() => {
                             waiting.insert(&m.name);
-                            (Action::Skip, format!("no landing files match {pattern} yet"), Vec::new())
+                            (Action::Skip, format!("no landing files match {pattern} yet{aside}"), Vec::new())
                         }
                         Some(why) => {
                             let n = files.len();
-                            (Action::Build, format!("{why}: loading {n} file{}", if n == 1 { "" } else { "s" }), files)
+                            (Action::Build, format!("{why}: loading {n} file{}{aside}", if n == 1 { "" } else { "s" }), files)
                         }
                         None if !new.is_empty() => {
                             let n = new.len();
-                            (Action::Append(new), format!("{n} new landing file{}", if n == 1 { "" } else { "s" }), Vec::new())
+                            (Action::Append(new), format!("{n} new landing file{}{aside}", if n == 1 { "" } else { "s" }), Vec::new())
                         }
-                        None => (Action::Skip, "no new landing files".into(), Vec::new()),
+                        None => (Action::Skip, format!("no new landing files{aside}"), Vec::new()),
                     }
                 }
                 Kind::View => match why_build {
@@ -392,6 +413,7 @@ pub fn run(project: &Project, conn: &Connection, steps: &[Step], run_id: i64) ->
 
 fn run_in_tx(project: &Project, conn: &Connection, steps: &[Step], run_id: i64, out: &mut RunOutcome) -> anyhow::Result<()> {
     conn.execute_batch(STATE_DDL).context("creating the _materia state tables")?;
+    let mut loaded_now: Vec<String> = Vec::new(); // landing files this run loaded
     for step in steps {
         let m = project.model(&step.model).ok_or_else(|| anyhow!("no model {}", step.model))?;
         if step.action == Action::Skip {
@@ -417,11 +439,12 @@ fn run_in_tx(project: &Project, conn: &Connection, steps: &[Step], run_id: i64, 
             Some(conn.query_row(&format!("SELECT count(*) FROM {}", m.name), [], |r| r.get(0))?)
         };
         record_model(conn, m, &project.fingerprints[&m.name], rows, run_id, &loaded)?;
+        loaded_now.extend(loaded.iter().map(|(f, _)| f.rel.clone()));
         let duration_ms = start.elapsed().as_millis() as u64;
         log::info!("{}: {} ({}){}", m.name, step.action.label(), step.reason, rows.map(|r| format!(", {r} rows")).unwrap_or_default());
         out.models.push(ModelResult { model: m.name.clone(), action: step.action.label(), reason: step.reason.clone(), rows, duration_ms });
         let t = Instant::now();
-        run_audits(project, conn, m, audited, out)?;
+        run_audits(project, conn, m, audited, &loaded_now, out)?;
         log::debug!("{}: audits in {:?}", m.name, t.elapsed());
         if batch {
             conn.execute_batch(&format!("DROP TABLE {BATCH}"))?;
@@ -464,6 +487,32 @@ fn with_session_properties<T>(conn: &Connection, m: &Model, f: impl FnOnce() -> 
 
 /// The temp table holding an append's or a merge's new rows.
 const BATCH: &str = "__materia_batch";
+
+/// The landed files a failing audit's rows come from: their `file` column when they
+/// have one; else the files this run loaded for the months in their `release` column;
+/// else every file this run loaded (at most 5 named).
+fn blame(conn: &Connection, audit_sql: &str, loaded_now: &[String]) -> Vec<String> {
+    let strings = |sql: String| -> Option<Vec<String>> {
+        let mut st = conn.prepare(&sql).ok()?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0)).ok()?;
+        rows.collect::<Result<Vec<_>, _>>().ok()
+    };
+    if let Some(files) = strings(format!("SELECT DISTINCT CAST(file AS VARCHAR) FROM ({audit_sql}) WHERE file IS NOT NULL ORDER BY 1 LIMIT 5"))
+        && !files.is_empty()
+    {
+        return files;
+    }
+    let mut files: Vec<String> = loaded_now.to_vec();
+    if let Some(months) = strings(format!("SELECT DISTINCT strftime(CAST(release AS DATE), '/%Y/%m/') FROM ({audit_sql}) WHERE release IS NOT NULL"))
+        && !months.is_empty()
+    {
+        files.retain(|f| months.iter().any(|m| format!("/{f}").contains(m.as_str())));
+    }
+    files.sort();
+    files.dedup();
+    files.truncate(5);
+    files
+}
 
 /// Close the connection to the outside before any model runs: DuckDB may then read
 /// files only under `readable` (the landing dir), and write none but its own database
@@ -592,7 +641,7 @@ fn record_model(conn: &Connection, m: &Model, fp: &str, rows: Option<i64>, run_i
     Ok(())
 }
 
-fn run_audits(project: &Project, conn: &Connection, m: &Model, table: &str, out: &mut RunOutcome) -> anyhow::Result<()> {
+fn run_audits(project: &Project, conn: &Connection, m: &Model, table: &str, loaded_now: &[String], out: &mut RunOutcome) -> anyhow::Result<()> {
     for call in &m.audits {
         let a = audit::resolve(call, table, project.audits.get(&call.name))
             .map_err(|e| materia_common::exit::Usage(format!("{}:{}: {e}", m.path.display(), call.line)))?;
@@ -618,7 +667,13 @@ fn run_audits(project: &Project, conn: &Connection, m: &Model, table: &str, out:
                 res.sample.first().map(String::as_str).unwrap_or("")
             );
             if a.blocking {
-                return Err(BadInput(format!("{msg}; the run was rolled back")).into());
+                let files = blame(conn, &a.sql, loaded_now);
+                let hint = match files.as_slice() {
+                    [] => String::new(),
+                    [one] => format!("; its rows come from {one} (set it aside: lake-transform quarantine {one} --reason '...')"),
+                    many => format!("; its rows come from {} (set one aside: lake-transform quarantine FILE --reason '...')", many.join(", ")),
+                };
+                return Err(BadInput(format!("{msg}; the run was rolled back{hint}")).into());
             }
             log::warn!("{msg} (not blocking)");
         }

@@ -12,6 +12,7 @@ pub mod audit;
 pub mod engine;
 pub mod model;
 pub mod project;
+pub mod quarantine;
 pub mod unittest;
 
 use std::path::{Path, PathBuf};
@@ -68,6 +69,18 @@ enum Command {
         /// Only the tests whose name contains this.
         filter: Option<String>,
     },
+    /// Set a landed file aside: every run and rebuild leave it out (it stays in the
+    /// landing dir) until `--undo`. Without FILE: list the files set aside.
+    Quarantine {
+        /// The landed file, relative to the landing dir (psd/2024/01/x.csv.gzip).
+        file: Option<String>,
+        /// Why (recorded with who and when).
+        #[arg(long, value_name = "TEXT", requires = "file")]
+        reason: Option<String>,
+        /// Take the file back: the next run loads it again.
+        #[arg(long, requires = "file")]
+        undo: bool,
+    },
 }
 
 /// Run the tool.
@@ -81,7 +94,53 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Run { rebuild } => run_models(&cli.common, models, rebuild),
         Command::Plan { rebuild } => plan(&cli.common, &models()?, rebuild),
         Command::Test { filter } => test(&models()?, filter.as_deref()),
+        Command::Quarantine { file, reason, undo } => quarantine_cmd(&cli.common, file.as_deref(), reason.as_deref(), undo),
     }
+}
+
+fn quarantine_cmd(common: &CommonArgs, file: Option<&str>, reason: Option<&str>, undo: bool) -> anyhow::Result<Outcome> {
+    let layout = common.layout();
+    let Some(file) = file else {
+        if !layout.state_db().exists() {
+            return Ok(Outcome::Unchanged);
+        }
+        let db = materia_common::StateDb::open_read_only(layout.state_db())?;
+        for (path, e) in quarantine::active(&db)? {
+            println!("{path}\t{}\t{}\t{}", e.at, e.by, e.reason);
+        }
+        return Ok(Outcome::Changed);
+    };
+    if !undo && reason.is_none_or(|r| r.trim().is_empty()) {
+        return Err(materia_common::exit::Usage("quarantine FILE needs --reason TEXT (recorded with who and when)".into()).into());
+    }
+    let landing = std::path::absolute(layout.landing())?;
+    let rel = quarantine::landing_path(&landing, file)?;
+    if !undo && !landing.join(&rel).is_file() {
+        return Err(materia_common::exit::Usage(format!("{rel} is not a file in {}", landing.display())).into());
+    }
+    let by = quarantine::who();
+    let reason = reason.unwrap_or("").to_owned();
+    // Under the transform's lock: a run sees the file in or out, never half.
+    materia_common::run_step(TOOL, common, |step| {
+        let (done, summary) = if undo {
+            let done = quarantine::release(&step.db, &rel, &reason, &by)?;
+            (done, if done { format!("{rel} taken back by {by}: the next run loads it") } else { format!("{rel} was not quarantined") })
+        } else {
+            let done = quarantine::add(&step.db, &rel, &reason, &by, step.run_id)?;
+            (done, if done { format!("{rel} quarantined by {by}: {reason}") } else { format!("{rel} is quarantined already") })
+        };
+        log::info!("{summary}");
+        let outcome = if done { Outcome::Changed } else { Outcome::Unchanged };
+        Ok(Report { outcome, summary, stats: serde_json::json!({"file": rel, "undo": undo}), failure: None })
+    })
+}
+
+/// The files set aside, from the state DB (none when it does not exist yet).
+fn quarantined(layout: &Layout) -> anyhow::Result<std::collections::BTreeMap<String, quarantine::Entry>> {
+    if !layout.state_db().exists() {
+        return Ok(Default::default());
+    }
+    quarantine::active(&materia_common::StateDb::open_read_only(layout.state_db())?)
 }
 
 fn test(models: &Path, filter: Option<&str>) -> anyhow::Result<Outcome> {
@@ -145,7 +204,11 @@ fn plan(common: &CommonArgs, models: &Path, rebuild: bool) -> anyhow::Result<Out
     } else {
         None
     };
-    let steps = engine::plan(&project, conn.as_ref(), &layout.landing(), rebuild)?;
+    let aside = quarantined(&layout)?;
+    let steps = engine::plan(&project, conn.as_ref(), &layout.landing(), rebuild, &aside.keys().cloned().collect())?;
+    for (path, e) in &aside {
+        println!("quarantined\t{path}\t{} by {} at {}", e.reason, e.by, e.at);
+    }
     for s in &steps {
         let what = match &s.action {
             Action::Append(files) => format!("append {}", files.iter().map(|f| f.rel.as_str()).collect::<Vec<_>>().join(" ")),
@@ -170,7 +233,8 @@ fn run_models(common: &CommonArgs, models: impl FnOnce() -> anyhow::Result<PathB
         let landing = std::path::absolute(step.layout.landing())?;
         engine::sandbox(&conn, &landing)?;
         let t = std::time::Instant::now();
-        let steps = engine::plan(&project, Some(&conn), &landing, rebuild)?;
+        let aside = quarantine::active(&step.db)?;
+        let steps = engine::plan(&project, Some(&conn), &landing, rebuild, &aside.keys().cloned().collect())?;
         log::debug!("planned in {:?}", t.elapsed());
         if steps.iter().all(|s| s.action == Action::Skip) {
             let summary = format!("nothing to do: {} models unchanged", steps.len());

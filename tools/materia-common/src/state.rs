@@ -170,6 +170,22 @@ const MIGRATIONS: &[&str] = &[
         seen_at TEXT NOT NULL
     );
     "#,
+    // 6: landed files an operator set aside (lake-transform quarantine): every run and
+    // rebuild leaves them out until released. Written by lake-transform, read by
+    // materia-status (a documented contract: README, "lake-transform").
+    r#"
+    CREATE TABLE quarantine (
+        path           TEXT    NOT NULL,     -- relative to landing/
+        reason         TEXT    NOT NULL,
+        quarantined_by TEXT    NOT NULL,
+        quarantined_at TEXT    NOT NULL,
+        run_id         INTEGER NOT NULL REFERENCES runs (run_id),
+        released_by    TEXT,
+        released_at    TEXT,
+        release_reason TEXT
+    );
+    CREATE UNIQUE INDEX quarantine_active ON quarantine (path) WHERE released_at IS NULL;
+    "#,
 ];
 
 /// SQL for "now" as stored everywhere: UTC, ISO 8601, milliseconds.
@@ -412,7 +428,7 @@ mod tests {
         let err = StateDb::open(&path).unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("state DB {}: schema version 999 is newer than this tool knows (5); upgrade the tool", path.display())
+            format!("state DB {}: schema version 999 is newer than this tool knows (6); upgrade the tool", path.display())
         );
     }
 }

@@ -12,11 +12,12 @@ use serde_json::{Value, json};
 /// The tool's name.
 pub const TOOL: &str = "materia-status";
 
-/// The steps, in pipeline order, with the timer that schedules each (if any).
+/// The steps, in pipeline order, with the timer that schedules each (the transform's and
+/// the export's are their catch-up timers; their path units start them on triggers).
 const STEPS: &[(&str, Option<&str>)] = &[
     ("psd-extract", Some("psd-extract.timer")),
-    ("lake-transform", None),
-    ("serve-export", None),
+    ("lake-transform", Some("lake-transform.timer")),
+    ("serve-export", Some("serve-export.timer")),
     ("landing-backup", Some("landing-backup.timer")),
     ("tag-deploy", Some("tag-deploy.timer")),
 ];
@@ -50,7 +51,16 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Some(db) => backup_lag(db)?,
         None => Value::Null,
     };
-    let report = json!({"state_db": layout.state_db().display().to_string(), "steps": steps, "backup_lag_files": backup_lag});
+    let quarantined = match &db {
+        Some(db) => quarantined(db)?,
+        None => json!([]),
+    };
+    let report = json!({
+        "state_db": layout.state_db().display().to_string(),
+        "steps": steps,
+        "backup_lag_files": backup_lag,
+        "quarantined": quarantined,
+    });
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -97,6 +107,28 @@ fn backup_lag(db: &StateDb) -> anyhow::Result<Value> {
     Ok(json!(n))
 }
 
+/// Landed files an operator set aside (`lake-transform quarantine`): lake-transform's
+/// `quarantine` table, read as its documented contract (README, "lake-transform").
+fn quarantined(db: &StateDb) -> anyhow::Result<Value> {
+    let exists: bool = db
+        .conn()
+        .query_row("SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'quarantine'", [], |r| r.get(0))
+        .map_err(|e| db.err(e))?;
+    if !exists {
+        return Ok(json!([]));
+    }
+    let mut st = db
+        .conn()
+        .prepare("SELECT path, reason, quarantined_by, quarantined_at FROM quarantine WHERE released_at IS NULL ORDER BY path")
+        .map_err(|e| db.err(e))?;
+    let rows = st
+        .query_map([], |r| {
+            Ok(json!({"path": r.get::<_, String>(0)?, "reason": r.get::<_, String>(1)?, "by": r.get::<_, String>(2)?, "at": r.get::<_, String>(3)?}))
+        })
+        .map_err(|e| db.err(e))?;
+    Ok(Value::Array(rows.collect::<Result<_, _>>().map_err(|e| db.err(e))?))
+}
+
 /// When systemd next fires `timer`, if systemd runs the timers here.
 fn next_elapse(timer: &str) -> Option<String> {
     let out = std::process::Command::new("systemctl")
@@ -135,6 +167,10 @@ fn print_table(report: &Value, tty: bool) {
     println!("{}", line(head));
     for r in &rows {
         println!("{}", line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]));
+    }
+    for q in report["quarantined"].as_array().into_iter().flatten() {
+        let t = |k: &str| q[k].as_str().unwrap_or("?").to_owned();
+        println!("quarantined: {} ({}, by {} at {})", t("path"), t("reason"), t("by"), t("at"));
     }
     match report["backup_lag_files"].as_i64() {
         Some(n) => println!("backup lag: {n} landed file(s) not yet backed up"),

@@ -717,3 +717,60 @@ fn model_sql_is_sandboxed() {
     assert!(!landing.join("psd/2024/01/evil.csv.gzip").exists() && !secret.exists());
     assert_eq!(env.run(&["run"]).code, 3, "the landing dir is still readable: nothing new");
 }
+
+#[test]
+fn a_quarantined_file_is_left_out_of_every_run_until_taken_back() {
+    let (a, b) = two_releases();
+    let env = Env::new();
+    env.land("psd/2024/01/a.csv.gzip", &a);
+    assert_eq!(env.run(&["run"]).code, 0);
+    // USDA ships duplicate keys: a blocking audit fails and names the file to set aside.
+    let text = String::from_utf8(a.clone()).unwrap();
+    let last = text.trim_end().lines().last().unwrap().to_owned();
+    let eol = if text.contains("\r\n") { "\r\n" } else { "\n" };
+    let bad = format!("{}{eol}{last}{eol}", text.trim_end());
+    env.land("psd/2024/02/bad.csv.gzip", bad.as_bytes());
+    let run = env.run(&["run"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    let line = run.error_line();
+    assert!(line.contains("its rows come from psd/2024/02/bad.csv.gzip (set it aside: lake-transform quarantine psd/2024/02/bad.csv.gzip"), "{line}");
+    // A newer, good release queues behind it.
+    env.land("psd/2024/03/b.csv.gzip", &b);
+    assert_eq!(env.run(&["run"]).code, 5);
+
+    // Set aside, with a reason: the next run proceeds with the rest.
+    let no_reason = env.run(&["quarantine", "psd/2024/02/bad.csv.gzip"]);
+    assert_eq!(no_reason.code, 2, "{no_reason:?}");
+    assert_eq!(env.run(&["quarantine", "../outside.csv.gzip", "--reason", "x"]).code, 2);
+    let q = env.run(&["quarantine", "psd/2024/02/bad.csv.gzip", "--reason", "USDA shipped duplicate keys"]);
+    assert_eq!(q.code, 0, "{q:?}");
+    let plan = env.run(&["plan"]);
+    assert!(plan.stdout.contains("quarantined\tpsd/2024/02/bad.csv.gzip\tUSDA shipped duplicate keys by "), "{}", plan.stdout);
+    assert!(plan.stdout.contains("raw.psd\tappend psd/2024/03/b.csv.gzip\t1 new landing file (1 quarantined)"), "{}", plan.stdout);
+    assert_eq!(env.run(&["run"]).code, 0);
+    assert_eq!(env.rows("SELECT DISTINCT file FROM raw.psd ORDER BY 1"), ["psd/2024/01/a.csv.gzip", "psd/2024/03/b.csv.gzip"]);
+    assert!(env.data.join("landing/psd/2024/02/bad.csv.gzip").exists(), "landing stays immutable");
+    let listed = env.run(&["quarantine"]);
+    assert!(listed.stdout.starts_with("psd/2024/02/bad.csv.gzip\t") && listed.stdout.contains("USDA shipped duplicate keys"), "{}", listed.stdout);
+
+    // A file loaded before and set aside after: the next run rebuilds without it, and
+    // equals a rebuild from the files left.
+    assert_eq!(env.run(&["quarantine", "psd/2024/03/b.csv.gzip", "--reason", "revised by mistake"]).code, 0);
+    let run = env.run(&["run"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("quarantined since loaded: psd/2024/03/b.csv.gzip"), "{}", run.stdout);
+    assert_eq!(env.rows("SELECT DISTINCT file FROM raw.psd ORDER BY 1"), ["psd/2024/01/a.csv.gzip"]);
+    let incremental = serving_state(&env);
+    assert_eq!(env.run(&["run", "--rebuild"]).code, 0);
+    assert_eq!(serving_state(&env), incremental, "the same as a rebuild");
+
+    // Taken back: the next run loads it again.
+    let undo = env.run(&["quarantine", "--undo", "psd/2024/03/b.csv.gzip"]);
+    assert_eq!(undo.code, 0, "{undo:?}");
+    assert_eq!(env.run(&["run"]).code, 0);
+    assert_eq!(env.rows("SELECT DISTINCT file FROM raw.psd ORDER BY 1"), ["psd/2024/01/a.csv.gzip", "psd/2024/03/b.csv.gzip"]);
+    let recorded = env.state_rows("SELECT path, reason, released_at IS NOT NULL FROM quarantine ORDER BY rowid");
+    assert_eq!(recorded.len(), 2);
+    assert!(recorded[0].contains("bad.csv.gzip") && recorded[0].ends_with("Integer(0)"), "{recorded:?}");
+    assert!(recorded[1].contains("b.csv.gzip") && recorded[1].ends_with("Integer(1)"), "{recorded:?}");
+}
