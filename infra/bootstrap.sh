@@ -2,8 +2,8 @@
 # usage: sudo infra/bootstrap.sh REMOTE
 #
 # First deploy on a server setup_server.sh prepared, from a checkout of this repository:
-#   1. writes REMOTE and the DuckDB library dir into /etc/materia/config.env (root's;
-#      no deploy rewrites it; every other line in it is kept);
+#   1. writes the DuckDB library dir into /etc/materia/config.env and REMOTE into
+#      /etc/materia/deploy.env (root's; no deploy rewrites them; other lines are kept);
 #   2. trusts the remote's host key (SSH remotes), as the service user;
 #   3. when no release is deployed yet: builds the tools from this checkout as the
 #      service user, in tag-deploy's build dir, and points `current` at that deployer;
@@ -36,23 +36,25 @@ getent passwd "$user" >/dev/null || die "no $user: run infra/setup_server.sh fir
 as_user() { runuser -u "$user" -- env -i HOME="$app" PATH="$app/.cargo/bin:/usr/local/bin:/usr/bin:/bin" LANG=C.UTF-8 "$@"; }
 
 # 1. The configuration: set our keys, keep every other line (what the operator set).
+#    config.env is every step's (no secrets); deploy.env tag-deploy's alone (the remote's
+#    URL may hold a token), readable by root only: systemd reads it for the unit.
 set_config() {
-    local key=$1 value=$2 tmp
-    if [[ -f $config ]] && grep -qxF "$key=$value" "$config"; then
+    local file=$1 mode=$2 key=$3 value=$4 tmp
+    if [[ -f $file ]] && grep -qxF "$key=$value" "$file"; then
         return
     fi
-    tmp=$(mktemp "$etc/.config.env.XXXXXX")
-    if [[ -f $config ]]; then
-        grep -v "^$key=" "$config" >"$tmp" || true
+    tmp=$(mktemp "$etc/.env.XXXXXX")
+    if [[ -f $file ]]; then
+        grep -v "^$key=" "$file" >"$tmp" || true
     fi
     echo "$key=$value" >>"$tmp"
     chown "root:$user" "$tmp"
-    chmod 0640 "$tmp"
-    mv "$tmp" "$config"
-    say "set $key in $config"
+    chmod "$mode" "$tmp"
+    mv "$tmp" "$file"
+    say "set $key in $file"
 }
-set_config DEPLOY_REMOTE "$remote"
-set_config DUCKDB_LIB_DIR "$lib"
+set_config "$config" 0640 DUCKDB_LIB_DIR "$lib"
+set_config "$etc/deploy.env" 0600 DEPLOY_REMOTE "$remote"
 
 # 2. SSH remotes: trust the host key as seen now (plain entries, as tag-deploy reads them).
 if [[ $remote =~ ^(ssh://)?([^@/]+@)?([^:/]+) && $remote != /* && $remote != file://* && $remote != http* ]]; then

@@ -3,7 +3,7 @@
 #
 # Run by materia-ping@STEP:EVENT.service, which every step's unit starts before it runs
 # (start), on success (OnSuccess=) and on failure (OnFailure=). When MATERIA_PING_URL is
-# set in /opt/materia/.env, pings healthchecks.io-style URLs, one check per step:
+# set (units: /etc/materia/monitoring.env), pings healthchecks.io-style URLs, one check per step:
 #   MATERIA_PING_URL/STEP/start, MATERIA_PING_URL/STEP, MATERIA_PING_URL/STEP/fail
 # (e.g. MATERIA_PING_URL=https://hc-ping.com/<ping-key>, checks named by slug).
 # Unset: does nothing. A failed ping is logged and never fails anything (exit 0).

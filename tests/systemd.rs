@@ -253,6 +253,42 @@ fn encrypt(dir: &Path, recipient: &str, plain: &str) {
     std::fs::write(dir.join(".env.prod.sops"), o.stdout).unwrap();
 }
 
+/// Samples every process's command line (`/proc/*/cmdline`, readable by any local user)
+/// until stopped; keeps those holding any of `needles`.
+struct CmdlineSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl CmdlineSampler {
+    fn start(needles: &[&str]) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let needles: Vec<String> = needles.iter().map(|n| n.to_string()).collect();
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut found = Vec::new();
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                    if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+                        let line = String::from_utf8_lossy(&c).replace('\0', " ");
+                        if needles.iter().any(|n| line.contains(n.as_str())) && !found.contains(&line) {
+                            found.push(line);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            found
+        });
+        CmdlineSampler { stop, thread }
+    }
+
+    fn stop(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
 /// Every file under `dir` (inside the container) with its size, mode and owner: what a
 /// rerun of the setup scripts must leave unchanged.
 fn listing(c: &Container, dir: &str) -> String {
@@ -290,6 +326,8 @@ fn the_release_lifecycle_under_a_real_systemd() {
     std::fs::create_dir_all(&release_target).unwrap();
     let binds = [checkout.clone(), format!("{sysroot}:/opt/rust-toolchain"), format!("{}:/opt/materia/target:rw", release_target.display())];
     let Some(c) = Container::boot(&scratch.join("container"), &format!("life{}", std::process::id()), &binds) else { return };
+    // Every process's command line, sampled all along: no planted secret may show there.
+    let sampler = CmdlineSampler::start(&["s3cret-v2", "s3cret-v3", "PINGKEY7"]);
 
     // What setup_server.sh would download, from this machine: the pinned DuckDB library
     // (its sha256 matches, so duckdb-lib.sh fetches nothing) and the static sops binary.
@@ -351,8 +389,10 @@ fn the_release_lifecycle_under_a_real_systemd() {
     }
     assert!(!c.path("/opt/materia/bootstrap").exists(), "bootstrap's deployer is gone once a release is deployed");
     let config = c.read("/etc/materia/config.env");
-    assert!(config.contains(&format!("PSD_BASE_URL=http://127.0.0.1:{psd_port}\n")) && config.contains(&format!("DEPLOY_REMOTE={remote}\n")), "{config}");
-    assert_eq!(c.ok(&["stat", "-c", "%U %a", "/etc/materia/config.env"]).trim(), "root 640");
+    assert!(config.contains(&format!("PSD_BASE_URL=http://127.0.0.1:{psd_port}\n")) && config.contains("DUCKDB_LIB_DIR="), "{config}");
+    assert_eq!(c.read("/etc/materia/deploy.env"), format!("DEPLOY_REMOTE={remote}\n"), "tag-deploy's alone");
+    let modes = c.ok(&["stat", "-c", "%U %a", "/etc/materia/config.env", "/etc/materia/deploy.env"]);
+    assert_eq!(modes.lines().collect::<Vec<_>>(), ["root 640", "root 600"]);
     let not_theirs = c.sh("find /opt/materia -not -user beanflows_service -not -path '/opt/materia/duckdb*'");
     assert_eq!(not_theirs.trim(), "", "root wrote inside the service user's tree");
 
@@ -399,7 +439,7 @@ fn the_release_lifecycle_under_a_real_systemd() {
     // pings the monitoring URL's start and fail: landing-backup has no target here.
     let received = scratch.join("notified.txt");
     let (hook, hook_url) = webhook(&received);
-    c.sh(&format!("printf 'MATERIA_NOTIFY_URL={hook_url}/fail\\nMATERIA_PING_URL={hook_url}/ping/KEY\\n' >> /etc/materia/config.env"));
+    c.sh(&format!("printf 'MATERIA_NOTIFY_URL={hook_url}/fail\\nMATERIA_PING_URL={hook_url}/ping/PINGKEY7\\n' > /etc/materia/monitoring.env && chmod 600 /etc/materia/monitoring.env"));
     assert_ne!(c.exec(&["systemctl", "start", "landing-backup.service"]).0, 0);
     let notifier = "materia-notify@landing-backup.service.service";
     c.wait_for("the notifier", Duration::from_secs(30), || c.journal(notifier).contains("landing-backup.service failed"));
@@ -410,15 +450,16 @@ fn the_release_lifecycle_under_a_real_systemd() {
     let pings = || -> Vec<String> {
         std::fs::read_to_string(&received).unwrap_or_default().lines().filter_map(|l| l.strip_prefix("GET ")).filter(|l| !l.contains("tag-deploy")).map(str::to_owned).collect()
     };
-    c.wait_for("the fail ping", Duration::from_secs(30), || pings().contains(&"/ping/KEY/landing-backup/fail".to_owned()));
-    assert_eq!(pings(), ["/ping/KEY/landing-backup/start", "/ping/KEY/landing-backup/fail"]);
+    c.wait_for("the fail ping", Duration::from_secs(30), || pings().contains(&"/ping/PINGKEY7/landing-backup/fail".to_owned()));
+    assert_eq!(pings(), ["/ping/PINGKEY7/landing-backup/start", "/ping/PINGKEY7/landing-backup/fail"]);
     // A step that succeeds (here with nothing to do, exit 3) pings its start, then success.
     c.ok(&["systemctl", "start", "psd-extract.service"]);
-    c.wait_for("the success ping", Duration::from_secs(30), || pings().contains(&"/ping/KEY/psd-extract".to_owned()));
-    assert_eq!(pings()[2..], ["/ping/KEY/psd-extract/start", "/ping/KEY/psd-extract"]);
-    assert!(!c.journal("materia-ping@psd-extract:success.service").contains("KEY"), "the ping URL is not logged");
+    c.wait_for("the success ping", Duration::from_secs(30), || pings().contains(&"/ping/PINGKEY7/psd-extract".to_owned()));
+    assert_eq!(pings()[2..], ["/ping/PINGKEY7/psd-extract/start", "/ping/PINGKEY7/psd-extract"]);
+    assert!(!c.journal("materia-ping@psd-extract:success.service").contains("PINGKEY7"), "the ping URL is not logged");
     drop(hook);
-    let config = c.read("/etc/materia/config.env");
+    let config = || ["config.env", "deploy.env", "monitoring.env"].map(|f| c.read(&format!("/etc/materia/{f}")));
+    let config_before = config();
 
     // 3. v2 changes a model (a new column in a serving table) and web/, and carries
     //    secrets: tag-deploy.timer deploys it under its unit, the web hook runs.
@@ -437,8 +478,7 @@ fn the_release_lifecycle_under_a_real_systemd() {
     assert_eq!(c.read("/opt/materia/web-hook.log"), "v2\n", "the web hook ran once, for v2");
     assert_eq!(c.read("/opt/materia/secrets.env"), "MATERIA_TEST_SECRET=s3cret-v2\n");
     assert_eq!(c.ok(&["stat", "-c", "%U %a", "/opt/materia/secrets.env"]).trim(), "beanflows_service 600");
-    assert_eq!(c.read("/etc/materia/config.env"), config, "the configuration is never rewritten by a deploy");
-    assert!(!c.journal("tag-deploy.service").contains("s3cret"), "secrets are never logged");
+    assert_eq!(config(), config_before, "the configuration is never rewritten by a deploy");
 
     // 4./5. The next transform builds v2's model. First it is killed mid-run (after it
     //    took its trigger, while it waits for the lakehouse), then it fails, fast and
@@ -448,6 +488,12 @@ fn the_release_lifecycle_under_a_real_systemd() {
     let before = runs();
     c.as_user(trigger);
     c.wait_for("the transform to wait for the lakehouse", Duration::from_secs(30), || runs() == before + 1 && c.is_active("lake-transform.service") == "activating");
+    // Least privilege: the transform holds the configuration, no secret, no deploy remote.
+    let environ = c.sh("tr '\\0' '\\n' < /proc/$(systemctl show -p MainPID --value lake-transform.service)/environ");
+    assert!(environ.contains("MATERIA_DATA_DIR=/data/materia") && environ.contains("PSD_BASE_URL="), "{environ}");
+    for secret in ["MATERIA_TEST_SECRET", "DEPLOY_REMOTE", "MATERIA_PING_URL", "MATERIA_NOTIFY_URL"] {
+        assert!(!environ.contains(secret), "the transform's environment has {secret}");
+    }
     c.ok(&["systemctl", "kill", "--signal=SIGKILL", "lake-transform.service"]);
     c.wait_for("the killed transform to end", Duration::from_secs(30), || c.is_active("lake-transform.service") != "activating");
     c.ok(&["systemctl", "stop", "test-lakehouse-holder.service"]);
@@ -501,11 +547,24 @@ fn the_release_lifecycle_under_a_real_systemd() {
     assert!(detail.contains("build failed") && detail.contains("cargo build --release --locked"), "{detail}");
     assert_eq!(c.ok(&["readlink", "/opt/materia/current"]).trim(), "releases/v2");
     assert_eq!(c.read("/opt/materia/secrets.env"), "MATERIA_TEST_SECRET=s3cret-v2\n");
-    assert_eq!(c.read("/etc/materia/config.env"), config);
+    assert_eq!(config(), config_before);
     assert_eq!(c.journal("tag-deploy.service").matches("error: v3 does not build").count(), 1, "built once");
     for p in ["lake-transform.path", "serve-export.path"] {
         assert_eq!(c.is_active(p), "active", "{p}");
     }
+
+    // No planted secret anywhere: the journal of every unit, the state DB, what the
+    // webhook received, any process's command line.
+    let journal = c.exec(&["journalctl", "--no-pager", "-o", "cat"]).1;
+    let state = c.ok(&["sqlite3", "-cmd", ".timeout 10000", STATE_DB, ".dump"]);
+    let received = std::fs::read_to_string(&received).unwrap_or_default();
+    for planted in ["s3cret-v2", "s3cret-v3", "PINGKEY7"] {
+        assert!(!journal.contains(planted), "{planted} in the journal");
+        assert!(!state.contains(planted), "{planted} in the state DB");
+    }
+    assert!(!received.contains("s3cret"), "a secret reached the webhook");
+    assert!(journal.contains("secrets decrypted to /opt/materia/secrets.env"), "the journal was read");
+    assert_eq!(sampler.stop(), Vec::<String>::new(), "a planted secret on a command line");
 
     // A second run of both setup scripts changes nothing.
     let before = (listing(&c, "/opt/materia"), listing(&c, "/etc/systemd/system"), listing(&c, "/etc/materia"));

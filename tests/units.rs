@@ -111,11 +111,14 @@ fn units_follow_the_house_rules() {
         assert_eq!(values(text, "Type"), ["oneshot"], "{name}");
         // Every run is bounded: a hung step fails (and alerts) instead of blocking its timer.
         assert_eq!(values(text, "TimeoutStartSec").len(), 1, "{name}: TimeoutStartSec=");
-        assert_eq!(
-            values(text, "EnvironmentFile"),
-            ["-/etc/materia/config.env", "-/opt/materia/secrets.env"],
-            "{name}: the configuration, then the deployed secrets"
-        );
+        // Least privilege: each step reads only the files holding what it needs.
+        let env: &[&str] = match name.as_str() {
+            "landing-backup.service" => &["-/etc/materia/config.env", "-/opt/materia/secrets.env"],
+            "tag-deploy.service" => &["-/etc/materia/config.env", "-/etc/materia/deploy.env"],
+            "materia-notify@.service" | "materia-ping@.service" => &["-/etc/materia/monitoring.env"],
+            _ => &["-/etc/materia/config.env"],
+        };
+        assert_eq!(values(text, "EnvironmentFile"), env, "{name}: the environment files it needs, no more");
         assert_eq!(values(text, "User"), ["beanflows_service"], "{name}");
         let exec = values(text, "ExecStart");
         assert!(exec.len() == 1 && exec[0].starts_with("/opt/materia/current/"), "{name}: runs the release through `current`: {exec:?}");
