@@ -94,20 +94,9 @@ pub struct Limits {
 /// followed (at most 5) only to `hosts` (the base URL's host and `--allow-redirect-host`),
 /// and never from https to http.
 pub fn client(timeout: Duration, hosts: Vec<String>) -> anyhow::Result<Client> {
-    let policy = reqwest::redirect::Policy::custom(move |attempt| {
-        let next = attempt.url();
-        let from_https = attempt.previous().last().is_some_and(|u| u.scheme() == "https");
-        let host = next.host_str().unwrap_or("").to_owned();
-        let (scheme, shown) = (next.scheme().to_owned(), next.to_string());
-        if attempt.previous().len() > 5 {
-            attempt.error("more than 5 redirects")
-        } else if from_https && scheme != "https" {
-            attempt.error(format!("a redirect from https to {shown} is refused"))
-        } else if !hosts.iter().any(|h| h.eq_ignore_ascii_case(&host)) {
-            attempt.error(format!("a redirect to another host ({host}) is refused; allow it with --allow-redirect-host"))
-        } else {
-            attempt.follow()
-        }
+    let policy = reqwest::redirect::Policy::custom(move |attempt| match redirect_refusal(attempt.previous(), attempt.url(), &hosts) {
+        Some(why) => attempt.error(why),
+        None => attempt.follow(),
     });
     Client::builder()
         .user_agent(concat!("materia-psd-extract/", env!("CARGO_PKG_VERSION")))
@@ -116,6 +105,21 @@ pub fn client(timeout: Duration, hosts: Vec<String>) -> anyhow::Result<Client> {
         .redirect(policy)
         .build()
         .context("building the HTTP client")
+}
+
+/// Why a redirect from `previous` (the URLs so far) to `next` is refused, if it is: more
+/// than 5, from https to anything else, or to a host not in `hosts`.
+fn redirect_refusal(previous: &[reqwest::Url], next: &reqwest::Url, hosts: &[String]) -> Option<String> {
+    let host = next.host_str().unwrap_or("");
+    if previous.len() > 5 {
+        Some("more than 5 redirects".into())
+    } else if previous.last().is_some_and(|u| u.scheme() == "https") && next.scheme() != "https" {
+        Some(format!("a redirect from https to {next} is refused"))
+    } else if !hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+        Some(format!("a redirect to another host ({host}) is refused; allow it with --allow-redirect-host"))
+    } else {
+        None
+    }
 }
 
 enum Failure {
@@ -333,6 +337,22 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirects_stay_on_the_allowed_hosts_and_never_leave_https() {
+        let url = |s: &str| reqwest::Url::parse(s).unwrap();
+        let hosts = vec!["apps.fas.usda.gov".to_owned()];
+        let from = [url("https://apps.fas.usda.gov/psdonline/downloads/x.zip")];
+        assert_eq!(redirect_refusal(&from, &url("https://APPS.fas.usda.gov/other/x.zip"), &hosts), None);
+        assert_eq!(
+            redirect_refusal(&from, &url("http://apps.fas.usda.gov/x.zip"), &hosts).as_deref(),
+            Some("a redirect from https to http://apps.fas.usda.gov/x.zip is refused")
+        );
+        assert!(redirect_refusal(&from, &url("https://evil.example/x.zip"), &hosts).unwrap().contains("another host (evil.example)"));
+        let plain = [url("http://127.0.0.1:8000/x.zip")];
+        assert_eq!(redirect_refusal(&plain, &url("http://127.0.0.1:8000/y.zip"), &["127.0.0.1".into()]), None);
+        assert_eq!(redirect_refusal(&vec![from[0].clone(); 6], &from[0], &hosts).as_deref(), Some("more than 5 redirects"));
+    }
 
     #[test]
     fn backoff_grows_with_jitter_and_is_capped() {
