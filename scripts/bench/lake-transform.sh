@@ -22,7 +22,7 @@ if [[ ! -f $real ]]; then
 fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/materia-target}"
 scripts/setup-dev.sh
-cargo build --release --locked --quiet -p lake-transform
+cargo build --release --locked --quiet # the whole workspace, as run-all.sh: one feature set, no rebuilds
 ours=$CARGO_TARGET_DIR/release/lake-transform
 venv=scripts/bench/.venv
 if [[ ! -x $venv/bin/sqlmesh ]]; then

@@ -13,7 +13,7 @@ scripts/setup-dev.sh
 if ! command -v rclone >/dev/null; then
     apt-get install -y -qq rclone >/dev/null
 fi
-cargo build --release --locked --quiet -p landing-backup
+cargo build --release --locked --quiet # the whole workspace, as run-all.sh: one feature set, no rebuilds
 ours=$CARGO_TARGET_DIR/release/landing-backup
 moto=${MATERIA_TEST_VENV:-$HOME/.cache/materia-test-venv}/bin/moto_server
 

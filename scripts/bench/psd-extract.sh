@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs=${1:-5}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/materia-target}"
-cargo build --release --locked --quiet -p psd-extract
+cargo build --release --locked --quiet # the whole workspace, as run-all.sh: one feature set, no rebuilds
 bin=$CARGO_TARGET_DIR/release/psd-extract
 
 work=$(mktemp -d)

@@ -14,7 +14,7 @@ if [[ ! -f $real ]]; then
 fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/materia-target}"
 scripts/setup-dev.sh
-cargo build --release --locked --quiet -p lake-transform -p serve-export
+cargo build --release --locked --quiet # the whole workspace, as run-all.sh: one feature set, no rebuilds
 bin=$CARGO_TARGET_DIR/release
 venv=scripts/bench/.venv
 if [[ ! -x $venv/bin/python ]] || ! "$venv/bin/python" -c 'import duckdb' 2>/dev/null; then

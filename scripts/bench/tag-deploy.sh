@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs=${1:-5}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/materia-target}"
-cargo build --release --locked --quiet -p tag-deploy
+cargo build --release --locked --quiet # the whole workspace, as run-all.sh: one feature set, no rebuilds
 ours=$CARGO_TARGET_DIR/release/tag-deploy
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -527,3 +527,26 @@ fn a_failed_multipart_upload_is_aborted_and_not_recorded() {
     assert!(env.ledger().is_empty());
     assert_eq!(env.requests()["multipart-abort"], 1);
 }
+
+#[test]
+fn every_upload_is_conditional_multipart_included() {
+    let moto = Moto::start();
+    let proxy = Proxy::start(moto.port);
+    let env = Env::new();
+    env.land("psd/2024/01/a.csv.gzip", b"alpha");
+    let big: Vec<u8> = (0..11 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    env.land("psd/2024/02/big.csv.gzip", &big);
+    let run = env.via(&proxy, &["--multipart-threshold", "5242880", "--part-size", "5242880"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    // What creates an object: a PUT of a whole object, a multipart upload's completion.
+    let creates: Vec<(String, String)> = proxy
+        .seen()
+        .into_iter()
+        .filter(|(m, t)| (m == "PUT" && !t.contains("uploadId")) || (m == "POST" && t.contains("uploadId")))
+        .collect();
+    assert_eq!(creates.len(), 2, "{creates:?}");
+    let conditional = proxy.conditional();
+    for c in &creates {
+        assert!(conditional.contains(c), "{c:?} was not conditional (If-None-Match: *): {conditional:?}");
+    }
+}

@@ -32,6 +32,8 @@ struct Shared {
     rules: Mutex<Vec<Rule>>,
     /// (method, path?query) of every request seen.
     seen: Mutex<Vec<(String, String)>>,
+    /// (method, path?query) of the requests that carried `If-None-Match: *`.
+    conditional: Mutex<Vec<(String, String)>>,
     stop: AtomicBool,
     tripped: AtomicBool,
 }
@@ -81,6 +83,11 @@ impl Proxy {
     pub fn seen(&self) -> Vec<(String, String)> {
         self.shared.seen.lock().unwrap().clone()
     }
+
+    /// The requests seen with `If-None-Match: *` (conditional creates).
+    pub fn conditional(&self) -> Vec<(String, String)> {
+        self.shared.conditional.lock().unwrap().clone()
+    }
 }
 
 impl Drop for Proxy {
@@ -95,6 +102,7 @@ fn handle(s: &Shared, mut client: TcpStream, upstream: u16) -> std::io::Result<(
     let mut head = Vec::new();
     let mut line = String::new();
     let mut content_length = 0usize;
+    let mut if_none_match = false;
     reader.read_line(&mut line)?;
     let mut parts = line.split_whitespace();
     let (method, target) = (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("").to_owned());
@@ -105,6 +113,9 @@ fn handle(s: &Shared, mut client: TcpStream, upstream: u16) -> std::io::Result<(
             break;
         }
         let lower = line.to_ascii_lowercase();
+        if lower.strip_prefix("if-none-match:").is_some_and(|v| v.trim() == "*") {
+            if_none_match = true;
+        }
         if let Some(v) = lower.strip_prefix("content-length:") {
             content_length = v.trim().parse().unwrap_or(0);
         }
@@ -117,6 +128,9 @@ fn handle(s: &Shared, mut client: TcpStream, upstream: u16) -> std::io::Result<(
     let mut body = vec![0u8; content_length];
     reader.read_exact(&mut body)?;
     s.seen.lock().unwrap().push((method.clone(), target.clone()));
+    if if_none_match {
+        s.conditional.lock().unwrap().push((method.clone(), target.clone()));
+    }
 
     let fault = {
         let mut rules = s.rules.lock().unwrap();
