@@ -439,7 +439,10 @@ fn the_release_lifecycle_under_a_real_systemd() {
     // pings the monitoring URL's start and fail: landing-backup has no target here.
     let received = scratch.join("notified.txt");
     let (hook, hook_url) = webhook(&received);
-    c.sh(&format!("printf 'MATERIA_NOTIFY_URL={hook_url}/fail\\nMATERIA_PING_URL={hook_url}/ping/PINGKEY7\\n' > /etc/materia/monitoring.env && chmod 600 /etc/materia/monitoring.env"));
+    // (Written as a file, as an operator's editor would: the sampler would catch the key
+    // on a shell's command line.)
+    c.write("/etc/materia/monitoring.env", &format!("MATERIA_NOTIFY_URL={hook_url}/fail\nMATERIA_PING_URL={hook_url}/ping/PINGKEY7\n"));
+    c.ok(&["chmod", "600", "/etc/materia/monitoring.env"]);
     assert_ne!(c.exec(&["systemctl", "start", "landing-backup.service"]).0, 0);
     let notifier = "materia-notify@landing-backup.service.service";
     c.wait_for("the notifier", Duration::from_secs(30), || c.journal(notifier).contains("landing-backup.service failed"));
