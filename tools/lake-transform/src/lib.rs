@@ -13,6 +13,7 @@ pub mod engine;
 pub mod model;
 pub mod project;
 pub mod quarantine;
+pub mod sql;
 pub mod unittest;
 
 use std::path::{Path, PathBuf};

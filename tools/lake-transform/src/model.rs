@@ -647,58 +647,13 @@ pub fn parse_audit(src: &str, path: &Path) -> Result<AuditDef, ModelError> {
 /// `; SET` would run outside its control (the run's one transaction, the sandbox).
 /// Strings, quoted names, dollar-quoted strings and comments are skipped.
 pub fn one_statement(body: &str, first_line: usize) -> Result<String, (usize, String)> {
-    let b = body.as_bytes();
-    let (mut i, mut line) = (0, first_line);
-    let mut end = None;
-    while i < b.len() {
-        match b[i] {
-            b'\n' => line += 1,
-            q @ (b'\'' | b'"') => {
-                i += 1;
-                while i < b.len() && !(b[i] == q && b.get(i + 1) != Some(&q)) {
-                    if b[i] == q {
-                        i += 1; // a doubled quote
-                    } else if b[i] == b'\n' {
-                        line += 1;
-                    }
-                    i += 1;
-                }
-            }
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-                continue;
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                i += 2;
-                while i < b.len() && !b[i..].starts_with(b"*/") {
-                    line += usize::from(b[i] == b'\n');
-                    i += 1;
-                }
-                i += 1;
-            }
-            b'$' => {
-                // $tag$ ... $tag$
-                let tag_end = b[i + 1..].iter().position(|&c| !(c.is_ascii_alphanumeric() || c == b'_')).map(|p| i + 1 + p);
-                if let Some(t) = tag_end.filter(|&t| b[t] == b'$') {
-                    let tag = &b[i..=t];
-                    let close = b[t + 1..].windows(tag.len()).position(|w| w == tag).map(|p| t + 1 + p);
-                    let stop = close.map_or(b.len(), |c| c + tag.len());
-                    line += b[i..stop].iter().filter(|&&c| c == b'\n').count();
-                    i = stop;
-                    continue;
-                }
-            }
-            b';' if end.is_none() => end = Some(i),
-            c if end.is_some() && !c.is_ascii_whitespace() => {
-                return Err((line, "a model or audit is one SQL query: no statement may follow ';' (COMMIT, COPY, ATTACH, SET and the like are not allowed)".into()));
-            }
-            _ => {}
-        }
-        i += 1;
+    let code = crate::sql::mask(body);
+    let Some(end) = code.find(';') else { return Ok(body.trim().to_owned()) };
+    if let Some(more) = code[end + 1..].find(|c: char| !c.is_ascii_whitespace()) {
+        let line = first_line + code[..end + 1 + more].matches('\n').count();
+        return Err((line, "a model or audit is one SQL query: no statement may follow ';' (COMMIT, COPY, ATTACH, SET and the like are not allowed)".into()));
     }
-    Ok(body[..end.unwrap_or(body.len())].trim().to_owned())
+    Ok(body[..end].trim().to_owned())
 }
 
 /// The DuckDB settings a model's `session_properties` may set: tuning only. The run's

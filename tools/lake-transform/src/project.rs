@@ -250,36 +250,15 @@ pub fn normalize_sql(sql: &str) -> String {
 /// Every `a.b` name in the SQL outside strings and comments (lowercased), with the
 /// 1-based line within the SQL. Three-part names and `x.y` after a dot are skipped.
 pub fn table_refs(sql: &str) -> Vec<(String, usize)> {
-    let b = sql.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    let mut line = 1;
+    let code = crate::sql::mask(sql);
+    let b = code.as_bytes();
     let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let mut out = Vec::new();
+    let (mut i, mut line) = (0, 1);
     while i < b.len() {
         match b[i] {
             b'\n' => {
                 line += 1;
-                i += 1;
-            }
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                i += 2;
-                while i < b.len() && !b[i..].starts_with(b"*/") {
-                    line += usize::from(b[i] == b'\n');
-                    i += 1;
-                }
-                i += 2;
-            }
-            b'\'' => {
-                i += 1;
-                while i < b.len() && b[i] != b'\'' {
-                    line += usize::from(b[i] == b'\n');
-                    i += 1;
-                }
                 i += 1;
             }
             c if c.is_ascii_alphabetic() || c == b'_' => {
@@ -288,7 +267,7 @@ pub fn table_refs(sql: &str) -> Vec<(String, usize)> {
                     i += 1;
                 }
                 let preceded_by_dot = start > 0 && b[start - 1] == b'.';
-                let name = &sql[start..i];
+                let name = &code[start..i];
                 let parts: Vec<&str> = name.split('.').collect();
                 if !preceded_by_dot && parts.len() == 2 && parts.iter().all(|p| !p.is_empty()) {
                     out.push((name.to_ascii_lowercase(), line));
