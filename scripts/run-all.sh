@@ -12,6 +12,8 @@
 #   --backup URL       where landing-backup copies to (env BACKUP_TARGET, default
 #                      fs:DIR/backup, a local folder; s3://... needs the R2_* variables)
 #
+# Settings come from the environment, then from ./.env (scripts/secrets.sh decrypt dev).
+#
 # Steps, in pipeline order:
 #   1. psd-extract     fetch (or import) PSD releases into DIR/landing
 #   2. lake-transform  run the SQL models (models) into DIR/lakehouse.duckdb
@@ -23,6 +25,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The local development settings, if any (scripts/secrets.sh decrypt dev writes .env;
+# MATERIA_DOTENV names another file): KEY=VALUE lines, taken as they are (never
+# evaluated); the environment wins.
+dotenv=${MATERIA_DOTENV:-.env}
+if [[ -f $dotenv ]]; then
+    while IFS= read -r line; do
+        [[ $line =~ ^([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]] || continue
+        [[ -n ${!BASH_REMATCH[1]+set} ]] || export "${BASH_REMATCH[1]}=${BASH_REMATCH[2]}"
+    done <"$dotenv"
+fi
 data_dir=${MATERIA_DATA_DIR:-$PWD/data}
 import=${MATERIA_IMPORT:-}
 release=${MATERIA_RELEASE:-}

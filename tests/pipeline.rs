@@ -35,6 +35,7 @@ fn run_all(data: &Path, args: &[&str]) -> std::process::Output {
         .args(["--data-dir", data.to_str().unwrap()])
         .args(args)
         .env("MATERIA_BIN_DIR", bin_dir())
+        .env("MATERIA_DOTENV", "/dev/null") // a developer's .env is not the test's
         .env_remove("MATERIA_DATA_DIR")
         .env_remove("BACKUP_TARGET")
         .env_remove("MATERIA_STATE_DB")

@@ -119,3 +119,154 @@ s.serve_forever()
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The test tools' venv (scripts/setup-dev.sh --tests): sops.
+fn test_venv() -> PathBuf {
+    std::env::var_os("MATERIA_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/materia-test-venv"))
+}
+
+/// scripts/secrets.sh in a scratch git repository: this repository's `.sops.yaml`,
+/// `.env.dev.sops` and `scripts/env.dev.defaults`, a HOME of its own (no age key yet).
+struct SecretsRepo {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    home: PathBuf,
+}
+
+impl SecretsRepo {
+    fn new() -> SecretsRepo {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("repo");
+        let home = tmp.path().join("home");
+        std::fs::create_dir_all(dir.join("scripts")).unwrap();
+        std::fs::create_dir_all(&home).unwrap();
+        for f in ["scripts/secrets.sh", "scripts/env.dev.defaults", ".sops.yaml", ".env.dev.sops", ".gitignore"] {
+            std::fs::copy(repo().join(f), dir.join(f)).unwrap();
+        }
+        let r = SecretsRepo { _tmp: tmp, dir, home };
+        r.git(&["init", "-q", "-b", "main"]);
+        r.git(&["add", "-A"]);
+        r.git(&["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one"]);
+        r
+    }
+
+    fn git(&self, args: &[&str]) {
+        assert!(Command::new("git").args(args).current_dir(&self.dir).status().unwrap().success(), "git {args:?}");
+    }
+
+    /// Run the script as the maintainer, or as someone whose only age key is `key_file`
+    /// (a HOME of their own: sops also reads the default key file).
+    fn run(&self, args: &[&str], key_file: Option<&Path>) -> (i32, String) {
+        let mut c = Command::new(self.dir.join("scripts/secrets.sh"));
+        c.args(args)
+            .current_dir(&self.dir)
+            .env("HOME", &self.home)
+            .env("MATERIA_TEST_VENV", test_venv())
+            .env_remove("SOPS_AGE_KEY_FILE")
+            .env_remove("XDG_CONFIG_HOME");
+        if let Some(k) = key_file {
+            let home = self.home.join(format!("home-of-{}", k.file_name().unwrap().to_string_lossy()));
+            std::fs::create_dir_all(home.join(".config/sops/age")).unwrap();
+            std::fs::copy(k, home.join(".config/sops/age/keys.txt")).unwrap();
+            c.env("HOME", home);
+        }
+        let o = c.output().unwrap();
+        (o.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    }
+
+    /// A new age key pair: (its file, its public key).
+    fn keygen(&self, name: &str) -> (PathBuf, String) {
+        let file = self.home.join(name);
+        assert!(Command::new("age-keygen").arg("-o").arg(&file).output().unwrap().status.success());
+        let public = std::fs::read_to_string(&file).unwrap().lines().find_map(|l| l.strip_prefix("# public key: ")).unwrap().to_owned();
+        (file, public)
+    }
+
+    fn sops_decrypt(&self, file: &str, key_file: &Path) -> Option<String> {
+        let home = self.home.join("decrypt-home");
+        std::fs::create_dir_all(&home).unwrap();
+        let o = Command::new(test_venv().join("bin/sops"))
+            .args(["--disable-version-check", "decrypt", "--input-type", "dotenv", "--output-type", "dotenv", file])
+            .current_dir(&self.dir)
+            .env("HOME", &home) // no default key file: only `key_file`
+            .env("SOPS_AGE_KEY_FILE", key_file)
+            .output()
+            .unwrap();
+        o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+}
+
+#[test]
+fn the_secrets_workflow_with_the_real_sops_and_age() {
+    let r = SecretsRepo::new();
+    // The committed .env.dev.sops is for the team's development key, which is not here.
+    let (code, out) = r.run(&["decrypt", "dev"], None);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("cannot decrypt .env.dev.sops: your age key is not one of its recipients"), "{out}");
+
+    // A development key of one's own: .env.dev.sops made anew, decrypted into .env (0600).
+    let (code, out) = r.run(&["new-dev"], None);
+    assert_eq!(code, 0, "{out}");
+    let my_keys = r.home.join(".config/sops/age/keys.txt");
+    assert!(my_keys.exists() && !std::fs::read_to_string(r.dir.join(".sops.yaml")).unwrap().contains("AGE-SECRET-KEY"));
+    assert_eq!(r.run(&["decrypt", "dev"], None).0, 0);
+    let env = std::fs::read_to_string(r.dir.join(".env")).unwrap();
+    assert!(env.contains("PSD_FILES=psd_coffee_csv.zip\n") && env.contains("R2_SECRET_ACCESS_KEY=dev-secret-not-a-real-one"), "{env}");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(r.dir.join(".env")).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // The maintainer also keeps the prod secrets: their key goes to prod too.
+    let mine = std::fs::read_to_string(&my_keys).unwrap().lines().find_map(|l| l.strip_prefix("# public key: ")).unwrap().to_owned();
+    assert_eq!(r.run(&["add-key", &mine, "prod"], None).0, 0);
+    // The server's key (setup_server.sh prints it) is added for prod; the prod secrets are
+    // written with `edit prod` ($EDITOR), and the server's key alone decrypts them.
+    let (server_keys, server) = r.keygen("server.txt");
+    let (code, out) = r.run(&["add-key", &server, "prod"], None);
+    assert_eq!(code, 0, "{out}");
+    let editor = r.home.join("editor.sh");
+    std::fs::write(&editor, "#!/bin/sh\nprintf 'R2_SECRET_ACCESS_KEY=prod-s3cret-value-1\\n' > \"$1\"\n").unwrap();
+    std::fs::set_permissions(&editor, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = Command::new(r.dir.join("scripts/secrets.sh"))
+        .args(["edit", "prod"])
+        .current_dir(&r.dir)
+        .env("HOME", &r.home)
+        .env("MATERIA_TEST_VENV", test_venv())
+        .env("EDITOR", &editor)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(r.sops_decrypt(".env.prod.sops", &server_keys).as_deref(), Some("R2_SECRET_ACCESS_KEY=prod-s3cret-value-1\n"));
+    assert_eq!(r.sops_decrypt(".env.dev.sops", &server_keys), None, "the server's key opens prod only");
+
+    // A second developer: add-key re-encrypts both files for them.
+    let (other_keys, other) = r.keygen("other.txt");
+    assert_eq!(r.sops_decrypt(".env.dev.sops", &other_keys), None);
+    let (code, out) = r.run(&["add-key", &other], None);
+    assert_eq!(code, 0, "{out}");
+    assert!(r.sops_decrypt(".env.dev.sops", &other_keys).is_some() && r.sops_decrypt(".env.prod.sops", &other_keys).is_some());
+    assert_eq!(std::fs::read_to_string(r.dir.join(".sops.yaml")).unwrap().matches(&other).count(), 2);
+    assert_eq!(r.run(&["add-key", &other], None).0, 0, "again: nothing changes");
+    assert_eq!(std::fs::read_to_string(r.dir.join(".sops.yaml")).unwrap().matches(&other).count(), 2);
+    assert_eq!(r.run(&["add-key", "age1notakey"], None).0, 2);
+
+    // check: every file decrypts here, nothing in plaintext is staged.
+    r.git(&["add", ".sops.yaml", ".env.dev.sops", ".env.prod.sops"]);
+    let (code, out) = r.run(&["check"], None);
+    assert_eq!(code, 0, "{out}");
+    r.git(&["add", "-f", ".env"]);
+    let (code, out) = r.run(&["check"], None);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(".env is staged: a plaintext secrets file must never be committed"), "{out}");
+    r.git(&["rm", "-q", "--cached", ".env"]);
+    std::fs::write(r.dir.join("notes.md"), "the prod key is prod-s3cret-value-1\n").unwrap();
+    r.git(&["add", "notes.md"]);
+    let (code, out) = r.run(&["check"], None);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("the value of R2_SECRET_ACCESS_KEY (from .env.prod.sops) is staged in plaintext"), "{out}");
+    // A key that opens none of the files: check says which.
+    let (code, out) = r.run(&["check"], Some(&r.keygen("stranger.txt").0));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(".env.dev.sops: does not decrypt with the age keys here"), "{out}");
+}
