@@ -19,9 +19,9 @@ tests=
 if [[ ${1:-} == --tests ]]; then
     # python3-venv: the test tools' venv; git: tag-deploy's tests; age: keys for the sops
     # tests; openssh-server: the sshd of tag-deploy's SSH test; shellcheck: every shell
-    # script is checked by tests/scripts.rs.
+    # script is checked by tests/scripts.rs; rsync: gitlab-ci-local runs jobs with it.
     tests=1
-    packages+=(python3-venv git age openssh-server shellcheck)
+    packages+=(python3-venv git age openssh-server shellcheck rsync)
 fi
 
 missing=()
@@ -52,6 +52,16 @@ if [[ -n $tests ]] && [[ $(cat "$test_venv/.materia-requirements" 2>/dev/null) !
     python3 -m venv "$test_venv"
     "$test_venv/bin/pip" install -q "${requirements[@]}"
     echo "${requirements[*]}" >"$test_venv/.materia-requirements"
+fi
+
+# gitlab-ci-local (npm; 4.73 is the newest that runs on Debian's Node.js 20): runs
+# .gitlab-ci.yml offline with its shell executor, for the CI pipeline's test.
+gcl=gitlab-ci-local@4.73.0
+if [[ -n $tests ]] && [[ $(cat "$test_venv/node/.materia-requirements" 2>/dev/null) != "$gcl" ]]; then
+    echo "setup-dev: installing $gcl into $test_venv/node" >&2
+    mkdir -p "$test_venv/node"
+    npm install --silent --no-fund --no-audit --prefix "$test_venv/node" "$gcl" >/dev/null
+    echo "$gcl" >"$test_venv/node/.materia-requirements"
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -270,3 +270,155 @@ fn the_secrets_workflow_with_the_real_sops_and_age() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains(".env.dev.sops: does not decrypt with the age keys here"), "{out}");
 }
+
+/// The tools `cargo test --workspace` built beside this test binary (target/debug).
+fn bin_dir() -> PathBuf {
+    std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_owned()
+}
+
+/// A project as GitLab CI sees it: a checkout of this repository's .gitlab-ci.yml and
+/// scripts/ci-tag.sh (plus a quick build for tag-deploy), its origin named like a
+/// GitLab project, and a bare repository standing in for it, where tags are pushed.
+struct CiProject {
+    _tmp: tempfile::TempDir,
+    work: PathBuf,
+    remote: PathBuf,
+    app: PathBuf,
+    data: PathBuf,
+}
+
+impl CiProject {
+    fn new() -> CiProject {
+        let tmp = tempfile::tempdir().unwrap();
+        let (work, remote) = (tmp.path().join("work"), tmp.path().join("remote.git"));
+        std::fs::create_dir_all(work.join("scripts")).unwrap();
+        for f in [".gitlab-ci.yml", "scripts/ci-tag.sh"] {
+            std::fs::copy(repo().join(f), work.join(f)).unwrap();
+        }
+        // What tag-deploy builds here: every tool as a script printing its tag.
+        std::fs::write(
+            work.join("build.sh"),
+            "mkdir -p \"$CARGO_TARGET_DIR/release\"\nfor t in psd-extract lake-transform serve-export landing-backup tag-deploy materia-status; do\n  printf '#!/bin/sh\\necho %s\\n' \"$MATERIA_TAG\" > \"$CARGO_TARGET_DIR/release/$t\"; chmod +x \"$CARGO_TARGET_DIR/release/$t\"\ndone\n",
+        )
+        .unwrap();
+        let p = CiProject { app: tmp.path().join("app"), data: tmp.path().join("data"), _tmp: tmp, work, remote };
+        assert!(Command::new("git").args(["init", "-q", "--bare"]).arg(&p.remote).status().unwrap().success());
+        p.git(&["init", "-q", "-b", "main"]);
+        p.commit("first");
+        p.git(&["remote", "add", "origin", "git@gitlab.example.com:beanflows/materia.git"]);
+        // As a clone would have them: origin's default branch is main.
+        p.git(&["update-ref", "refs/remotes/origin/main", "HEAD"]);
+        p.git(&["symbolic-ref", "refs/remotes/origin/HEAD", "refs/remotes/origin/main"]);
+        p
+    }
+
+    fn git(&self, args: &[&str]) -> String {
+        let o = Command::new("git").args(["-c", "user.name=t", "-c", "user.email=t@t"]).args(args).current_dir(&self.work).output().unwrap();
+        assert!(o.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    }
+
+    fn commit(&self, msg: &str) {
+        std::fs::write(self.work.join("CHANGES"), msg).unwrap();
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "-m", msg]);
+    }
+
+    /// One pipeline with gitlab-ci-local (shell executor), the test jobs running
+    /// `test_cmd` instead of the whole test suite; (passed, output).
+    fn pipeline(&self, test_cmd: &str) -> (bool, String) {
+        let gcl = test_venv().join("node/node_modules/.bin/gitlab-ci-local");
+        assert!(gcl.exists(), "gitlab-ci-local is not installed: run scripts/setup-dev.sh --tests");
+        let o = Command::new(gcl)
+            .args(["--force-shell-executor", "--no-color", "--variable"])
+            .arg(format!("MATERIA_TEST_CMD={test_cmd}"))
+            .arg("--variable")
+            .arg(format!("MATERIA_TAG_PUSH_URL={}", self.remote.display()))
+            .args(["--variable", "CI_JOB_TOKEN=job-token-of-the-test"])
+            .current_dir(&self.work)
+            .output()
+            .unwrap();
+        (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    }
+
+    /// Tags on the remote, with the commit each names.
+    fn tags(&self) -> Vec<String> {
+        let o = Command::new("git").args(["for-each-ref", "--format=%(refname:short) %(objectname)", "refs/tags"]).current_dir(&self.remote).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect()
+    }
+
+    /// tag-deploy polling the remote; (exit code, the deployed release's tag).
+    fn deploy(&self) -> (i32, String) {
+        let o = Command::new(bin_dir().join("tag-deploy"))
+            .arg("--data-dir")
+            .arg(&self.data)
+            .arg("--app-dir")
+            .arg(&self.app)
+            .arg("--remote")
+            .arg(&self.remote)
+            .args(["--build-cmd", "sh build.sh"])
+            .env_remove("MATERIA_DATA_DIR")
+            .env_remove("DEPLOY_REMOTE")
+            .output()
+            .unwrap();
+        let deployed = Command::new(self.app.join("current/bin/psd-extract")).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+        (o.status.code().unwrap_or(-1), deployed.unwrap_or_default())
+    }
+}
+
+#[test]
+fn the_ci_pipeline_tags_the_default_branch_and_tag_deploy_deploys_it() {
+    let p = CiProject::new();
+    // Green on main: every test job passes, then the release job tags v<pipeline IID>.
+    let (ok, out) = p.pipeline("true");
+    assert!(ok, "{out}");
+    assert!(out.contains("PASS  tools") && out.contains("PASS  systemd") && out.contains("PASS  release-tag"), "{out}");
+    let head = p.git(&["rev-parse", "HEAD"]);
+    let first: u64 = out.split(&format!("tagged {head} as v")).nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).expect(&out);
+    assert_eq!(p.tags(), [format!("v{first} {head}")], "{out}");
+    assert!(!out.contains("job-token-of-the-test"), "the token is never printed");
+    // tag-deploy, polling that remote, deploys it.
+    assert_eq!(p.deploy(), (0, format!("v{first}")));
+
+    // Red: a failing test job; no release job runs, no tag.
+    p.commit("second");
+    let (ok, out) = p.pipeline("false");
+    assert!(!ok, "{out}");
+    assert!(out.contains("FAIL  tools") && !out.contains("release-tag"), "{out}");
+    assert_eq!(p.tags().len(), 1);
+    assert_eq!(p.deploy(), (3, format!("v{first}")), "nothing new to deploy");
+
+    // Another branch: tested, never tagged.
+    p.git(&["checkout", "-q", "-b", "feature"]);
+    p.commit("on a branch");
+    let (ok, out) = p.pipeline("true");
+    assert!(ok && !out.contains("release-tag"), "{out}");
+    assert_eq!(p.tags().len(), 1);
+
+    // Green on main again: the next IID is the next tag, and it deploys.
+    p.git(&["checkout", "-q", "main"]);
+    p.commit("third");
+    let (ok, out) = p.pipeline("true");
+    assert!(ok, "{out}");
+    let head = p.git(&["rev-parse", "HEAD"]);
+    let next = first + 3; // the pipeline IID: every pipeline counts, red and branch ones too
+    assert!(p.tags().contains(&format!("v{next} {head}")), "{:?}", p.tags());
+    assert_eq!(p.deploy(), (0, format!("v{next}")));
+    // A rerun of the release job finds its tag there already: success, nothing pushed.
+    let o = Command::new(p.work.join("scripts/ci-tag.sh"))
+        .current_dir(&p.work)
+        .env("CI_PIPELINE_IID", next.to_string())
+        .env("CI_COMMIT_SHA", &head)
+        .env("MATERIA_TAG_PUSH_URL", &p.remote)
+        .output()
+        .unwrap();
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("is already"), "{o:?}");
+    let o = Command::new(p.work.join("scripts/ci-tag.sh"))
+        .current_dir(&p.work)
+        .env("CI_PIPELINE_IID", first.to_string())
+        .env("CI_COMMIT_SHA", &head)
+        .env("MATERIA_TAG_PUSH_URL", &p.remote)
+        .output()
+        .unwrap();
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("already exists on another commit"), "{o:?}");
+}
