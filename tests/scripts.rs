@@ -422,3 +422,18 @@ fn the_ci_pipeline_tags_the_default_branch_and_tag_deploy_deploys_it() {
         .unwrap();
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("already exists on another commit"), "{o:?}");
 }
+
+#[test]
+fn the_r2_program_declares_what_landing_backup_relies_on() {
+    // infra/pulumi under Pulumi's own mocks: offline, no account, no provider plugin.
+    let python = test_venv().join("bin/python");
+    let o = Command::new(&python)
+        .args(["-m", "unittest", "discover", "-v", "-s"])
+        .arg(repo().join("infra/pulumi"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .unwrap();
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("Ran 3 tests") && out.contains("\nOK"), "{out}");
+}
