@@ -246,6 +246,7 @@ fn encrypt(dir: &Path, recipient: &str, plain: &str) {
     let o = Command::new(test_venv().join("bin/sops"))
         .args(["--disable-version-check", "--encrypt", "--age", recipient, "--input-type", "dotenv", "--output-type", "dotenv"])
         .arg(&plain_file)
+        .current_dir(dir.parent().unwrap()) // not under a .sops.yaml: the --age recipient alone
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

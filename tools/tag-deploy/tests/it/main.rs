@@ -319,6 +319,7 @@ fn encrypt(env: &Env, path: &str, public: &str, plain: &str) {
         .env("PATH", path)
         .args(["--disable-version-check", "--encrypt", "--age", public, "--input-type", "dotenv", "--output-type", "dotenv"])
         .arg(&plain_file)
+        .current_dir(env._tmp.path()) // not under this repository's .sops.yaml
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
