@@ -53,8 +53,7 @@ fn run_all_offline_lands_the_real_release_and_is_idempotent() {
     let out = run_all(&data, &["--import", zip, "--release", "2022-12"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let db = rusqlite::Connection::open(data.join("landing/.state.sqlite")).unwrap();
-    let (path, rows): (String, i64) =
-        db.query_row("SELECT path, rows FROM landed_files", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    let (path, rows): (String, i64) = db.query_row("SELECT path, rows FROM landed_files", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
     assert!(path.starts_with("psd/2022/12/"), "{path}");
     assert_eq!(rows, 77_957);
     assert!(data.join("landing").join(&path).exists());
@@ -63,16 +62,13 @@ fn run_all_offline_lands_the_real_release_and_is_idempotent() {
     assert!(data.join("lakehouse.duckdb").exists());
     assert!(data.join("triggers/lakehouse.updated").exists(), "written by lake-transform");
     let (models, rows): (i64, i64) = db
-        .query_row(
-            "SELECT count(*), max(rows) FILTER (WHERE model = 'serving.commodity_balance') FROM model_runs WHERE action = 'build'",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .query_row("SELECT count(*), max(rows) FILTER (WHERE model = 'serving.commodity_balance') FROM model_runs WHERE action = 'build'", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .unwrap();
     assert_eq!((models, rows), (9, 4103));
     assert!(data.join("analytics.duckdb").exists());
-    let (action, exported_rows): (String, i64) =
-        db.query_row("SELECT action, rows FROM exports", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    let (action, exported_rows): (String, i64) = db.query_row("SELECT action, rows FROM exports", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
     assert_eq!(action, "publish");
     assert!(exported_rows > 77_957, "every serving table: {exported_rows} rows");
     let mut st = db.prepare("SELECT key FROM backup_objects ORDER BY key").unwrap();
@@ -150,9 +146,8 @@ fn what_psd_extract_lands_the_models_load() {
     let db = rusqlite::Connection::open(data.join("landing/.state.sqlite")).unwrap();
     let rows: i64 = db.query_row("SELECT rows FROM landed_files", [], |r| r.get(0)).unwrap();
     assert_eq!(rows, 77_957 + 3);
-    let transformed: String = db
-        .query_row("SELECT status FROM runs WHERE tool = 'lake-transform' ORDER BY run_id DESC LIMIT 1", [], |r| r.get(0))
-        .unwrap();
+    let transformed: String =
+        db.query_row("SELECT status FROM runs WHERE tool = 'lake-transform' ORDER BY run_id DESC LIMIT 1", [], |r| r.get(0)).unwrap();
     assert_eq!(transformed, "success");
 
     // A release with one value the models cannot read: refused, nothing lands.
@@ -172,7 +167,14 @@ fn what_psd_extract_lands_the_models_load() {
     // The operator sets the landed file aside; materia-status shows it.
     let landed: String = db.query_row("SELECT path FROM landed_files", [], |r| r.get(0)).unwrap();
     let tool = |name: &str, args: &[&str]| {
-        Command::new(bin_dir().join(name)).arg("--data-dir").arg(&data).args(args).env_remove("MATERIA_DATA_DIR").env("SUDO_USER", "ops").output().unwrap()
+        Command::new(bin_dir().join(name))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(args)
+            .env_remove("MATERIA_DATA_DIR")
+            .env("SUDO_USER", "ops")
+            .output()
+            .unwrap()
     };
     let q = tool("lake-transform", &["quarantine", &landed, "--reason", "checking a revision"]);
     assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));

@@ -91,7 +91,9 @@ s.serve_forever()
     let mut port = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut port).unwrap();
     let url = format!("http://127.0.0.1:{}/PINGSECRETKEY", port.trim());
-    for (script, args, var) in [("scripts/ping.sh", vec!["psd-extract:start"], "MATERIA_PING_URL"), ("scripts/notify-failure.sh", vec!["x.service"], "MATERIA_NOTIFY_URL")] {
+    for (script, args, var) in
+        [("scripts/ping.sh", vec!["psd-extract:start"], "MATERIA_PING_URL"), ("scripts/notify-failure.sh", vec!["x.service"], "MATERIA_NOTIFY_URL")]
+    {
         let mut run = Command::new(repo().join(script))
             .args(&args)
             .env_remove("MATERIA_PING_URL")
@@ -343,7 +345,11 @@ impl CiProject {
 
     /// Tags on the remote, with the commit each names.
     fn tags(&self) -> Vec<String> {
-        let o = Command::new("git").args(["for-each-ref", "--format=%(refname:short) %(objectname)", "refs/tags"]).current_dir(&self.remote).output().unwrap();
+        let o = Command::new("git")
+            .args(["for-each-ref", "--format=%(refname:short) %(objectname)", "refs/tags"])
+            .current_dir(&self.remote)
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect()
     }
 
@@ -374,7 +380,8 @@ fn the_ci_pipeline_tags_the_default_branch_and_tag_deploy_deploys_it() {
     assert!(ok, "{out}");
     assert!(out.contains("PASS  tools") && out.contains("PASS  systemd") && out.contains("PASS  release-tag"), "{out}");
     let head = p.git(&["rev-parse", "HEAD"]);
-    let first: u64 = out.split(&format!("tagged {head} as v")).nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).expect(&out);
+    let first: u64 =
+        out.split(&format!("tagged {head} as v")).nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).expect(&out);
     assert_eq!(p.tags(), [format!("v{first} {head}")], "{out}");
     assert!(!out.contains("job-token-of-the-test"), "the token is never printed");
     // tag-deploy, polling that remote, deploys it.
@@ -436,4 +443,14 @@ fn the_r2_program_declares_what_landing_backup_relies_on() {
     let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert!(o.status.success(), "{out}");
     assert!(out.contains("Ran 3 tests") && out.contains("\nOK"), "{out}");
+}
+
+#[test]
+fn the_rust_code_is_formatted() {
+    // One formatting (rustfmt.toml), checked like shellcheck: a diff fails the tests.
+    let o = Command::new("cargo").args(["fmt", "--all", "--", "--check"]).current_dir(repo()).output().unwrap();
+    if String::from_utf8_lossy(&o.stderr).contains("no such command") || String::from_utf8_lossy(&o.stderr).contains("not installed") {
+        panic!("rustfmt is not installed: rustup component add rustfmt");
+    }
+    assert!(o.status.success(), "cargo fmt --check:\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
 }

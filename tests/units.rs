@@ -87,10 +87,27 @@ fn systemd_analyze_verify_is_clean() {
 
 /// Hardening every service has, or explains with `# no X: reason`.
 const HARDENING: &[&str] = &[
-    "ProtectSystem", "ReadWritePaths", "NoNewPrivileges", "PrivateTmp", "ProtectHome", "PrivateDevices",
-    "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs", "ProtectControlGroups", "ProtectClock",
-    "ProtectHostname", "RestrictSUIDSGID", "RestrictRealtime", "RestrictNamespaces", "LockPersonality",
-    "SystemCallArchitectures", "MemoryDenyWriteExecute", "RestrictAddressFamilies", "PrivateNetwork", "PrivateUsers",
+    "ProtectSystem",
+    "ReadWritePaths",
+    "NoNewPrivileges",
+    "PrivateTmp",
+    "ProtectHome",
+    "PrivateDevices",
+    "ProtectKernelTunables",
+    "ProtectKernelModules",
+    "ProtectKernelLogs",
+    "ProtectControlGroups",
+    "ProtectClock",
+    "ProtectHostname",
+    "RestrictSUIDSGID",
+    "RestrictRealtime",
+    "RestrictNamespaces",
+    "LockPersonality",
+    "SystemCallArchitectures",
+    "MemoryDenyWriteExecute",
+    "RestrictAddressFamilies",
+    "PrivateNetwork",
+    "PrivateUsers",
 ];
 
 #[test]
@@ -136,7 +153,10 @@ fn units_follow_the_house_rules() {
             for dep in ["Wants", "After"] {
                 assert!(values(text, dep).contains(&"materia-ping@%N:start.service"), "{name}: {dep}=materia-ping@%N:start.service");
             }
-            assert!(values(text, "SuccessExitStatus").first().is_some_and(|v| v.split(' ').any(|c| c == "3")), "{name}: exit 3 (nothing to do) is success");
+            assert!(
+                values(text, "SuccessExitStatus").first().is_some_and(|v| v.split(' ').any(|c| c == "3")),
+                "{name}: exit 3 (nothing to do) is success"
+            );
             assert!(values(text, "ReadWritePaths").first().is_some_and(|v| v.contains("/data/materia")), "{name}: records its runs in the state DB");
         }
     }

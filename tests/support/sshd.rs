@@ -47,14 +47,8 @@ impl Sshd {
             d = dir.display()
         );
         std::fs::write(dir.join("sshd_config"), config).expect("writing sshd_config");
-        let child = Command::new(sshd)
-            .arg("-D")
-            .arg("-e")
-            .arg("-f")
-            .arg(dir.join("sshd_config"))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting sshd");
+        let child =
+            Command::new(sshd).arg("-D").arg("-e").arg("-f").arg(dir.join("sshd_config")).stderr(Stdio::null()).spawn().expect("starting sshd");
         let server = Sshd { child, dir: dir.to_owned(), port }; // killed on every way out
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {

@@ -8,8 +8,7 @@
 
 use crate::model::{Arg, AuditCall, AuditDef};
 
-const BUILTINS: &[&str] =
-    &["not_null", "unique_values", "unique_combination_of_columns", "accepted_values", "accepted_range", "number_of_rows"];
+const BUILTINS: &[&str] = &["not_null", "unique_values", "unique_combination_of_columns", "accepted_values", "accepted_range", "number_of_rows"];
 
 /// Is `name` a built-in audit?
 pub fn is_builtin(name: &str) -> bool {
@@ -76,7 +75,9 @@ pub fn resolve(call: &AuditCall, table: &str, custom: Option<&AuditDef>) -> Resu
         }
         ("unique_values", _) => cols("columns")?
             .iter()
-            .map(|c| format!("SELECT '{c}' AS column_name, CAST({c} AS VARCHAR) AS value, count(*) AS n FROM {table} GROUP BY {c} HAVING count(*) > 1"))
+            .map(|c| {
+                format!("SELECT '{c}' AS column_name, CAST({c} AS VARCHAR) AS value, count(*) AS n FROM {table} GROUP BY {c} HAVING count(*) > 1")
+            })
             .collect::<Vec<_>>()
             .join(" UNION ALL "),
         ("unique_combination_of_columns", _) => {

@@ -95,11 +95,7 @@ CREATE TABLE IF NOT EXISTS _materia.landing_ledger (
 ";
 
 fn has_state(conn: &Connection) -> anyhow::Result<bool> {
-    let n: i64 = conn.query_row(
-        "SELECT count(*) FROM duckdb_tables() WHERE schema_name = '_materia' AND table_name = 'models'",
-        [],
-        |r| r.get(0),
-    )?;
+    let n: i64 = conn.query_row("SELECT count(*) FROM duckdb_tables() WHERE schema_name = '_materia' AND table_name = 'models'", [], |r| r.get(0))?;
     Ok(n > 0)
 }
 
@@ -118,9 +114,9 @@ fn read_state(conn: &Connection) -> anyhow::Result<EngineState> {
         models.insert(name, ModelState { fingerprint });
     }
     let mut st = conn.prepare("SELECT model, path, bytes, mtime_ns, sha256 FROM _materia.landing_ledger ORDER BY path")?;
-    for row in st.query_map([], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?, r.get::<_, String>(4)?))
-    })? {
+    for row in
+        st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?, r.get::<_, String>(4)?)))?
+    {
         let (model, path, bytes, mtime_ns, sha256) = row?;
         ledger.entry(model).or_default().push(LedgerEntry { path, bytes: bytes as u64, mtime_ns, sha256 });
     }
@@ -131,13 +127,7 @@ fn read_state(conn: &Connection) -> anyhow::Result<EngineState> {
 /// landing dir; writes nothing. Files in `quarantined` (relative to the landing dir)
 /// are left out; one that was loaded already makes the run a rebuild without it (which
 /// rows downstream came from it is not tracked; a rebuild equals the incremental path).
-pub fn plan(
-    project: &Project,
-    conn: Option<&Connection>,
-    landing: &Path,
-    rebuild: bool,
-    quarantined: &HashSet<String>,
-) -> anyhow::Result<Vec<Step>> {
+pub fn plan(project: &Project, conn: Option<&Connection>, landing: &Path, rebuild: bool, quarantined: &HashSet<String>) -> anyhow::Result<Vec<Step>> {
     let (state, ledger) = match conn {
         Some(c) => read_state(c)?,
         None => Default::default(),
@@ -181,8 +171,7 @@ pub fn plan(
                     let matched = glob(landing, pattern)?;
                     let aside = matched.iter().filter(|f| quarantined.contains(&f.rel)).count();
                     let files: Vec<LandingFile> = matched.into_iter().filter(|f| !quarantined.contains(&f.rel)).collect();
-                    let loaded: HashSet<&str> =
-                        ledger.get(&m.name).map(|l| l.iter().map(|e| e.path.as_str()).collect()).unwrap_or_default();
+                    let loaded: HashSet<&str> = ledger.get(&m.name).map(|l| l.iter().map(|e| e.path.as_str()).collect()).unwrap_or_default();
                     let new: Vec<LandingFile> = files.iter().filter(|f| !loaded.contains(f.rel.as_str())).cloned().collect();
                     let aside = if aside > 0 { format!(" ({aside} quarantined)") } else { String::new() };
                     match why_build {
@@ -433,11 +422,8 @@ fn run_in_tx(project: &Project, conn: &Connection, steps: &[Step], run_id: i64, 
         // intervals), so a run's cost follows the new data; builds audit the table.
         let batch = matches!(step.action, Action::Append(_) | Action::Merge);
         let audited = if batch { BATCH } else { m.name.as_str() };
-        let rows: Option<i64> = if m.kind == Kind::View {
-            None
-        } else {
-            Some(conn.query_row(&format!("SELECT count(*) FROM {}", m.name), [], |r| r.get(0))?)
-        };
+        let rows: Option<i64> =
+            if m.kind == Kind::View { None } else { Some(conn.query_row(&format!("SELECT count(*) FROM {}", m.name), [], |r| r.get(0))?) };
         record_model(conn, m, &project.fingerprints[&m.name], rows, run_id, &loaded)?;
         loaded_now.extend(loaded.iter().map(|(f, _)| f.rel.clone()));
         let duration_ms = start.elapsed().as_millis() as u64;
@@ -617,13 +603,7 @@ fn check_columns(conn: &Connection, m: &Model, table: &str) -> anyhow::Result<()
     let got: Vec<String> = st.column_names().into_iter().map(|c| c.to_ascii_lowercase()).collect();
     let want: Vec<&str> = m.columns.iter().map(|(n, _)| n.as_str()).collect();
     if got != want {
-        return Err(BadInput(format!(
-            "{} returned columns ({}) but its header declares ({})",
-            m.name,
-            got.join(", "),
-            want.join(", ")
-        ))
-        .into());
+        return Err(BadInput(format!("{} returned columns ({}) but its header declares ({})", m.name, got.join(", "), want.join(", "))).into());
     }
     Ok(())
 }

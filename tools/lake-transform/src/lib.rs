@@ -190,8 +190,7 @@ fn release_models_dir() -> anyhow::Result<PathBuf> {
 /// The lakehouse lock, shared with serve-export: whoever holds it may open the file.
 fn lakehouse_lock(layout: &Layout, wait: u64) -> anyhow::Result<Lock> {
     let path = layout.lakehouse_lock();
-    Lock::acquire(&path, Duration::from_secs(wait))
-        .with_context(|| format!("the lakehouse is held by another writer ({})", path.display()))
+    Lock::acquire(&path, Duration::from_secs(wait)).with_context(|| format!("the lakehouse is held by another writer ({})", path.display()))
 }
 
 fn plan(common: &CommonArgs, models: &Path, rebuild: bool) -> anyhow::Result<Outcome> {

@@ -515,8 +515,7 @@ pub fn parse_model(src: &str, path: &Path) -> Result<Model, ModelError> {
             ("kind", v) => kind = Some(parse_kind(v, line, path)?),
             ("grain", v) => grain = idents(&v).ok_or_else(|| err(line, "grain: expected a column or (a, b, ...)".into()))?,
             ("partitioned_by", v) => {
-                partitioned_by =
-                    Some(idents(&v).ok_or_else(|| err(line, "partitioned_by: expected a column or (a, b, ...)".into()))?)
+                partitioned_by = Some(idents(&v).ok_or_else(|| err(line, "partitioned_by: expected a column or (a, b, ...)".into()))?)
             }
             ("partitions_from", Val::Word(w)) if w.split('.').count() == 2 => partitions_from = Some(w.to_ascii_lowercase()),
             ("partitions_from", _) => return Err(err(line, "partitions_from: expected an upstream model, schema.table".into())),
@@ -559,7 +558,13 @@ pub fn parse_model(src: &str, path: &Path) -> Result<Model, ModelError> {
                     let ok = i.key.as_deref().is_some_and(|k| k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
                     match (i.key, i.val) {
                         (Some(k), _) if ok && !SESSION_PROPERTIES.contains(&k.to_ascii_lowercase().as_str()) => {
-                            return Err(err(i.line, format!("session_properties: {k} is not a tuning setting a model may change (allowed: {})", SESSION_PROPERTIES.join(", "))));
+                            return Err(err(
+                                i.line,
+                                format!(
+                                    "session_properties: {k} is not a tuning setting a model may change (allowed: {})",
+                                    SESSION_PROPERTIES.join(", ")
+                                ),
+                            ));
                         }
                         (Some(k), v @ (Val::Str(_) | Val::Num(_) | Val::Word(_))) if ok => {
                             session_properties.push((k.to_ascii_lowercase(), to_arg(v, i.line, path)?));
@@ -568,9 +573,7 @@ pub fn parse_model(src: &str, path: &Path) -> Result<Model, ModelError> {
                     }
                 }
             }
-            ("audits", v @ (Val::Call(..) | Val::Word(_))) => {
-                audits.push(audit_call(Item { key: None, val: v, line }, path)?)
-            }
+            ("audits", v @ (Val::Call(..) | Val::Word(_))) => audits.push(audit_call(Item { key: None, val: v, line }, path)?),
             (k @ ("name" | "description" | "column_descriptions" | "audits" | "session_properties" | "columns"), _) => {
                 return Err(err(line, format!("property '{k}' has a value of the wrong form")));
             }
@@ -601,7 +604,10 @@ pub fn parse_model(src: &str, path: &Path) -> Result<Model, ModelError> {
             return Err(err(sql_line, format!("{THIS_MODEL}: only an incremental model can read its own rows")));
         }
         if columns.is_empty() {
-            return Err(err(sql_line, format!("{THIS_MODEL} needs columns (name TYPE, ...) in the header: a first build reads it as an empty table of those columns")));
+            return Err(err(
+                sql_line,
+                format!("{THIS_MODEL} needs columns (name TYPE, ...) in the header: a first build reads it as an empty table of those columns"),
+            ));
         }
     }
     Ok(Model {
@@ -651,7 +657,10 @@ pub fn one_statement(body: &str, first_line: usize) -> Result<String, (usize, St
     let Some(end) = code.find(';') else { return Ok(body.trim().to_owned()) };
     if let Some(more) = code[end + 1..].find(|c: char| !c.is_ascii_whitespace()) {
         let line = first_line + code[..end + 1 + more].matches('\n').count();
-        return Err((line, "a model or audit is one SQL query: no statement may follow ';' (COMMIT, COPY, ATTACH, SET and the like are not allowed)".into()));
+        return Err((
+            line,
+            "a model or audit is one SQL query: no statement may follow ';' (COMMIT, COPY, ATTACH, SET and the like are not allowed)".into(),
+        ));
     }
     Ok(body[..end].trim().to_owned())
 }
@@ -659,8 +668,16 @@ pub fn one_statement(body: &str, first_line: usize) -> Result<String, (usize, St
 /// The DuckDB settings a model's `session_properties` may set: tuning only. The run's
 /// sandbox (external access, allowed directories, extensions) is not a model's to change.
 pub const SESSION_PROPERTIES: &[&str] = &[
-    "threads", "memory_limit", "max_memory", "preserve_insertion_order", "disabled_optimizers", "default_order",
-    "default_null_order", "ordered_aggregate_threshold", "perfect_ht_threshold", "max_expression_depth",
+    "threads",
+    "memory_limit",
+    "max_memory",
+    "preserve_insertion_order",
+    "disabled_optimizers",
+    "default_order",
+    "default_null_order",
+    "ordered_aggregate_threshold",
+    "perfect_ht_threshold",
+    "max_expression_depth",
 ];
 
 /// At the top of a header, `grain (a, b)` reads like a call: it is property `grain`
@@ -697,8 +714,7 @@ fn idents(v: &Val) -> Option<Vec<String>> {
 
 fn parse_kind(v: Val, line: usize, path: &Path) -> Result<Kind, ModelError> {
     let err = |line, msg: String| ModelError { path: path.to_owned(), line, msg };
-    const KINDS: &str =
-        "FULL, VIEW, INCREMENTAL_BY_UNIQUE_KEY (unique_key (...)), INCREMENTAL_BY_PARTITION, LANDING_INGEST (pattern '...')";
+    const KINDS: &str = "FULL, VIEW, INCREMENTAL_BY_UNIQUE_KEY (unique_key (...)), INCREMENTAL_BY_PARTITION, LANDING_INGEST (pattern '...')";
     let (name, args) = match v {
         Val::Word(w) => (w, Vec::new()),
         Val::Call(w, args) => (w, args),
@@ -736,7 +752,8 @@ fn parse_kind(v: Val, line: usize, path: &Path) -> Result<Kind, ModelError> {
         "INCREMENTAL_BY_UNIQUE_KEY" => {
             known(&["unique_key"])?;
             let key = arg("unique_key").and_then(|v| idents(&v));
-            let unique_key = key.filter(|k| !k.is_empty()).ok_or_else(|| err(line, "INCREMENTAL_BY_UNIQUE_KEY needs unique_key (col, ...)".into()))?;
+            let unique_key =
+                key.filter(|k| !k.is_empty()).ok_or_else(|| err(line, "INCREMENTAL_BY_UNIQUE_KEY needs unique_key (col, ...)".into()))?;
             Ok(Kind::IncrementalByUniqueKey { unique_key })
         }
         "INCREMENTAL_BY_PARTITION" => {
@@ -776,9 +793,7 @@ fn to_arg(v: Val, line: usize, path: &Path) -> Result<Arg, ModelError> {
         Val::Word(w) => Arg::Ident(w),
         Val::Str(s) => Arg::Str(s),
         Val::Num(n) => Arg::Num(n),
-        Val::Tuple(items) => Arg::Tuple(
-            items.into_iter().map(|i| to_arg(i.val, i.line, path)).collect::<Result<_, _>>()?,
-        ),
+        Val::Tuple(items) => Arg::Tuple(items.into_iter().map(|i| to_arg(i.val, i.line, path)).collect::<Result<_, _>>()?),
         Val::Call(..) => {
             return Err(ModelError { path: path.to_owned(), line, msg: "audit arguments cannot be calls".into() });
         }
@@ -795,7 +810,9 @@ mod statement_tests {
         assert_eq!(one_statement(" SELECT ';' AS a, \"x;\" FROM t /* ; */ -- ;\n", 1), Ok("SELECT ';' AS a, \"x;\" FROM t /* ; */ -- ;".into()));
         let dollars = "SELECT $$;$$, $t$ ; $t$, 'it''s;'";
         assert_eq!(one_statement(dollars, 1), Ok(dollars.into()));
-        for (body, line) in [("SELECT 1; COMMIT", 1), ("SELECT 1\n;\nCOPY t TO 'x'", 3), ("SELECT 1; /* c */ ATTACH 'f'", 1), ("SELECT 'a;'\n; SET x = 1", 2)] {
+        for (body, line) in
+            [("SELECT 1; COMMIT", 1), ("SELECT 1\n;\nCOPY t TO 'x'", 3), ("SELECT 1; /* c */ ATTACH 'f'", 1), ("SELECT 'a;'\n; SET x = 1", 2)]
+        {
             let (l, msg) = one_statement(body, 1).unwrap_err();
             assert_eq!(l, line, "{body}");
             assert!(msg.contains("no statement may follow ';'"), "{msg}");
@@ -845,7 +862,11 @@ mod tests {
         assert_eq!(m.render(7, true), "SELECT k, n, d FROM a.up WHERE TRUE AND k NOT IN (SELECT k FROM a.b) AND _run_id = 7");
         assert_eq!(m.render(7, false), "SELECT k, n, d FROM a.up WHERE FALSE AND k NOT IN (SELECT k FROM __materia_this) AND _run_id = 7");
         assert_eq!(m.empty_this_ddl().unwrap(), "CREATE OR REPLACE TEMP TABLE __materia_this (k VARCHAR, n DECIMAL(18, 3), d DATE)");
-        assert!(p("MODEL (name a.b, kind INCREMENTAL_BY_PARTITION, partitioned_by k);\nSELECT * FROM @this_model").unwrap_err().starts_with("m.sql:2: @this_model needs columns"));
+        assert!(
+            p("MODEL (name a.b, kind INCREMENTAL_BY_PARTITION, partitioned_by k);\nSELECT * FROM @this_model")
+                .unwrap_err()
+                .starts_with("m.sql:2: @this_model needs columns")
+        );
         assert!(p("MODEL (name a.b, kind FULL, columns (k INT));\nSELECT * FROM @this_model").unwrap_err().contains("only an incremental model"));
         assert!(p("MODEL (name a.b, kind FULL, partitions_from a.c); SELECT 1").unwrap_err().contains("goes with kind INCREMENTAL_BY_PARTITION"));
         assert!(p("MODEL (name a.b, kind FULL, columns (k)); SELECT 1").unwrap_err().contains("columns: expected (name TYPE"));
@@ -857,7 +878,10 @@ mod tests {
             p("MODEL (\n name a.b,\n kind FULL,\n cron '@daily'\n);\nSELECT 1").unwrap_err(),
             "m.sql:4: unknown MODEL property 'cron' (supported: name, kind, partitioned_by, partitions_from, grain, columns, description, column_descriptions, audits, session_properties)"
         );
-        assert_eq!(p("MODEL (name a.b,\n kind SCD_TYPE_2); SELECT 1").unwrap_err().split(" (supported").next().unwrap(), "m.sql:2: unknown kind 'SCD_TYPE_2'");
+        assert_eq!(
+            p("MODEL (name a.b,\n kind SCD_TYPE_2); SELECT 1").unwrap_err().split(" (supported").next().unwrap(),
+            "m.sql:2: unknown kind 'SCD_TYPE_2'"
+        );
         assert!(p("MODEL (name ab, kind FULL); SELECT 1").unwrap_err().contains("expected schema.table"));
         assert!(p("MODEL (name a.b, kind FULL);").unwrap_err().contains("no SQL after the MODEL header"));
         assert!(p("MODEL (name a.b, kind FULL").unwrap_err().contains("unclosed"));
@@ -870,6 +894,11 @@ mod tests {
     fn audit_files() {
         let a = parse_audit("AUDIT (name Bal, blocking false);\nSELECT * FROM @this_model WHERE x < 0;", Path::new("a.sql")).unwrap();
         assert_eq!((a.name.as_str(), a.blocking, a.sql.as_str()), ("bal", false, "SELECT * FROM @this_model WHERE x < 0"));
-        assert!(parse_audit("AUDIT (name x, severity 1); SELECT 1", Path::new("a.sql")).unwrap_err().to_string().contains("unknown AUDIT property 'severity'"));
+        assert!(
+            parse_audit("AUDIT (name x, severity 1); SELECT 1", Path::new("a.sql"))
+                .unwrap_err()
+                .to_string()
+                .contains("unknown AUDIT property 'severity'")
+        );
     }
 }

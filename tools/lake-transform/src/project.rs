@@ -58,13 +58,7 @@ impl Project {
         let mut by_name: BTreeMap<String, Model> = BTreeMap::new();
         for m in models {
             if let Some(prev) = by_name.get(&m.name) {
-                return Err(Usage(format!(
-                    "model {} is defined twice: {} and {}",
-                    m.name,
-                    prev.path.display(),
-                    m.path.display()
-                ))
-                .into());
+                return Err(Usage(format!("model {} is defined twice: {} and {}", m.name, prev.path.display(), m.path.display())).into());
             }
             by_name.insert(m.name.clone(), m);
         }
@@ -78,13 +72,9 @@ impl Project {
                     continue;
                 }
                 if !by_name.contains_key(&name) {
-                    return Err(Usage(format!(
-                        "{}:{}: {} reads {name}, which is not a model",
-                        m.path.display(),
-                        m.sql_line + line - 1,
-                        m.name
-                    ))
-                    .into());
+                    return Err(
+                        Usage(format!("{}:{}: {} reads {name}, which is not a model", m.path.display(), m.sql_line + line - 1, m.name)).into()
+                    );
                 }
                 ups.insert(name);
             }
@@ -143,8 +133,7 @@ fn sql_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// Kahn's algorithm; ties broken by name so the order is stable.
 fn toposort(deps: &HashMap<String, Vec<String>>) -> anyhow::Result<Vec<String>> {
-    let mut remaining: BTreeMap<&str, BTreeSet<&str>> =
-        deps.iter().map(|(k, v)| (k.as_str(), v.iter().map(String::as_str).collect())).collect();
+    let mut remaining: BTreeMap<&str, BTreeSet<&str>> = deps.iter().map(|(k, v)| (k.as_str(), v.iter().map(String::as_str).collect())).collect();
     let mut order = Vec::new();
     while !remaining.is_empty() {
         let ready: Vec<&str> = remaining.iter().filter(|(_, ups)| ups.is_empty()).map(|(k, _)| *k).collect();

@@ -34,9 +34,8 @@ pub fn active(db: &StateDb) -> anyhow::Result<BTreeMap<String, Entry>> {
         .conn()
         .prepare("SELECT path, reason, quarantined_by, quarantined_at FROM quarantine WHERE released_at IS NULL ORDER BY path")
         .map_err(|e| db.err(e))?;
-    let rows = st
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, Entry { reason: r.get(1)?, by: r.get(2)?, at: r.get(3)? })))
-        .map_err(|e| db.err(e))?;
+    let rows =
+        st.query_map([], |r| Ok((r.get::<_, String>(0)?, Entry { reason: r.get(1)?, by: r.get(2)?, at: r.get(3)? }))).map_err(|e| db.err(e))?;
     Ok(rows.collect::<Result<_, _>>().map_err(|e| db.err(e))?)
 }
 
@@ -56,10 +55,7 @@ pub fn landing_path(landing: &Path, file: &str) -> anyhow::Result<String> {
 
 /// Who runs this: the operator behind sudo, else the login name.
 pub fn who() -> String {
-    ["SUDO_USER", "USER", "LOGNAME"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
-        .unwrap_or_else(|| "unknown".into())
+    ["SUDO_USER", "USER", "LOGNAME"].iter().find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty())).unwrap_or_else(|| "unknown".into())
 }
 
 /// Set `path` aside.

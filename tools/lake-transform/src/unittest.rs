@@ -58,7 +58,8 @@ pub fn load(dir: &Path, project: &Project) -> anyhow::Result<Vec<Case>> {
     let mut cases = Vec::new();
     for path in files {
         let src = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let doc: toml::Table = src.parse().map_err(|e: toml::de::Error| Usage(format!("{}: {}", path.display(), e.to_string().lines().next().unwrap_or(""))))?;
+        let doc: toml::Table =
+            src.parse().map_err(|e: toml::de::Error| Usage(format!("{}: {}", path.display(), e.to_string().lines().next().unwrap_or(""))))?;
         for (name, body) in doc {
             let bad = |msg: &str| Usage(format!("{}: test {name}: {msg}", path.display()));
             let body = body.as_table().ok_or_else(|| bad("expected a table"))?;
@@ -190,7 +191,12 @@ fn values_sql(rows: &[toml::Table]) -> anyhow::Result<String> {
     }
     let tuples = rows
         .iter()
-        .map(|r| cols.iter().map(|c| r.get(c).map_or(Ok("NULL".to_owned()), literal)).collect::<anyhow::Result<Vec<_>>>().map(|v| format!("({})", v.join(", "))))
+        .map(|r| {
+            cols.iter()
+                .map(|c| r.get(c).map_or(Ok("NULL".to_owned()), literal))
+                .collect::<anyhow::Result<Vec<_>>>()
+                .map(|v| format!("({})", v.join(", ")))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(format!("SELECT * FROM (VALUES {}) t({})", tuples.join(", "), cols.join(", ")))
 }

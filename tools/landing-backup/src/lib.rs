@@ -420,11 +420,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
 async fn backup(step: &mut materia_common::Step, cli: &Cli, target: &Target) -> anyhow::Result<Report> {
     let counts = Arc::new(Counts::default());
     let op = operator(target, counts.clone(), Duration::from_secs(cli.timeout), cli.retries)?;
-    let cfg = Cfg {
-        threshold: cli.multipart_threshold,
-        part: cli.part_size,
-        if_not_exists: op.info().capability().write_with_if_not_exists,
-    };
+    let cfg = Cfg { threshold: cli.multipart_threshold, part: cli.part_size, if_not_exists: op.info().capability().write_with_if_not_exists };
     let target_id = target.to_string();
     let files = landing_files(&step.layout.landing())?;
     let ledger = read_ledger(&step.db, &target_id)?;
@@ -531,10 +527,7 @@ async fn backup(step: &mut materia_common::Step, cli: &Cli, target: &Target) -> 
     let req_line = ["LIST", "PUT", "HEAD", "GET", "DELETE"]
         .iter()
         .map(|k| format!("{k} {}", requests.get(k).copied().unwrap_or(0)))
-        .chain(std::iter::once(format!(
-            "multipart {}",
-            requests.iter().filter(|(k, _)| k.starts_with("multipart")).map(|(_, v)| v).sum::<u64>()
-        )))
+        .chain(std::iter::once(format!("multipart {}", requests.iter().filter(|(k, _)| k.starts_with("multipart")).map(|(_, v)| v).sum::<u64>())))
         .collect::<Vec<_>>()
         .join(", ");
     let summary = format!(
@@ -587,11 +580,7 @@ async fn snapshot_state(
     let tmp = tempfile::tempdir().context("creating a temp dir for the state DB snapshot")?;
     let copy = tmp.path().join("state.sqlite");
     let gz = tmp.path().join("state.sqlite.gz");
-    step.db
-        .conn()
-        .execute("VACUUM INTO ?1", [copy.to_string_lossy()])
-        .map_err(|e| step.db.err(e))
-        .context("snapshotting the state DB")?;
+    step.db.conn().execute("VACUUM INTO ?1", [copy.to_string_lossy()]).map_err(|e| step.db.err(e)).context("snapshotting the state DB")?;
     {
         let mut input = std::fs::File::open(&copy).with_context(|| format!("reading {}", copy.display()))?;
         let out = std::fs::File::create(&gz).with_context(|| format!("writing {}", gz.display()))?;

@@ -85,9 +85,7 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
 pub fn one_line(err: &anyhow::Error) -> String {
     // duckdb-rs appends a generic code to every failure; it says nothing the text does not.
     let s = format!("{err:#}").replace(": Error code 1: Unknown error code", "");
-    s.chars()
-        .flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] })
-        .collect()
+    s.chars().flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect()
 }
 
 /// The body of every tool's `main`: run, print `tool: error: <chain>` once on failure,

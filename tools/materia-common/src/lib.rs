@@ -141,11 +141,7 @@ pub struct Step {
 /// Take `tool`'s step lock, open the state DB, record a run, do `work`, record how it
 /// ended. A second instance fails with `already running (pid N)` (exit
 /// [`exit::LOCKED`]) unless `--wait-lock` lets it wait.
-pub fn run_step(
-    tool: &str,
-    common: &CommonArgs,
-    work: impl FnOnce(&mut Step) -> anyhow::Result<Report>,
-) -> anyhow::Result<Outcome> {
+pub fn run_step(tool: &str, common: &CommonArgs, work: impl FnOnce(&mut Step) -> anyhow::Result<Report>) -> anyhow::Result<Outcome> {
     let layout = common.layout();
     let lock = lock::Lock::acquire(&layout.step_lock(tool), Duration::from_secs(common.wait_lock))?;
     let db = StateDb::open(layout.state_db())?;
@@ -170,9 +166,7 @@ pub fn run_step(
             (state::RunStatus::Failed, code, format!("failed: {line}"), Some(line), serde_json::json!({}), Err(err))
         }
     };
-    step.db
-        .finish_run(run_id, status, code, &summary, error.as_deref(), &stats)
-        .context("recording the end of the run")?;
+    step.db.finish_run(run_id, status, code, &summary, error.as_deref(), &stats).context("recording the end of the run")?;
     ret
 }
 

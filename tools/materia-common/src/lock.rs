@@ -58,24 +58,14 @@ impl Lock {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io)?;
+        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io)?;
         let start = Instant::now();
         loop {
             match file.try_lock() {
                 Ok(()) => break,
                 Err(TryLockError::WouldBlock) => {
                     if start.elapsed() >= wait {
-                        return Err(LockError::Held {
-                            pid: read_pid(&mut file),
-                            path: path.to_owned(),
-                            waited: wait,
-                        });
+                        return Err(LockError::Held { pid: read_pid(&mut file), path: path.to_owned(), waited: wait });
                     }
                     std::thread::sleep(Duration::from_millis(50).min(wait.saturating_sub(start.elapsed())));
                 }

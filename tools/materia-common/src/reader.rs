@@ -71,8 +71,8 @@ impl AnalyticsReader {
             let cfg = duckdb::Config::default()
                 .access_mode(duckdb::AccessMode::ReadOnly)
                 .map_err(|source| ReaderError::Open { path: self.path.clone(), source })?;
-            let conn = duckdb::Connection::open_with_flags(&self.path, cfg)
-                .map_err(|source| ReaderError::Open { path: self.path.clone(), source })?;
+            let conn =
+                duckdb::Connection::open_with_flags(&self.path, cfg).map_err(|source| ReaderError::Open { path: self.path.clone(), source })?;
             self.reopens += 1;
             self.open = Some((conn, id));
         }

@@ -238,8 +238,7 @@ impl StateDb {
     pub fn open(path: &Path) -> Result<Self> {
         let err = |source| StateError::Sqlite { path: path.to_owned(), source };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+            std::fs::create_dir_all(dir).map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
         }
         let mut conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
@@ -307,11 +306,8 @@ impl StateDb {
             params![tool],
         )
         .map_err(|e| self.err(e))?;
-        tx.execute(
-            &format!("INSERT INTO runs (tool, status, started_at, pid) VALUES (?1, 'running', {NOW}, ?2)"),
-            params![tool, std::process::id()],
-        )
-        .map_err(|e| self.err(e))?;
+        tx.execute(&format!("INSERT INTO runs (tool, status, started_at, pid) VALUES (?1, 'running', {NOW}, ?2)"), params![tool, std::process::id()])
+            .map_err(|e| self.err(e))?;
         let id = tx.last_insert_rowid();
         tx.commit().map_err(|e| self.err(e))?;
         Ok(id)
@@ -343,10 +339,7 @@ impl StateDb {
 
     /// Status of one run (for tests and status readers).
     pub fn run_status(&self, run_id: i64) -> Result<Option<String>> {
-        self.conn
-            .query_row("SELECT status FROM runs WHERE run_id = ?1", params![run_id], |r| r.get(0))
-            .optional()
-            .map_err(|e| self.err(e))
+        self.conn.query_row("SELECT status FROM runs WHERE run_id = ?1", params![run_id], |r| r.get(0)).optional().map_err(|e| self.err(e))
     }
 }
 
@@ -374,8 +367,7 @@ mod tests {
         let dead = db.begin_run("psd-extract").unwrap();
         let run = db.begin_run("psd-extract").unwrap();
         assert_eq!(db.run_status(dead).unwrap().as_deref(), Some("aborted"));
-        db.finish_run(run, RunStatus::Unchanged, 3, "nothing new", None, &serde_json::json!({"checked": 1}))
-            .unwrap();
+        db.finish_run(run, RunStatus::Unchanged, 3, "nothing new", None, &serde_json::json!({"checked": 1})).unwrap();
         drop(db);
         // reopening migrates nothing twice
         let db = StateDb::open(&path).unwrap();
@@ -411,7 +403,10 @@ mod tests {
         let other_tool = add("psd-extract", "unchanged", 40);
         let referred = add("tag-deploy", "unchanged", 40);
         db.conn()
-            .execute("INSERT INTO fetches (run_id, url, outcome, http_status, attempts, at) VALUES (?1, 'u', 'not_modified', 304, 1, 'x')", [referred])
+            .execute(
+                "INSERT INTO fetches (run_id, url, outcome, http_status, attempts, at) VALUES (?1, 'u', 'not_modified', 304, 1, 'x')",
+                [referred],
+            )
             .unwrap();
         let run = db.begin_run("tag-deploy").unwrap();
         let left: Vec<i64> =
@@ -426,9 +421,6 @@ mod tests {
         drop(StateDb::open(&path).unwrap());
         Connection::open(&path).unwrap().pragma_update(None, "user_version", 999).unwrap();
         let err = StateDb::open(&path).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            format!("state DB {}: schema version 999 is newer than this tool knows (6); upgrade the tool", path.display())
-        );
+        assert_eq!(err.to_string(), format!("state DB {}: schema version 999 is newer than this tool knows (6); upgrade the tool", path.display()));
     }
 }

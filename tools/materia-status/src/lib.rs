@@ -98,11 +98,7 @@ fn last_run(db: &StateDb, tool: &str) -> anyhow::Result<Value> {
 fn backup_lag(db: &StateDb) -> anyhow::Result<Value> {
     let n: i64 = db
         .conn()
-        .query_row(
-            "SELECT count(*) FROM landed_files lf WHERE NOT EXISTS (SELECT 1 FROM backup_objects b WHERE b.path = lf.path)",
-            [],
-            |r| r.get(0),
-        )
+        .query_row("SELECT count(*) FROM landed_files lf WHERE NOT EXISTS (SELECT 1 FROM backup_objects b WHERE b.path = lf.path)", [], |r| r.get(0))
         .map_err(|e| db.err(e))?;
     Ok(json!(n))
 }

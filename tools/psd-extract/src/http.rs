@@ -128,14 +128,7 @@ enum Failure {
 }
 
 /// GET `url` conditionally, retrying transient failures under `policy`.
-pub fn fetch(
-    client: &Client,
-    url: &str,
-    known: &Validators,
-    policy: &RetryPolicy,
-    tmp_dir: &Path,
-    bar: &ProgressBar,
-) -> FetchResult {
+pub fn fetch(client: &Client, url: &str, known: &Validators, policy: &RetryPolicy, tmp_dir: &Path, bar: &ProgressBar) -> FetchResult {
     let start = Instant::now();
     let mut status = None;
     for attempt in 1.. {
@@ -222,26 +215,23 @@ fn attempt_once(
             return Err(Failure::Fatal(err));
         }
     }
-    let mut validators = Validators {
-        etag: header_text(resp.headers(), header::ETAG),
-        last_modified: header_text(resp.headers(), header::LAST_MODIFIED),
-    };
+    let mut validators =
+        Validators { etag: header_text(resp.headers(), header::ETAG), last_modified: header_text(resp.headers(), header::LAST_MODIFIED) };
     if let Some(e) = validators.etag.take_if(|e| e.len() > limits.max_etag_bytes) {
         // Not kept: sent back, it could make a proxy refuse every later request.
-        log::warn!("{url}: an ETag of {} bytes is not kept (--max-etag-bytes {}); Last-Modified or the content's hash stand in", e.len(), limits.max_etag_bytes);
+        log::warn!(
+            "{url}: an ETag of {} bytes is not kept (--max-etag-bytes {}); Last-Modified or the content's hash stand in",
+            e.len(),
+            limits.max_etag_bytes
+        );
     }
-    let expected = resp
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let expected = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
     if let Some(n) = expected.filter(|&n| n > limits.max_download_bytes) {
         let err = BadInput(format!("the server announces {n} bytes, over the limit of {} (--max-download-mib)", limits.max_download_bytes));
         return Err(Failure::Fatal(err.into()));
     }
-    let mut file = tempfile::tempfile_in(tmp_dir)
-        .with_context(|| format!("creating a temp file in {}", tmp_dir.display()))
-        .map_err(Failure::Fatal)?;
+    let mut file =
+        tempfile::tempfile_in(tmp_dir).with_context(|| format!("creating a temp file in {}", tmp_dir.display())).map_err(Failure::Fatal)?;
     bar.reset();
     if let Some(n) = expected {
         bar.set_length(n);
@@ -250,10 +240,7 @@ fn attempt_once(
     if let Some(expected) = expected
         && bytes != expected
     {
-        return Err(Failure::Retry {
-            err: anyhow!("download truncated: got {bytes} of {expected} bytes (Content-Length)"),
-            retry_after: None,
-        });
+        return Err(Failure::Retry { err: anyhow!("download truncated: got {bytes} of {expected} bytes (Content-Length)"), retry_after: None });
     }
     file.rewind().context("rewinding the download").map_err(Failure::Fatal)?;
     Ok(Fetched::Body { file, bytes, validators })

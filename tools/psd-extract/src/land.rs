@@ -78,8 +78,7 @@ pub fn land_zip(db: &StateDb, landing: &Path, run_id: i64, zip: File, origin: &O
     if !name.to_ascii_lowercase().ends_with(".csv") {
         return Err(BadInput(format!("expected a CSV in the zip, found {name:?}")).into());
     }
-    let mut entry =
-        archive.by_name(name).map_err(|e| BadInput(format!("cannot read {name:?} in the zip: {e}")))?;
+    let mut entry = archive.by_name(name).map_err(|e| BadInput(format!("cannot read {name:?} in the zip: {e}")))?;
 
     let rel_dir = format!("psd/{:04}/{:02}", origin.month.year(), origin.month.month());
     let dir = landing.join(&rel_dir);
@@ -136,9 +135,7 @@ fn write_and_publish(
         gz.write_all(chunk).with_context(|| format!("writing {}", dir.display()))?;
     }
     let rows = scan.finish().map_err(|m| BadInput(format!("{name:?}: {m}")))?;
-    gz.finish()
-        .and_then(|w| w.into_inner().map_err(io::IntoInnerError::into_error))
-        .with_context(|| format!("writing {}", dir.display()))?;
+    gz.finish().and_then(|w| w.into_inner().map_err(io::IntoInnerError::into_error)).with_context(|| format!("writing {}", dir.display()))?;
     let sha256 = hex(&hasher.finalize());
 
     if let Some((file_id, path)) = find_by_sha(db, &sha256)? {
@@ -168,10 +165,7 @@ pub fn etag_file_name(etag: &str) -> Option<String> {
     let e = etag.trim();
     let e = e.strip_prefix("W/").unwrap_or(e);
     let e = e.trim_matches('"');
-    let cleaned: String = e
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' { c } else { '_' })
-        .collect();
+    let cleaned: String = e.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' { c } else { '_' }).collect();
     let name: String = cleaned.trim_start_matches(['.', '-']).chars().take(MAX_ETAG_NAME).collect();
     name.bytes().any(|b| b.is_ascii_alphanumeric()).then_some(name)
 }
@@ -179,9 +173,7 @@ pub fn etag_file_name(etag: &str) -> Option<String> {
 fn find_by_sha(db: &StateDb, sha256: &str) -> anyhow::Result<Option<(i64, String)>> {
     Ok(db
         .conn()
-        .query_row("SELECT file_id, path FROM landed_files WHERE sha256 = ?1", params![sha256], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
+        .query_row("SELECT file_id, path FROM landed_files WHERE sha256 = ?1", params![sha256], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()
         .map_err(|e| db.err(e))?)
 }
@@ -203,16 +195,7 @@ fn same_content(path: &Path, sha256: &str) -> anyhow::Result<bool> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn record(
-    db: &StateDb,
-    run_id: i64,
-    o: &Origin<'_>,
-    path: &str,
-    sha256: &str,
-    bytes: u64,
-    csv_bytes: u64,
-    rows: u64,
-) -> anyhow::Result<i64> {
+fn record(db: &StateDb, run_id: i64, o: &Origin<'_>, path: &str, sha256: &str, bytes: u64, csv_bytes: u64, rows: u64) -> anyhow::Result<i64> {
     db.conn()
         .execute(
             &format!(
@@ -221,19 +204,7 @@ fn record(
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, {})",
                 materia_common::state::NOW
             ),
-            params![
-                path,
-                o.source,
-                o.source_url,
-                o.month.to_string(),
-                o.etag,
-                o.last_modified,
-                sha256,
-                bytes,
-                csv_bytes,
-                rows,
-                run_id
-            ],
+            params![path, o.source, o.source_url, o.month.to_string(), o.etag, o.last_modified, sha256, bytes, csv_bytes, rows, run_id],
         )
         .map_err(|e| db.err(e))?;
     Ok(db.conn().last_insert_rowid())
@@ -340,8 +311,18 @@ fn check_header(line: &[u8]) -> Result<(), String> {
 
 /// The columns of a PSD row, in header order.
 const COLUMNS: [&str; 12] = [
-    "Commodity_Code", "Commodity_Description", "Country_Code", "Country_Name", "Market_Year", "Calendar_Year", "Month",
-    "Attribute_ID", "Attribute_Description", "Unit_ID", "Unit_Description", "Value",
+    "Commodity_Code",
+    "Commodity_Description",
+    "Country_Code",
+    "Country_Name",
+    "Market_Year",
+    "Calendar_Year",
+    "Month",
+    "Attribute_ID",
+    "Attribute_Description",
+    "Unit_ID",
+    "Unit_Description",
+    "Value",
 ];
 
 /// One data row: is it a row raw.psd loads?
@@ -502,10 +483,7 @@ mod tests {
         assert_eq!(scan(&[h]), Err("CSV has a header but no data rows".into()));
         assert_eq!(scan(&[]), Err("empty CSV: no header".into()));
         let changed = PSD_HEADER.replace("Value", "Amount");
-        assert_eq!(
-            scan(&[changed.as_bytes(), b"\n1\n"]),
-            Err("CSV header changed: column 12 is \"Amount\", expected \"Value\"".into())
-        );
+        assert_eq!(scan(&[changed.as_bytes(), b"\n1\n"]), Err("CSV header changed: column 12 is \"Amount\", expected \"Value\"".into()));
         let more = format!("{PSD_HEADER},Extra\n1\n");
         assert!(scan(&[more.as_bytes()]).unwrap_err().contains("13 columns, expected 12"));
     }

@@ -202,10 +202,7 @@ impl Tally {
 
 fn fetch(common: &CommonArgs, args: &FetchArgs) -> anyhow::Result<Outcome> {
     for f in &args.files {
-        let ok = f.len() <= 200
-            && f.ends_with(".zip")
-            && f.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-            && !f.starts_with('.');
+        let ok = f.len() <= 200 && f.ends_with(".zip") && f.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) && !f.starts_with('.');
         if !ok {
             return Err(Usage(format!("--file {f:?}: expected a PSD file name such as psd_coffee_csv.zip")).into());
         }
@@ -311,8 +308,8 @@ fn import(common: &CommonArgs, args: &ImportArgs, max_csv_bytes: u64) -> anyhow:
         let landing = prepare_landing(&step.layout)?;
         let origin = land::Origin { source: &source, source_url: &url, month: args.release, etag: None, last_modified: None };
         let mut tally = Tally { checked: 1, downloaded: 0, ..Tally::default() };
-        let result = land::land_zip(&step.db, &landing, step.run_id, zip, &origin, max_csv_bytes)
-            .with_context(|| format!("importing {}", args.zip.display()));
+        let result =
+            land::land_zip(&step.db, &landing, step.run_id, zip, &origin, max_csv_bytes).with_context(|| format!("importing {}", args.zip.display()));
         let (outcome, file_id) = outcome_of(result);
         let rec = FetchRecord { outcome, status: None, attempts: 1, bytes: None, file_id };
         record_fetch(&step.db, step.run_id, &url, &rec)?;
@@ -337,8 +334,7 @@ fn import(common: &CommonArgs, args: &ImportArgs, max_csv_bytes: u64) -> anyhow:
 /// Refuse to run on a clock that says it is earlier than the newest landed release: it
 /// would file the current release under a past month, for good.
 fn check_clock(db: &StateDb, now: Month) -> anyhow::Result<()> {
-    let newest: Option<String> =
-        db.conn().query_row("SELECT max(release_month) FROM landed_files", [], |r| r.get(0)).map_err(|e| db.err(e))?;
+    let newest: Option<String> = db.conn().query_row("SELECT max(release_month) FROM landed_files", [], |r| r.get(0)).map_err(|e| db.err(e))?;
     if let Some(newest) = newest.and_then(|m| m.parse::<Month>().ok())
         && now < newest
     {
@@ -353,8 +349,8 @@ fn check_clock(db: &StateDb, now: Month) -> anyhow::Result<()> {
 fn prepare_landing(layout: &Layout) -> anyhow::Result<PathBuf> {
     let landing = layout.landing();
     std::fs::create_dir_all(&landing).with_context(|| format!("cannot create {}", landing.display()))?;
-    let swept = materia_common::atomic::remove_stale_temps(&landing.join("psd"))
-        .with_context(|| format!("clearing temp files in {}", landing.display()))?;
+    let swept =
+        materia_common::atomic::remove_stale_temps(&landing.join("psd")).with_context(|| format!("clearing temp files in {}", landing.display()))?;
     if swept > 0 {
         log::warn!("removed {swept} temp file(s) left by an interrupted run");
     }
@@ -363,8 +359,7 @@ fn prepare_landing(layout: &Layout) -> anyhow::Result<PathBuf> {
 
 fn signal_landed(step: &Step) -> anyhow::Result<()> {
     let trigger = step.layout.trigger(layout::TRIGGER_LANDING_UPDATED);
-    std::fs::create_dir_all(trigger.parent().unwrap_or(Path::new(".")))
-        .with_context(|| format!("cannot create {}", trigger.display()))?;
+    std::fs::create_dir_all(trigger.parent().unwrap_or(Path::new("."))).with_context(|| format!("cannot create {}", trigger.display()))?;
     materia_common::atomic::write_replace(&trigger, format!("run_id={}\n", step.run_id).as_bytes())?;
     Ok(())
 }
@@ -424,11 +419,7 @@ fn fetch_one(
         Err(e) => FetchOutcome::Failed(e),
         Ok(http::Fetched::NotModified) => {
             log::info!("{}: not modified", src.url);
-            if let Err(e) = save_validators(&step.db, &src.url, &known) {
-                FetchOutcome::Failed(e)
-            } else {
-                FetchOutcome::NotModified
-            }
+            if let Err(e) = save_validators(&step.db, &src.url, &known) { FetchOutcome::Failed(e) } else { FetchOutcome::NotModified }
         }
         Ok(http::Fetched::NotFound) if src.archive => {
             log::debug!("{}: not released (404)", src.url);
@@ -461,11 +452,7 @@ fn fetch_one(
 fn archive_done(db: &StateDb, url: &str) -> anyhow::Result<bool> {
     Ok(db
         .conn()
-        .query_row(
-            "SELECT 1 FROM fetches WHERE url = ?1 AND outcome IN ('landed', 'duplicate') LIMIT 1",
-            params![url],
-            |_| Ok(()),
-        )
+        .query_row("SELECT 1 FROM fetches WHERE url = ?1 AND outcome IN ('landed', 'duplicate') LIMIT 1", params![url], |_| Ok(()))
         .optional()
         .map_err(|e| db.err(e))?
         .is_some())

@@ -194,15 +194,11 @@ fn lakehouse_state(db: &Connection) -> anyhow::Result<String> {
 }
 
 fn source_tables(db: &Connection) -> anyhow::Result<Vec<Table>> {
-    let mut views = db.prepare(
-        "SELECT view_name FROM duckdb_views() WHERE database_name = 'lakehouse' AND schema_name = 'serving' ORDER BY 1",
-    )?;
+    let mut views = db.prepare("SELECT view_name FROM duckdb_views() WHERE database_name = 'lakehouse' AND schema_name = 'serving' ORDER BY 1")?;
     for v in views.query_map([], |r| r.get::<_, String>(0))? {
         log::warn!("serving.{} is a view: only tables are exported", v?);
     }
-    let mut st = db.prepare(
-        "SELECT table_name FROM duckdb_tables() WHERE database_name = 'lakehouse' AND schema_name = 'serving' ORDER BY 1",
-    )?;
+    let mut st = db.prepare("SELECT table_name FROM duckdb_tables() WHERE database_name = 'lakehouse' AND schema_name = 'serving' ORDER BY 1")?;
     let names: Vec<String> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
     names.into_iter().map(|n| describe(db, "lakehouse", &n)).collect()
 }
@@ -221,10 +217,7 @@ fn copy(db: &Connection, tmp: &Path, tables: &[Table], export_id: &str, state: &
     let contents = serde_json::Value::Object(tables.iter().map(|t| (t.name.clone(), serde_json::Value::from(t.rows))).collect());
     let mut sql = format!("ATTACH {} AS export_target; CREATE SCHEMA export_target.serving;", sql_str(tmp));
     for t in tables {
-        sql.push_str(&format!(
-            "CREATE TABLE export_target.serving.{n} AS SELECT * FROM lakehouse.serving.{n};",
-            n = ident(&t.name)
-        ));
+        sql.push_str(&format!("CREATE TABLE export_target.serving.{n} AS SELECT * FROM lakehouse.serving.{n};", n = ident(&t.name)));
     }
     sql.push_str(&format!(
         "CREATE TABLE export_target.main._meta AS SELECT {} AS export_id, now()::TIMESTAMP AS exported_at,
@@ -259,7 +252,17 @@ fn verify(tmp: &Path, want: &[Table], export_id: &str) -> anyhow::Result<()> {
             .iter()
             .zip(got.iter().chain(std::iter::repeat(&Table { name: "(missing)".into(), columns: vec![], rows: 0 })))
             .find(|(w, g)| w != g)
-            .map(|(w, g)| format!("serving.{}: {} rows, {} columns in the lakehouse; the copy has {} with {} rows, {} columns", w.name, w.rows, w.columns.len(), g.name, g.rows, g.columns.len()))
+            .map(|(w, g)| {
+                format!(
+                    "serving.{}: {} rows, {} columns in the lakehouse; the copy has {} with {} rows, {} columns",
+                    w.name,
+                    w.rows,
+                    w.columns.len(),
+                    g.name,
+                    g.rows,
+                    g.columns.len()
+                )
+            })
             .unwrap_or_else(|| format!("{} tables in the lakehouse, {} in the copy", want.len(), got.len()));
         return Err(Integrity(format!("the export did not verify: {diff}; nothing was published")).into());
     }
@@ -293,9 +296,7 @@ fn published_meta(path: &Path) -> Option<Meta> {
     let read = || -> anyhow::Result<Meta> {
         let cfg = duckdb::Config::default().access_mode(duckdb::AccessMode::ReadOnly)?;
         let db = Connection::open_with_flags(path, cfg)?;
-        Ok(db.query_row("SELECT export_id, lakehouse_state FROM _meta", [], |r| {
-            Ok(Meta { export_id: r.get(0)?, lakehouse_state: r.get(1)? })
-        })?)
+        Ok(db.query_row("SELECT export_id, lakehouse_state FROM _meta", [], |r| Ok(Meta { export_id: r.get(0)?, lakehouse_state: r.get(1)? }))?)
     };
     match read() {
         Ok(m) => Some(m),

@@ -15,10 +15,7 @@ pub fn version(tag: &str) -> Option<Vec<u64>> {
     if !(parts.len() == 1 || parts.len() == 3) {
         return None;
     }
-    parts
-        .iter()
-        .map(|p| if !p.is_empty() && p.len() <= 18 && p.bytes().all(|b| b.is_ascii_digit()) { p.parse().ok() } else { None })
-        .collect()
+    parts.iter().map(|p| if !p.is_empty() && p.len() <= 18 && p.bytes().all(|b| b.is_ascii_digit()) { p.parse().ok() } else { None }).collect()
 }
 
 /// `*` matches any characters; everything else matches itself.
@@ -27,8 +24,7 @@ pub fn glob(pat: &str, s: &str) -> bool {
         None => pat == s,
         Some((head, tail)) => {
             s.starts_with(head)
-                && (tail.is_empty()
-                    || s.char_indices().map(|(i, _)| i).chain([s.len()]).filter(|&i| i >= head.len()).any(|i| glob(tail, &s[i..])))
+                && (tail.is_empty() || s.char_indices().map(|(i, _)| i).chain([s.len()]).filter(|&i| i >= head.len()).any(|i| glob(tail, &s[i..])))
         }
     }
 }
@@ -188,11 +184,7 @@ pub fn is_unreachable(e: &anyhow::Error) -> bool {
 /// Run `f` on its own thread and wait at most `timeout` for it. libgit2 has no deadline
 /// of its own that covers SSH; when this one passes, the run fails and the process ends
 /// with the stuck thread (the next run sweeps any git lock file it left).
-fn with_deadline<T: Send + 'static>(
-    what: &str,
-    timeout: Duration,
-    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> anyhow::Result<T> {
+fn with_deadline<T: Send + 'static>(what: &str, timeout: Duration, f: impl FnOnce() -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("git".into())

@@ -266,7 +266,14 @@ fn attempt(app: &App, tag: &str, previous: Option<&str>, args: &PollArgs, done: 
     repo.checkout_tree(commit.as_object(), Some(&mut co)).with_context(|| format!("checking out {tag}"))?;
 
     app.clear_built()?;
-    let build = Cmd { cmd: &args.build_cmd, dir: &app.build(), release: &tmp, tag, timeout: Duration::from_secs(args.build_timeout), flag: "--build-timeout" };
+    let build = Cmd {
+        cmd: &args.build_cmd,
+        dir: &app.build(),
+        release: &tmp,
+        tag,
+        timeout: Duration::from_secs(args.build_timeout),
+        flag: "--build-timeout",
+    };
     release::run(app, &build).context("build failed")?;
     app.install(&tmp)?;
     release::sync_tree(&tmp)?;

@@ -58,11 +58,9 @@ pub fn print_status(db: Option<&StateDb>, deployed: Option<&str>) -> anyhow::Res
         if let Some(tag) = deployed {
             let row: Option<(String, Option<String>)> = db
                 .conn()
-                .query_row(
-                    "SELECT at, previous_tag FROM deploys WHERE tag = ?1 AND status = 'deployed' ORDER BY rowid DESC LIMIT 1",
-                    [tag],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
+                .query_row("SELECT at, previous_tag FROM deploys WHERE tag = ?1 AND status = 'deployed' ORDER BY rowid DESC LIMIT 1", [tag], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
                 .ok();
             if let Some((at, p)) = row {
                 when = Some(at);

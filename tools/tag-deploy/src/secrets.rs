@@ -11,9 +11,7 @@ pub const SOPS_FILE: &str = ".env.prod.sops";
 /// Decrypt a release's dotenv secrets with sops into `env_file`.
 pub fn decrypt(sops_file: &Path, env_file: &Path, tag: &str) -> anyhow::Result<()> {
     let mut c = std::process::Command::new("sops");
-    c.args(["--disable-version-check", "--decrypt", "--input-type", "dotenv", "--output-type", "dotenv"])
-        .arg(sops_file)
-        .env_clear();
+    c.args(["--disable-version-check", "--decrypt", "--input-type", "dotenv", "--output-type", "dotenv"]).arg(sops_file).env_clear();
     for v in ["PATH", "HOME", "XDG_CONFIG_HOME", "SOPS_AGE_KEY_FILE"] {
         if let Some(val) = std::env::var_os(v) {
             c.env(v, val);

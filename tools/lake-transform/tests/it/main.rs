@@ -73,7 +73,6 @@ struct Env {
     models: PathBuf,
 }
 
-
 impl Env {
     fn new() -> Env {
         let tmp = tempfile::tempdir().unwrap();
@@ -142,9 +141,7 @@ impl Env {
 
     /// A fingerprint of everything the web app and the engine can see.
     fn snapshot(&self) -> Vec<String> {
-        let tables = self.rows(
-            "SELECT schema_name || '.' || table_name FROM duckdb_tables() ORDER BY ALL",
-        );
+        let tables = self.rows("SELECT schema_name || '.' || table_name FROM duckdb_tables() ORDER BY ALL");
         let mut out = tables.clone();
         for t in tables {
             let mut rows = self.rows(&format!("SELECT * FROM {t}"));
@@ -222,8 +219,21 @@ fn the_real_release_builds_every_serving_table_with_the_contract_columns() {
     assert_eq!(
         cb.iter().map(|c| c.split(' ').next().unwrap()).collect::<Vec<_>>(),
         [
-            "commodity_code", "commodity", "country_code", "country", "market_year", "unit", "beginning_stocks", "production",
-            "imports", "total_supply", "exports", "domestic_consumption", "ending_stocks", "total_distribution", "stocks_to_use",
+            "commodity_code",
+            "commodity",
+            "country_code",
+            "country",
+            "market_year",
+            "unit",
+            "beginning_stocks",
+            "production",
+            "imports",
+            "total_supply",
+            "exports",
+            "domestic_consumption",
+            "ending_stocks",
+            "total_distribution",
+            "stocks_to_use",
             "release"
         ]
     );
@@ -231,7 +241,18 @@ fn the_real_release_builds_every_serving_table_with_the_contract_columns() {
     assert!(wb.iter().any(|c| c == "countries BIGINT") && wb.iter().any(|c| c == "stocks_to_use DOUBLE"), "{wb:?}");
     assert_eq!(
         cols("serving.revisions").iter().map(|c| c.split(' ').next().unwrap()).collect::<Vec<_>>(),
-        ["commodity_code", "country_code", "market_year", "attribute_id", "attribute", "release", "previous_release", "value", "previous_value", "change"]
+        [
+            "commodity_code",
+            "country_code",
+            "market_year",
+            "attribute_id",
+            "attribute",
+            "release",
+            "previous_release",
+            "value",
+            "previous_value",
+            "change"
+        ]
     );
 
     assert_eq!(env.rows("SELECT release, commodity_code, files, rows FROM serving.releases"), ["2022-12-01|0711100|1|77957"]);
@@ -312,7 +333,10 @@ fn a_blocking_audit_failure_rolls_the_whole_run_back() {
     let run = env.run(&["run"]);
     assert_eq!(run.code, 5, "{run:?}");
     let line = run.error_line();
-    assert!(line.contains("audit unique_combination_of_columns on staging.psd_values failed: 1 offending row") && line.contains("rolled back"), "{line}");
+    assert!(
+        line.contains("audit unique_combination_of_columns on staging.psd_values failed: 1 offending row") && line.contains("rolled back"),
+        "{line}"
+    );
     assert_eq!(env.snapshot(), before, "the lakehouse is exactly at the previous state");
     assert_eq!(env.state_rows("SELECT status FROM runs ORDER BY run_id DESC LIMIT 1"), ["Text(\"failed\")"]);
     assert_eq!(
@@ -423,9 +447,17 @@ fn bad_models_are_refused_before_anything_runs() {
     let models = env.own_models();
     let cases: Vec<(&str, &str, String)> = vec![
         ("x.sql", "MODEL (\n  name staging.x,\n  kind FULL,\n  cron '@daily'\n);\nSELECT 1", "x.sql:4: unknown MODEL property 'cron'".into()),
-        ("x.sql", "MODEL (name staging.x, kind FULL);\nSELECT * FROM serving.nope", "x.sql:2: staging.x reads serving.nope, which is not a model".into()),
+        (
+            "x.sql",
+            "MODEL (name staging.x, kind FULL);\nSELECT * FROM serving.nope",
+            "x.sql:2: staging.x reads serving.nope, which is not a model".into(),
+        ),
         ("x.sql", "MODEL (name staging.x, kind FULL);\nSELECT * FROM staging.y", String::new()),
-        ("y.sql", "MODEL (name staging.y, kind FULL);\nSELECT * FROM staging.x", "models depend on each other in a cycle: staging.x, staging.y".into()),
+        (
+            "y.sql",
+            "MODEL (name staging.y, kind FULL);\nSELECT * FROM staging.x",
+            "models depend on each other in a cycle: staging.x, staging.y".into(),
+        ),
     ];
     for (file, src, msg) in cases {
         std::fs::write(models.join(file), src).unwrap();
@@ -453,7 +485,11 @@ fn a_binary_outside_a_release_names_its_models_or_fails_clearly() {
     }
     let run = Run::from(c.arg("--data-dir").arg(&env.data).arg("run").output().unwrap());
     assert_eq!(run.code, 2, "{run:?}");
-    assert!(run.error_line().contains("no models folder:") && run.error_line().contains("pass --models DIR or set MATERIA_MODELS"), "{}", run.error_line());
+    assert!(
+        run.error_line().contains("no models folder:") && run.error_line().contains("pass --models DIR or set MATERIA_MODELS"),
+        "{}",
+        run.error_line()
+    );
     assert_eq!(env.state_rows("SELECT status FROM runs"), ["Text(\"failed\")"]);
 
     // The same binary inside a release layout finds the release's models.

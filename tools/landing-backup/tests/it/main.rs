@@ -42,12 +42,7 @@ impl Moto {
             .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/materia-test-venv"));
         let bin = venv.join("bin/moto_server");
         assert!(bin.exists(), "moto is not installed at {}: run scripts/setup-dev.sh", bin.display());
-        let child = Command::new(bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = Command::new(bin).args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         let m = Moto { child, port };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -117,9 +112,7 @@ impl Drop for Moto {
 }
 
 fn encode(key: &str) -> String {
-    key.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
-        .collect()
+    key.bytes().map(|b| if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }
 
 struct Env {
@@ -127,7 +120,6 @@ struct Env {
     root: PathBuf,
     data: PathBuf,
 }
-
 
 impl Env {
     fn new() -> Env {
@@ -144,7 +136,16 @@ impl Env {
 
     fn run(&self, target: &str, endpoint: Option<&str>, args: &[&str]) -> Run {
         let mut c = Command::new(env!("CARGO_BIN_EXE_landing-backup"));
-        for v in ["MATERIA_DATA_DIR", "MATERIA_STATE_DB", "MATERIA_WAIT_LOCK", "RUST_LOG", "BACKUP_TARGET", "R2_ENDPOINT", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY"] {
+        for v in [
+            "MATERIA_DATA_DIR",
+            "MATERIA_STATE_DB",
+            "MATERIA_WAIT_LOCK",
+            "RUST_LOG",
+            "BACKUP_TARGET",
+            "R2_ENDPOINT",
+            "R2_ACCESS_KEY_ID",
+            "R2_SECRET_ACCESS_KEY",
+        ] {
             c.env_remove(v);
         }
         if let Some(e) = endpoint {
@@ -281,7 +282,8 @@ fn large_files_go_up_in_equal_parts() {
 fn odd_file_names_round_trip() {
     let moto = Moto::start();
     let env = Env::new();
-    let names = ["psd/2024/01/with space.csv.gzip", "psd/2024/01/plus+and%percent.csv.gzip", "psd/2024/01/ünïcödé.csv.gzip", "psd/2024/01/a&b=c.csv.gzip"];
+    let names =
+        ["psd/2024/01/with space.csv.gzip", "psd/2024/01/plus+and%percent.csv.gzip", "psd/2024/01/ünïcödé.csv.gzip", "psd/2024/01/a&b=c.csv.gzip"];
     for (i, n) in names.iter().enumerate() {
         env.land(n, format!("content {i}").as_bytes());
     }
@@ -539,11 +541,8 @@ fn every_upload_is_conditional_multipart_included() {
     let run = env.via(&proxy, &["--multipart-threshold", "5242880", "--part-size", "5242880"]);
     assert_eq!(run.code, 0, "{run:?}");
     // What creates an object: a PUT of a whole object, a multipart upload's completion.
-    let creates: Vec<(String, String)> = proxy
-        .seen()
-        .into_iter()
-        .filter(|(m, t)| (m == "PUT" && !t.contains("uploadId")) || (m == "POST" && t.contains("uploadId")))
-        .collect();
+    let creates: Vec<(String, String)> =
+        proxy.seen().into_iter().filter(|(m, t)| (m == "PUT" && !t.contains("uploadId")) || (m == "POST" && t.contains("uploadId"))).collect();
     assert_eq!(creates.len(), 2, "{creates:?}");
     let conditional = proxy.conditional();
     for c in &creates {

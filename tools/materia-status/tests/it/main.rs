@@ -4,13 +4,8 @@
 use std::process::Command;
 
 fn status(data: &std::path::Path, args: &[&str]) -> (i32, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_materia-status"))
-        .env_remove("MATERIA_STATE_DB")
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .output()
-        .unwrap();
+    let o =
+        Command::new(env!("CARGO_BIN_EXE_materia-status")).env_remove("MATERIA_STATE_DB").arg("--data-dir").arg(data).args(args).output().unwrap();
     (o.status.code().unwrap(), String::from_utf8_lossy(&o.stdout).into_owned())
 }
 

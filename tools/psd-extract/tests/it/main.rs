@@ -7,9 +7,9 @@ mod support;
 use std::process::Stdio;
 use std::time::Duration;
 
+use materia_common::Month;
 use server::{Fault, Route, Server};
 use support::*;
-use materia_common::Month;
 
 const COFFEE: &str = "/downloads/psd_coffee_csv.zip";
 
@@ -499,8 +499,7 @@ fn hostile_etags_never_escape_the_landing_dir() {
     assert!(landed.iter().any(|p| p.ends_with("_.._x.csv.gzip")));
     let top: Vec<_> = std::fs::read_dir(&env.root).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(top, vec![std::ffi::OsString::from("data")]);
-    let mut data: Vec<_> =
-        std::fs::read_dir(&env.data).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut data: Vec<_> = std::fs::read_dir(&env.data).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     data.sort();
     assert_eq!(data, ["landing", "locks", "triggers"]);
 }
@@ -533,8 +532,7 @@ fn kill_9_mid_download_leaves_no_partial_file_and_the_rerun_completes() {
     let chunk = psd_zip(40, "current").len() / 50 + 1;
     s.push_fault(COFFEE, Fault::Drip { chunk, pause: Duration::from_millis(100) });
     let env = Env::new();
-    let mut child =
-        env.cmd().args(env.fetch_args(&s.url(), &[])).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = env.cmd().args(env.fetch_args(&s.url(), &[])).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     s.wait_for_requests(COFFEE, 1);
     std::thread::sleep(Duration::from_millis(300));
     child.kill().unwrap(); // SIGKILL
@@ -556,8 +554,7 @@ fn kill_9_while_landing_leaves_only_a_temp_file_that_the_next_run_clears() {
     let s = Server::start();
     s.set(COFFEE, Route::new(psd_zip(400_000, "big"), "\"big\""));
     let env = Env::new();
-    let mut child =
-        env.cmd().args(env.fetch_args(&s.url(), &[])).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = env.cmd().args(env.fetch_args(&s.url(), &[])).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     s.wait_for_requests(COFFEE, 1);
     // Wait for the temp file to appear, then kill.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);

@@ -205,9 +205,7 @@ fn handle(shared: &Shared, mut conn: TcpStream) -> std::io::Result<()> {
         Some(Fault::DeclareLength(n)) => n,
         _ => body.len(),
     };
-    head.extend_from_slice(
-        format!("Content-Type: application/x-zip-compressed\r\nContent-Length: {declared}\r\n\r\n").as_bytes(),
-    );
+    head.extend_from_slice(format!("Content-Type: application/x-zip-compressed\r\nContent-Length: {declared}\r\n\r\n").as_bytes());
     conn.write_all(&head)?;
     match fault {
         Some(Fault::CutAfter(n)) => {

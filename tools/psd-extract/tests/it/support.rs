@@ -151,9 +151,7 @@ impl Env {
 
     /// (status, error) of the newest run.
     pub fn last_run(&self) -> (String, Option<String>) {
-        self.db()
-            .query_row("SELECT status, error FROM runs ORDER BY run_id DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
+        self.db().query_row("SELECT status, error FROM runs ORDER BY run_id DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap()
     }
 
     pub fn count(&self, sql: &str) -> i64 {

@@ -19,7 +19,6 @@ struct Env {
     data: PathBuf,
 }
 
-
 impl Env {
     fn new() -> Env {
         let tmp = tempfile::tempdir().unwrap();
@@ -102,7 +101,8 @@ fn publishes_every_serving_table_with_its_meta_and_nothing_else() {
     let export_id = run.stdout.trim().to_owned();
     assert!(export_id.starts_with("1-"), "{export_id}");
     assert_eq!(env.read(&env.analytics()), (1, 100, 1, export_id.clone()));
-    let c = duckdb::Connection::open_with_flags(env.analytics(), duckdb::Config::default().access_mode(duckdb::AccessMode::ReadOnly).unwrap()).unwrap();
+    let c =
+        duckdb::Connection::open_with_flags(env.analytics(), duckdb::Config::default().access_mode(duckdb::AccessMode::ReadOnly).unwrap()).unwrap();
     let mut st = c.prepare("SELECT schema_name || '.' || table_name FROM duckdb_tables() ORDER BY 1").unwrap();
     let tables: Vec<String> = st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
     assert_eq!(tables, ["main._meta", "serving.numbers", "serving.other"], "tables only: no view, no staging, no engine state");
@@ -361,8 +361,13 @@ fn a_full_disk_fails_the_export_and_keeps_the_published_file() {
         )
         .unwrap();
     }
-    let used_kib: u64 = String::from_utf8(Command::new("du").args(["-sk"]).arg(&env.data).output().unwrap().stdout).unwrap()
-        .split_whitespace().next().unwrap().parse().unwrap();
+    let used_kib: u64 = String::from_utf8(Command::new("du").args(["-sk"]).arg(&env.data).output().unwrap().stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     fs.resize(&format!("{}k", used_kib + 1024));
 
     let o = run(&[]);

@@ -37,7 +37,6 @@ struct Env {
     data: PathBuf,
 }
 
-
 impl Env {
     fn new() -> Env {
         let tmp = tempfile::tempdir().unwrap();
@@ -267,12 +266,7 @@ fn kill_9_mid_deploy_leaves_current_on_a_complete_release() {
     env.commit("slow");
     env.tag("v2");
     let src = env.src.display().to_string();
-    let mut child = env
-        .cmd(&["--remote", &src, "--build-cmd", "sh build.sh"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = env.cmd(&["--remote", &src, "--build-cmd", "sh build.sh"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !env.releases().iter().any(|r| r.starts_with(".tmp-v2")) {
         assert!(Instant::now() < deadline, "the deploy did not start");
@@ -354,12 +348,8 @@ fn secrets_are_decrypted_on_every_deploy_owner_only_and_never_logged() {
     encrypt(&env, &path, &public, "API_KEY=third-s3cret\n");
     env.commit("bad");
     env.tag("v3");
-    let o = env
-        .cmd(&["--remote", &src, "--build-cmd", "sh build.sh", "--health-cmd", "false"])
-        .env("PATH", &path)
-        .env("HOME", &home)
-        .output()
-        .unwrap();
+    let o =
+        env.cmd(&["--remote", &src, "--build-cmd", "sh build.sh", "--health-cmd", "false"]).env("PATH", &path).env("HOME", &home).output().unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(std::fs::read_to_string(&env_file).unwrap(), "API_KEY=second-s3cret\n");
     assert_eq!(env.deployed_binary(), "v2");
@@ -517,11 +507,7 @@ fn gone(pid: &str) -> bool {
 fn a_build_or_hook_past_its_deadline_is_killed_with_everything_it_started() {
     let env = Env::new();
     // The build starts a grandchild that would outlive a plain kill of `sh`.
-    env.write(
-        "build.sh",
-        "#!/bin/sh\nsleep 300 &\necho $! > \"$MATERIA_RELEASE_DIR/../../sleeper.pid\"\nwait\n",
-        true,
-    );
+    env.write("build.sh", "#!/bin/sh\nsleep 300 &\necho $! > \"$MATERIA_RELEASE_DIR/../../sleeper.pid\"\nwait\n", true);
     env.commit("hanging build");
     env.tag("v1");
     let run = env.poll(&["--build-timeout", "1"]);
@@ -547,7 +533,11 @@ fn a_build_or_hook_past_its_deadline_is_killed_with_everything_it_started() {
     env.tag("v3");
     let run = env.poll(&["--hook-timeout", "1"]);
     assert_eq!(run.code, 1, "{run:?}");
-    assert!(run.error_line().contains("(--hook-timeout); killed") && run.error_line().contains("switched back to releases/v2"), "{}", run.error_line());
+    assert!(
+        run.error_line().contains("(--hook-timeout); killed") && run.error_line().contains("switched back to releases/v2"),
+        "{}",
+        run.error_line()
+    );
     assert_eq!(env.deployed_binary(), "v2");
 }
 
@@ -571,7 +561,8 @@ fn a_remote_that_never_answers_fails_the_poll_at_its_deadline() {
     assert!(run.error_line().contains(&format!("listing the tags of {url} did not finish within 2 s (--git-timeout)")), "{}", run.error_line());
     assert!(!held.lock().unwrap().is_empty(), "it did connect");
     let c = rusqlite::Connection::open(env.data.join("landing/.state.sqlite")).unwrap();
-    let (status, error): (String, String) = c.query_row("SELECT status, error FROM runs ORDER BY run_id DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    let (status, error): (String, String) =
+        c.query_row("SELECT status, error FROM runs ORDER BY run_id DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
     assert_eq!(status, "failed");
     assert!(error.contains("--git-timeout"), "{error}");
 }
