@@ -1,6 +1,9 @@
 //! The pipeline as `scripts/run-all.sh` runs it: the built tools chained through files.
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
+#[path = "support/moto.rs"]
+mod moto;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -183,4 +186,98 @@ fn what_psd_extract_lands_the_models_load() {
     assert_eq!((status["quarantined"][0]["reason"].as_str(), status["quarantined"][0]["by"].as_str()), (Some("checking a revision"), Some("ops")));
     let table = String::from_utf8(tool("materia-status", &[]).stdout).unwrap();
     assert!(table.contains(&format!("quarantined: {landed} (checking a revision, by ops at ")), "{table}");
+}
+
+/// Every serving table of a published analytics.duckdb, row for row, as the web app
+/// reads it (the Python reader, read-only): load times left out, doubles rounded (sums
+/// in DuckDB are not ordered: their last bits differ between two builds).
+fn serving_rows(data: &Path) -> String {
+    let script = r#"
+import duckdb, sys
+c = duckdb.connect(sys.argv[1], read_only=True)
+for t, in c.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'serving' ORDER BY 1").fetchall():
+    cols = [f"round({n}, 6)" if ty == "DOUBLE" else n for n, ty in c.execute(
+        "SELECT column_name, data_type FROM duckdb_columns() WHERE schema_name = 'serving' AND table_name = ? ORDER BY column_index", [t]).fetchall()
+        if n != "loaded_at"]
+    rows = c.execute(f"SELECT {', '.join(cols)} FROM serving.{t} ORDER BY ALL").fetchall()
+    print(f"-- serving.{t}: {len(rows)} rows")
+    for r in rows:
+        print(r)
+"#;
+    let venv = std::env::var_os("MATERIA_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/materia-test-venv"));
+    let o = Command::new(venv.join("bin/python")).arg("-c").arg(script).arg(data.join("analytics.duckdb")).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// One tool from the build, on `data`, with `env`; (exit code, stderr).
+fn tool(data: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let mut c = Command::new(bin_dir().join(name));
+    for v in ["MATERIA_DATA_DIR", "MATERIA_STATE_DB", "BACKUP_TARGET", "R2_ENDPOINT", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "RUST_LOG"] {
+        c.env_remove(v);
+    }
+    let o = c.arg("--data-dir").arg(data).args(args).envs(env.iter().copied()).output().unwrap();
+    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+fn state_runs(data: &Path) -> Vec<String> {
+    let db = rusqlite::Connection::open(data.join("landing/.state.sqlite")).unwrap();
+    let mut st = db.prepare("SELECT run_id || ' ' || tool || ' ' || status FROM runs ORDER BY run_id").unwrap();
+    st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+}
+
+/// The disaster-recovery drill: two releases landed, transformed, exported and backed
+/// up; the data dir wiped; restored from the backup alone; the pipeline run again.
+fn drill(target: &str, env: &[(&str, &str)]) {
+    let Some(zip) = fixture() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // The real release, and a later one revising some values.
+    let real = String::from_utf8(Command::new("unzip").arg("-p").arg(&zip).output().unwrap().stdout).unwrap();
+    let revised = real.replacen(".0000\r\n", ".5000\r\n", 300);
+    let later = tmp.path().join("later.zip");
+    zip_csv(revised.as_bytes(), &later);
+    for (z, month) in [(zip.to_str().unwrap(), "2022-12"), (later.to_str().unwrap(), "2023-01")] {
+        assert_eq!(tool(&data, "psd-extract", &["import", z, "--release", month], env).0, 0);
+    }
+    let models = repo().join("models").display().to_string();
+    assert_eq!(tool(&data, "lake-transform", &["--models", &models, "run"], env).0, 0);
+    assert_eq!(tool(&data, "serve-export", &[], env).0, 0);
+    let (code, err) = tool(&data, "landing-backup", &["--target", target, "--state-snapshot"], env);
+    assert_eq!(code, 0, "{err}");
+    let before = serving_rows(&data);
+    assert!(before.contains("-- serving.revisions: ") && !before.contains("-- serving.revisions: 0 rows"), "two releases, revisions between them");
+    let runs_before = state_runs(&data);
+
+    // The server is lost.
+    std::fs::remove_dir_all(&data).unwrap();
+
+    let (code, err) = tool(&data, "landing-backup", &["--target", target, "restore"], env);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("restored 2 landing file(s)") && err.contains("and the state DB"), "{err}");
+    let (code, err) = tool(&data, "lake-transform", &["--models", &models, "run"], env);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(tool(&data, "serve-export", &[], env).0, 0);
+    assert_eq!(serving_rows(&data), before, "the serving tables, row for row");
+    let runs_after = state_runs(&data);
+    assert_eq!(runs_after[..runs_before.len()], runs_before[..], "the state DB keeps the old runs");
+    // The ledger knows every restored object: the next backup uploads nothing.
+    let (code, err) = tool(&data, "landing-backup", &["--target", target], env);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("uploaded 0 (0 bytes)") && err.contains("PUT 0"), "{err}");
+}
+
+#[test]
+fn the_disaster_recovery_drill_on_a_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    drill(&format!("fs:{}", tmp.path().join("backup").display()), &[]);
+}
+
+#[test]
+fn the_disaster_recovery_drill_on_s3() {
+    let moto = moto::Moto::start();
+    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    drill("s3://bkt", &[("R2_ENDPOINT", endpoint.as_str()), ("R2_ACCESS_KEY_ID", "test-key-id"), ("R2_SECRET_ACCESS_KEY", "test-secret-value")]);
 }

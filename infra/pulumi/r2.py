@@ -19,7 +19,7 @@ import json
 import pulumi
 import pulumi_cloudflare as cloudflare
 
-# landing-backup's constants (tools/landing-backup/src/lib.rs: DEFAULT_PREFIX, STATE_DIR);
+# landing-backup's constants (tools/landing-backup/src: DEFAULT_PREFIX, STATE_DIR);
 # test_r2.py checks they still match.
 DEFAULT_PREFIX = "backup/materia/landing/"
 STATE_DIR = ".state/"

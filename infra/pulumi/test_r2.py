@@ -45,7 +45,8 @@ import r2  # noqa: E402  (after the mocks, as Pulumi's testing guide does)
 
 def landing_backup_constant(name):
     """A `const NAME: &str = "..."` of landing-backup, read from its source."""
-    src = (pathlib.Path(__file__).resolve().parents[2] / "tools/landing-backup/src/lib.rs").read_text()
+    src_dir = pathlib.Path(__file__).resolve().parents[2] / "tools/landing-backup/src"
+    src = "\n".join(p.read_text() for p in sorted(src_dir.glob("*.rs")))
     return re.search(rf'const {name}: &str = "([^"]*)";', src).group(1)
 
 

@@ -68,3 +68,12 @@ for case in "first run" "no change"; do
     row "2,020 files" "$case" "$o" "$p"
     echo "    requests  ours: $o_req; rclone: $p_req"
 done
+
+# The restore (the disaster-recovery drill's long part): everything back into an empty
+# data dir, each object checked as it arrives; rclone copies the other way, unchecked.
+bytes=$(du -sb --exclude='.*' "$work/data/landing" | cut -f1)
+o=$(measure "$ours" -q --data-dir "$work/restored" --target s3://ours restore)
+p=$(measure rclone copy --fast-list r2:peer/backup/materia/landing "$work/peer-restored")
+row "2,020 files" "restore" "$o" "$p"
+read -r secs _ <<<"$o"
+awk -v b="$bytes" -v s="$secs" 'BEGIN { printf "    restore: %.0f MB in %.2f s, %.1f MB/s from moto on 127.0.0.1\n", b / 1e6, s, b / 1e6 / s }'

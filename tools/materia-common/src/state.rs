@@ -26,6 +26,18 @@ pub enum StateError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The file (or its WAL) cannot be written by this user.
+    #[error(
+        "state DB {} is not writable by this user ({owner}): another user made it or its WAL (root running sqlite3?); give it back (chown beanflows_service: {}*) and query it as the service user, read-only (sqlite3 -readonly)",
+        path.display(),
+        path.display()
+    )]
+    ReadOnly {
+        /// The file.
+        path: PathBuf,
+        /// Who owns it, as `uid N`.
+        owner: String,
+    },
     /// The file was migrated by a newer tool.
     #[error("state DB {}: schema version {found} is newer than this tool knows ({known}); upgrade the tool", path.display())]
     TooNew {
@@ -236,7 +248,14 @@ impl RunStatus {
 impl StateDb {
     /// Open (creating if needed) and migrate the state DB at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let err = |source| StateError::Sqlite { path: path.to_owned(), source };
+        let err = |source: rusqlite::Error| {
+            if source.sqlite_error_code() == Some(rusqlite::ErrorCode::ReadOnly) {
+                use std::os::unix::fs::MetadataExt as _;
+                let owner = std::fs::metadata(path).map(|m| format!("the file belongs to uid {}", m.uid())).unwrap_or_default();
+                return StateError::ReadOnly { path: path.to_owned(), owner };
+            }
+            StateError::Sqlite { path: path.to_owned(), source }
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
         }

@@ -1,119 +1,22 @@
 //! landing-backup against a real S3 server (moto on 127.0.0.1) and the fs backend.
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
+#[path = "../../../../tests/support/moto.rs"]
+mod moto;
 mod proxy;
 #[path = "../../../../tests/support/run.rs"]
 mod run;
 
+use moto::Moto;
 use proxy::{Fault, Proxy};
 use run::Run;
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PREFIX: &str = "backup/materia/landing/";
-
-/// A moto S3 server on 127.0.0.1 with one bucket, killed on drop.
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Moto {
-    fn start() -> Moto {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Moto::start_on(port)
-    }
-
-    /// Kill it (losing everything it held) and start an empty one on the same port.
-    fn restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        *self = Moto::start_on(self.port);
-    }
-
-    fn start_on(port: u16) -> Moto {
-        // Where scripts/setup-dev.sh installs it.
-        let venv = std::env::var_os("MATERIA_TEST_VENV")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/materia-test-venv"));
-        let bin = venv.join("bin/moto_server");
-        assert!(bin.exists(), "moto is not installed at {}: run scripts/setup-dev.sh", bin.display());
-        let child = Command::new(bin).args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        let m = Moto { child, port };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // Unsigned CreateBucket (a signed one with region auto is refused by moto).
-        assert_eq!(m.http("PUT", "/bkt", b"").0, 200);
-        m
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// A raw, unsigned request (moto does not check signatures): the test's own view.
-    fn http(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
-        let (status, body) = self.http_bytes(method, path, body);
-        (status, String::from_utf8_lossy(&body).into_owned())
-    }
-
-    /// Status and raw body.
-    fn http_bytes(&self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        // moto does not check signatures, but objects the tool wrote belong to its key:
-        // present a (dummy) credential, except for the unsigned CreateBucket.
-        let auth = if path == "/bkt" {
-            ""
-        } else {
-            "Authorization: AWS4-HMAC-SHA256 Credential=test-key-id/20260101/auto/s3/aws4_request, SignedHeaders=host, Signature=0\r\n"
-        };
-        write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()).unwrap();
-        s.write_all(body).unwrap();
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).unwrap();
-        let end = out.windows(4).position(|w| w == b"\r\n\r\n").map_or(out.len(), |p| p + 4);
-        let head = String::from_utf8_lossy(&out[..end]).into_owned();
-        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-        (status, out[end..].to_vec())
-    }
-
-    /// (key, size, etag) of every object.
-    fn objects(&self) -> Vec<(String, u64, String)> {
-        let (_, body) = self.http("GET", "/bkt?list-type=2", b"");
-        body.split("<Contents>")
-            .skip(1)
-            .map(|c| {
-                let tag = |t: &str| c.split(&format!("<{t}>")).nth(1).unwrap().split(&format!("</{t}>")).next().unwrap().to_owned();
-                let key = tag("Key").replace("&amp;", "&");
-                (key, tag("Size").parse().unwrap(), tag("ETag").replace("&#34;", "").replace('"', ""))
-            })
-            .collect()
-    }
-
-    fn object(&self, key: &str) -> Vec<u8> {
-        let (status, body) = self.http_bytes("GET", &format!("/bkt/{}", encode(key)), b"");
-        assert_eq!(status, 200, "{key}");
-        body
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn encode(key: &str) -> String {
-    key.bytes().map(|b| if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
-}
 
 struct Env {
     _tmp: tempfile::TempDir,
@@ -398,8 +301,9 @@ fn a_state_db_snapshot_goes_up_once_a_day() {
     assert_eq!(snaps.len(), 1, "{snaps:?}");
     let name = snaps[0].file_name().unwrap().to_string_lossy().into_owned();
     assert!(name.starts_with("state-20") && name.ends_with(".sqlite.gz"), "{name}");
-    // A consistent copy taken during the run: the earlier run, and this one, running.
-    assert_eq!(snapshot_runs(&std::fs::read(&snaps[0]).unwrap(), &env.root), ["landing-backup success", "landing-backup running"]);
+    // A consistent copy taken during the run: the earlier run, and this one, which the
+    // copy records as done (restored, it is the run that took it, not one that died).
+    assert_eq!(snapshot_runs(&std::fs::read(&snaps[0]).unwrap(), &env.root), ["landing-backup success", "landing-backup success"]);
     assert!(env.ledger().contains(&format!(".state/{name}")), "{:?}", env.ledger());
     // The same day again: nothing new, nothing uploaded.
     let run = env.run(&target, None, &["--state-snapshot"]);
@@ -412,7 +316,7 @@ fn a_state_db_snapshot_goes_up_once_a_day() {
     let run = env2.run(&target, None, &["--state-snapshot"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stderr.contains(&format!("remote .state/{name} differs")) && run.stderr.contains("not overwritten"), "{}", run.stderr);
-    assert_eq!(snapshot_runs(&std::fs::read(&snaps[0]).unwrap(), &env.root), ["landing-backup success", "landing-backup running"], "untouched");
+    assert_eq!(snapshot_runs(&std::fs::read(&snaps[0]).unwrap(), &env.root), ["landing-backup success", "landing-backup success"], "untouched");
     assert!(!env2.ledger().iter().any(|k| k.starts_with(".state/")), "{:?}", env2.ledger());
     // A snapshot that vanished from the backup is an integrity alert.
     std::fs::remove_file(&snaps[0]).unwrap();
@@ -430,7 +334,7 @@ fn a_state_db_snapshot_to_s3_is_one_more_put_and_then_nothing() {
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(env.requests(), serde_json::json!({"LIST": 1, "PUT": 4}), "three files and the snapshot, each confirmed by its ETag");
     let key = moto.objects().into_iter().map(|o| o.0).find(|k| k.starts_with(&format!("{PREFIX}.state/state-"))).unwrap();
-    assert_eq!(snapshot_runs(&moto.object(&key), &env.root), ["landing-backup running"]);
+    assert_eq!(snapshot_runs(&moto.object(&key), &env.root), ["landing-backup success"]);
     let again = env.s3(&moto, &["--state-snapshot"]);
     assert_eq!(again.code, 3, "{again:?}");
     assert_eq!(env.requests(), serde_json::json!({}), "the ledger has today's snapshot: no request");
@@ -548,4 +452,153 @@ fn every_upload_is_conditional_multipart_included() {
     for c in &creates {
         assert!(conditional.contains(c), "{c:?} was not conditional (If-None-Match: *): {conditional:?}");
     }
+}
+
+/// Every file under `dir` (hidden ones left out) with its content.
+fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten() {
+            let p = e.unwrap().path();
+            if p.file_name().unwrap().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.push((p.strip_prefix(root).unwrap().display().to_string(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+fn runs(env: &Env) -> Vec<String> {
+    let c = rusqlite::Connection::open(env.data.join("landing/.state.sqlite")).unwrap();
+    let mut st = c.prepare("SELECT run_id || ' ' || tool || ' ' || status FROM runs ORDER BY run_id").unwrap();
+    st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+}
+
+#[test]
+fn a_restore_brings_back_every_file_and_the_state_db_checked() {
+    let old = Env::new();
+    three_files(&old);
+    let dest = old.root.join("backup");
+    let target = format!("fs:{}", dest.display());
+    assert_eq!(old.run(&target, None, &["--state-snapshot"]).code, 0);
+    let old_runs = runs(&old);
+
+    // --dry-run: what would come back, and the bytes; nothing is written.
+    let new = Env::new();
+    let dry = new.run(&target, None, &["restore", "--dry-run"]);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    let listed: Vec<&str> = dry.stdout.lines().map(|l| l.split('\t').next().unwrap()).collect();
+    assert_eq!(listed.len(), 4, "{}", dry.stdout);
+    assert!(listed[0].starts_with(".state/state-") && listed[1..] == ["psd/2024/01/a.csv.gzip", "psd/2024/02/b.csv.gzip", "psd/2024/03/c.csv.gzip"]);
+    assert!(dry.stderr.contains("would fetch 4 object(s)"), "{}", dry.stderr);
+    assert!(!new.data.exists(), "a dry run writes nothing");
+
+    // The restore: the landing files as they were, the state DB with its old runs.
+    let run = new.run(&target, None, &["restore"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(tree(&new.data.join("landing")), tree(&old.data.join("landing")));
+    let restored_runs = runs(&new);
+    assert_eq!(restored_runs[..old_runs.len()], old_runs[..], "the old runs are kept");
+    assert!(restored_runs.last().unwrap().ends_with("landing-backup success"), "{restored_runs:?}");
+    assert!(!new.data.join("landing/.restore-in-progress").exists());
+    // The ledger knows every object: the next backup uploads nothing.
+    let next = new.run(&target, None, &[]);
+    assert_eq!(next.code, 3, "{next:?}");
+    assert!(next.stderr.contains("uploaded 0"), "{}", next.stderr);
+
+    // A landing dir that holds files is refused; --into-existing adds only what is
+    // missing and never overwrites.
+    let again = new.run(&target, None, &["restore"]);
+    assert_eq!(again.code, 2, "{again:?}");
+    assert!(again.error_line().contains("already holds 3 landing file(s) and a state DB"), "{}", again.error_line());
+    let other = Env::new();
+    other.land("psd/2024/01/a.csv.gzip", b"a local one");
+    let run = other.run(&target, None, &["restore", "--into-existing"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(std::fs::read(other.data.join("landing/psd/2024/01/a.csv.gzip")).unwrap(), b"a local one");
+    assert_eq!(std::fs::read(other.data.join("landing/psd/2024/02/b.csv.gzip")).unwrap(), b"bravo bravo");
+    assert_eq!(other.run(&target, None, &["restore", "--into-existing"]).code, 3, "nothing left to fetch");
+}
+
+#[test]
+fn a_killed_restore_resumes_and_a_changed_object_is_refused() {
+    let old = Env::new();
+    for i in 0..24 {
+        let body: Vec<u8> = (0..(2u32 << 20)).map(|b| (b.wrapping_mul(31).wrapping_add(i)) as u8).collect();
+        old.land(&format!("psd/2024/{:02}/f{i}.csv.gzip", i % 12 + 1), &body);
+    }
+    let dest = old.root.join("backup");
+    let target = format!("fs:{}", dest.display());
+    assert_eq!(old.run(&target, None, &["--state-snapshot"]).code, 0);
+
+    // Killed mid-way: whatever has a final name is complete.
+    let new = Env::new();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_landing-backup"));
+    c.env_remove("MATERIA_DATA_DIR").env_remove("BACKUP_TARGET").env_remove("RUST_LOG");
+    let mut child =
+        c.arg("--data-dir").arg(&new.data).args(["--target", &target, "restore", "--concurrency", "1"]).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tree(&new.data.join("landing")).len() < 3 && child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the restore did not progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let original: std::collections::HashMap<String, Vec<u8>> = tree(&old.data.join("landing")).into_iter().collect();
+    let partial = tree(&new.data.join("landing"));
+    assert!(partial.len() < original.len(), "killed before the end: {}", partial.len());
+    for (rel, bytes) in &partial {
+        assert_eq!(Some(bytes), original.get(rel), "{rel} is complete under its final name");
+    }
+    assert!(new.data.join("landing/.restore-in-progress").exists());
+    // The rerun (no flag: it is this restore's own landing dir) fetches the rest.
+    let run = new.run(&target, None, &["restore"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(tree(&new.data.join("landing")), tree(&old.data.join("landing")));
+    assert!(run.stderr.contains(&format!("restored {} landing file(s)", original.len() - partial.len())), "{}", run.stderr);
+    let leftovers = Command::new("find").arg(new.data.join("landing")).args(["-name", "*.tmp-*"]).output().unwrap().stdout;
+    assert!(leftovers.is_empty(), "no temp file left: {}", String::from_utf8_lossy(&leftovers));
+
+    // An object altered in the backup (same size): an integrity error naming it, and
+    // nothing of it under its final name; the others come back.
+    let victim = "psd/2024/05/f4.csv.gzip";
+    let mut bytes = std::fs::read(dest.join(victim)).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(dest.join(victim), bytes).unwrap();
+    let third = Env::new();
+    let run = third.run(&target, None, &["restore"]);
+    assert_eq!(run.code, 6, "{run:?}");
+    assert!(run.error_line().contains(&format!("{victim}: its content does not match its record")), "{}", run.error_line());
+    assert!(!third.data.join("landing").join(victim).exists());
+    assert_eq!(tree(&third.data.join("landing")).len(), original.len() - 1);
+}
+
+#[test]
+fn a_restore_from_s3_checks_each_object_against_the_ledger() {
+    let moto = Moto::start();
+    let old = Env::new();
+    three_files(&old);
+    assert_eq!(old.s3(&moto, &["--state-snapshot"]).code, 0);
+    let new = Env::new();
+    let run = new.s3(&moto, &["restore"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(tree(&new.data.join("landing")), tree(&old.data.join("landing")));
+    assert_eq!(new.s3(&moto, &[]).code, 3, "recorded: nothing to upload");
+    assert_eq!(new.requests()["PUT"], serde_json::Value::Null, "no PUT");
+
+    // Someone overwrote an object in the bucket: its ETag is now the new content's,
+    // but the ledger recorded the original's.
+    let key = format!("{PREFIX}psd/2024/02/b.csv.gzip");
+    assert_eq!(moto.http("PUT", &format!("/bkt/{key}"), b"bravo BRAVO").0, 200);
+    let third = Env::new();
+    let run = third.s3(&moto, &["restore"]);
+    assert_eq!(run.code, 6, "{run:?}");
+    assert!(run.error_line().contains(&format!("{key}: its content does not match its record")), "{}", run.error_line());
 }
