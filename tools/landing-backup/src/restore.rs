@@ -97,8 +97,22 @@ pub fn restore(common: &CommonArgs, target: &Target, args: &RestoreArgs, tuning:
 
     let landing = layout.landing();
     let local: std::collections::HashSet<String> = landing_files(&landing)?.into_iter().map(|f| f.rel).collect();
-    let state_here = layout.state_db().exists();
+    let mut state_here = layout.state_db().exists();
     let resuming = landing.join(IN_PROGRESS).exists();
+    // A new server's state DB (bootstrap's first deploy made it; nothing landed or
+    // backed up in it) does not stop a restore: it is set aside, kept, and the backup's
+    // takes its place.
+    if state_here && local.is_empty() && !resuming && !args.into_existing && !args.dry_run && is_new(layout.state_db())? {
+        let aside = landing.join(format!(".state.sqlite.before-restore-{}", std::process::id()));
+        for suffix in ["", "-wal", "-shm"] {
+            let from = std::path::PathBuf::from(format!("{}{suffix}", layout.state_db().display()));
+            if from.exists() {
+                std::fs::rename(&from, format!("{}{suffix}", aside.display())).with_context(|| format!("setting {} aside", from.display()))?;
+            }
+        }
+        log::warn!("set this server's new state DB aside as {} (nothing was landed or backed up in it)", aside.display());
+        state_here = false;
+    }
     if !args.into_existing && !resuming && (!local.is_empty() || state_here) {
         return Err(Usage(format!(
             "{} already holds {} landing file(s){}: restore into an empty data dir, or add only what is missing with --into-existing",
@@ -175,6 +189,22 @@ fn classify(target: &Target, remote: &HashMap<String, Remote>) -> (Vec<Wanted>, 
     }
     files.sort_by(|a, b| a.rel.cmp(&b.rel));
     (files, snapshots)
+}
+
+/// A state DB in which nothing was ever landed or backed up (a new server's).
+fn is_new(path: &Path) -> anyhow::Result<bool> {
+    let db = StateDb::open_read_only(path)?;
+    let count = |table: &str| -> anyhow::Result<i64> {
+        let exists: bool = db
+            .conn()
+            .query_row("SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1", [table], |r| r.get(0))
+            .map_err(|e| db.err(e))?;
+        if !exists {
+            return Ok(0);
+        }
+        Ok(db.conn().query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0)).map_err(|e| db.err(e))?)
+    };
+    Ok(count("landed_files")? + count("backup_objects")? == 0)
 }
 
 fn is_day(d: &str) -> bool {

@@ -513,6 +513,14 @@ fn a_restore_brings_back_every_file_and_the_state_db_checked() {
     assert_eq!(next.code, 3, "{next:?}");
     assert!(next.stderr.contains("uploaded 0"), "{}", next.stderr);
 
+    // A new server's state DB (runs, but nothing landed or backed up) is set aside.
+    let fresh = Env::new();
+    assert_eq!(fresh.run(&format!("fs:{}", fresh.root.join("elsewhere").display()), None, &[]).code, 3);
+    let run = fresh.run(&target, None, &["restore"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("set this server's new state DB aside"), "{}", run.stderr);
+    assert_eq!(runs(&fresh)[..old_runs.len()], old_runs[..], "the backup's state DB took its place");
+
     // A landing dir that holds files is refused; --into-existing adds only what is
     // missing and never overwrites.
     let again = new.run(&target, None, &["restore"]);
