@@ -9,10 +9,14 @@
 //! stdout gets one line per model (`model<TAB>action<TAB>rows<TAB>reason`); logs go to stderr.
 
 pub mod audit;
-pub mod engine;
+mod header;
+pub mod landing;
+pub mod ledger;
 pub mod model;
+pub mod plan;
 pub mod project;
 pub mod quarantine;
+pub mod run;
 pub mod sql;
 pub mod unittest;
 
@@ -26,7 +30,7 @@ use materia_common::layout::{self, Layout};
 use materia_common::lock::Lock;
 use materia_common::{CommonArgs, Outcome, Report};
 
-use engine::Action;
+use plan::Action;
 use project::Project;
 
 /// The tool's name: binary, step lock and `runs.tool`.
@@ -205,7 +209,7 @@ fn plan(common: &CommonArgs, models: &Path, rebuild: bool) -> anyhow::Result<Out
         None
     };
     let aside = quarantined(&layout)?;
-    let steps = engine::plan(&project, conn.as_ref(), &layout.landing(), rebuild, &aside.keys().cloned().collect())?;
+    let steps = plan::plan(&project, conn.as_ref(), &layout.landing(), rebuild, &aside.keys().cloned().collect())?;
     for (path, e) in &aside {
         println!("quarantined\t{path}\t{} by {} at {}", e.reason, e.by, e.at);
     }
@@ -231,10 +235,10 @@ fn run_models(common: &CommonArgs, models: impl FnOnce() -> anyhow::Result<PathB
         let conn = Connection::open(&lakehouse).with_context(|| format!("opening {}", lakehouse.display()))?;
         log::debug!("opened {} in {:?}", lakehouse.display(), t.elapsed());
         let landing = std::path::absolute(step.layout.landing())?;
-        engine::sandbox(&conn, &landing)?;
+        run::sandbox(&conn, &landing)?;
         let t = std::time::Instant::now();
         let aside = quarantine::active(&step.db)?;
-        let steps = engine::plan(&project, Some(&conn), &landing, rebuild, &aside.keys().cloned().collect())?;
+        let steps = plan::plan(&project, Some(&conn), &landing, rebuild, &aside.keys().cloned().collect())?;
         log::debug!("planned in {:?}", t.elapsed());
         if steps.iter().all(|s| s.action == Action::Skip) {
             let summary = format!("nothing to do: {} models unchanged", steps.len());
@@ -246,7 +250,7 @@ fn run_models(common: &CommonArgs, models: impl FnOnce() -> anyhow::Result<PathB
                 failure: None,
             });
         }
-        let out = engine::run(&project, &conn, &steps, step.run_id);
+        let out = run::run(&project, &conn, &steps, step.run_id);
         drop(conn);
         record(&step.db, step.run_id, &out)?;
         let ran: Vec<_> = out.models.iter().filter(|m| m.action != "skip").collect();
@@ -283,7 +287,7 @@ fn run_models(common: &CommonArgs, models: impl FnOnce() -> anyhow::Result<PathB
 }
 
 /// Per-model and per-audit results into the state DB.
-fn record(db: &materia_common::StateDb, run_id: i64, out: &engine::RunOutcome) -> anyhow::Result<()> {
+fn record(db: &materia_common::StateDb, run_id: i64, out: &run::RunOutcome) -> anyhow::Result<()> {
     let c = db.conn();
     for m in &out.models {
         c.execute(

@@ -57,6 +57,24 @@ pub fn mask(sql: &str) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// The one SQL statement of a model or audit body (`first_line` is the line it starts
+/// on), without its final `;`. A second statement is refused: the engine runs the body
+/// inside its own `CREATE TABLE … AS`, so a `; COMMIT`, `; COPY … TO`, `; ATTACH` or
+/// `; SET` would run outside its control (the run's one transaction, the sandbox).
+/// Strings, quoted names, dollar-quoted strings and comments are skipped.
+pub fn one_statement(body: &str, first_line: usize) -> Result<String, (usize, String)> {
+    let code = crate::sql::mask(body);
+    let Some(end) = code.find(';') else { return Ok(body.trim().to_owned()) };
+    if let Some(more) = code[end + 1..].find(|c: char| !c.is_ascii_whitespace()) {
+        let line = first_line + code[..end + 1 + more].matches('\n').count();
+        return Err((
+            line,
+            "a model or audit is one SQL query: no statement may follow ';' (COMMIT, COPY, ATTACH, SET and the like are not allowed)".into(),
+        ));
+    }
+    Ok(body[..end].trim().to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::mask;
@@ -70,5 +88,25 @@ mod tests {
         assert!(!m.contains(';') && !m.contains("x.y") && !m.contains("u.v") && !m.contains("p.q"), "{m}");
         assert!(m.contains("FROM s.t") && m.contains("'   '") && m.contains("$q$"), "{m}");
         assert_eq!(mask("SELECT 'é;'"), "SELECT '   '");
+    }
+}
+
+#[cfg(test)]
+mod statement_tests {
+    use super::one_statement;
+
+    #[test]
+    fn a_body_is_one_statement() {
+        assert_eq!(one_statement("SELECT 1;\n-- done\n", 3), Ok("SELECT 1".into()));
+        assert_eq!(one_statement(" SELECT ';' AS a, \"x;\" FROM t /* ; */ -- ;\n", 1), Ok("SELECT ';' AS a, \"x;\" FROM t /* ; */ -- ;".into()));
+        let dollars = "SELECT $$;$$, $t$ ; $t$, 'it''s;'";
+        assert_eq!(one_statement(dollars, 1), Ok(dollars.into()));
+        for (body, line) in
+            [("SELECT 1; COMMIT", 1), ("SELECT 1\n;\nCOPY t TO 'x'", 3), ("SELECT 1; /* c */ ATTACH 'f'", 1), ("SELECT 'a;'\n; SET x = 1", 2)]
+        {
+            let (l, msg) = one_statement(body, 1).unwrap_err();
+            assert_eq!(l, line, "{body}");
+            assert!(msg.contains("no statement may follow ';'"), "{msg}");
+        }
     }
 }

@@ -1,0 +1,338 @@
+//! Running the planned steps: one DuckDB transaction for the whole run (models, their
+//! audits, the engine's state), so a failing blocking audit, an error or a `kill -9`
+//! leaves the lakehouse exactly at its last good state; the sandbox model SQL runs in.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context as _, anyhow};
+use duckdb::Connection;
+use materia_common::exit::BadInput;
+
+use crate::audit;
+use crate::landing::LandingFile;
+use crate::ledger::{STATE_DDL, record_model, sha256_file};
+use crate::model::{Kind, Model};
+use crate::plan::{Action, Step};
+use crate::project::Project;
+
+/// What a model did in a run.
+#[derive(Debug, Clone)]
+pub struct ModelResult {
+    /// Model name.
+    pub model: String,
+    /// build / append / merge / skip.
+    pub action: &'static str,
+    /// Why.
+    pub reason: String,
+    /// Rows after the step (None when skipped).
+    pub rows: Option<i64>,
+    /// Time taken.
+    pub duration_ms: u64,
+}
+
+/// One audit's outcome.
+#[derive(Debug, Clone)]
+pub struct AuditResult {
+    /// Model audited.
+    pub model: String,
+    /// Audit name.
+    pub audit: String,
+    /// Blocking?
+    pub blocking: bool,
+    /// Offending rows.
+    pub failing_rows: i64,
+    /// Up to 5 offending rows, one line each.
+    pub sample: Vec<String>,
+}
+
+/// Everything a run did, committed or not.
+#[derive(Debug, Default)]
+pub struct RunOutcome {
+    /// Per model.
+    pub models: Vec<ModelResult>,
+    /// Per audit run.
+    pub audits: Vec<AuditResult>,
+    /// Set when the run was rolled back.
+    pub failure: Option<anyhow::Error>,
+}
+
+/// Run `steps` in one transaction on `conn`.
+pub fn run(project: &Project, conn: &Connection, steps: &[Step], run_id: i64) -> RunOutcome {
+    let mut out = RunOutcome::default();
+    if let Err(e) = conn.execute_batch("BEGIN TRANSACTION") {
+        out.failure = Some(anyhow!(e).context("starting the transaction"));
+        return out;
+    }
+    let result = run_in_tx(project, conn, steps, run_id, &mut out);
+    let t = Instant::now();
+    let end = match result {
+        Ok(()) => conn.execute_batch("COMMIT").context("committing the run"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    };
+    log::debug!("commit or rollback: {:?}", t.elapsed());
+    match end {
+        Ok(()) => {
+            let t = Instant::now();
+            if let Err(e) = conn.execute_batch("CHECKPOINT") {
+                log::warn!("checkpoint after the run failed (the WAL keeps the data): {e}");
+            }
+            log::debug!("checkpoint: {:?}", t.elapsed());
+        }
+        Err(e) => {
+            out.failure = Some(e);
+        }
+    }
+    out
+}
+
+fn run_in_tx(project: &Project, conn: &Connection, steps: &[Step], run_id: i64, out: &mut RunOutcome) -> anyhow::Result<()> {
+    conn.execute_batch(STATE_DDL).context("creating the _materia state tables")?;
+    let mut loaded_now: Vec<String> = Vec::new(); // landing files this run loaded
+    for step in steps {
+        let m = project.model(&step.model).ok_or_else(|| anyhow!("no model {}", step.model))?;
+        if step.action == Action::Skip {
+            out.models.push(ModelResult { model: m.name.clone(), action: "skip", reason: step.reason.clone(), rows: None, duration_ms: 0 });
+            continue;
+        }
+        let start = Instant::now();
+        let loaded = with_session_properties(conn, m, || execute(m, conn, step, run_id))
+            .map_err(first_line)
+            .with_context(|| format!("building {} ({})", m.name, m.path.display()))?;
+        log::debug!("{}: {} executed in {:?}", m.name, step.action.label(), start.elapsed());
+        if !m.columns.is_empty() {
+            let table = if step.action == Action::Build { m.name.as_str() } else { BATCH };
+            check_columns(conn, m, table).with_context(|| format!("building {} ({})", m.name, m.path.display()))?;
+        }
+        // Appends and merges audit their batch (as SQLMesh audits the processed
+        // intervals), so a run's cost follows the new data; builds audit the table.
+        let batch = matches!(step.action, Action::Append(_) | Action::Merge);
+        let audited = if batch { BATCH } else { m.name.as_str() };
+        let rows: Option<i64> =
+            if m.kind == Kind::View { None } else { Some(conn.query_row(&format!("SELECT count(*) FROM {}", m.name), [], |r| r.get(0))?) };
+        record_model(conn, m, &project.fingerprints[&m.name], rows, run_id, &loaded)?;
+        loaded_now.extend(loaded.iter().map(|(f, _)| f.rel.clone()));
+        let duration_ms = start.elapsed().as_millis() as u64;
+        log::info!("{}: {} ({}){}", m.name, step.action.label(), step.reason, rows.map(|r| format!(", {r} rows")).unwrap_or_default());
+        out.models.push(ModelResult { model: m.name.clone(), action: step.action.label(), reason: step.reason.clone(), rows, duration_ms });
+        let t = Instant::now();
+        run_audits(project, conn, m, audited, &loaded_now, out)?;
+        log::debug!("{}: audits in {:?}", m.name, t.elapsed());
+        if batch {
+            conn.execute_batch(&format!("DROP TABLE {BATCH}"))?;
+        }
+    }
+    for step in steps {
+        conn.execute_batch(&format!("DROP TABLE IF EXISTS {}", replaced_partitions(&step.model)))?;
+    }
+    Ok(())
+}
+
+/// The temp table holding the partitions an INCREMENTAL_BY_PARTITION merge replaced in
+/// this run, for the models whose `partitions_from` names it.
+fn replaced_partitions(model: &str) -> String {
+    format!("__materia_replaced__{}", model.replace('.', "__"))
+}
+
+/// DuckDB's messages run over many lines (hints, the reader's options): keep the first
+/// for the one-line error, log the rest at debug level.
+fn first_line(e: anyhow::Error) -> anyhow::Error {
+    let full = format!("{e:#}");
+    let first = full.lines().next().unwrap_or_default().trim_end_matches(':').to_owned();
+    if first != full {
+        log::debug!("{full}");
+    }
+    anyhow!(first)
+}
+
+/// Run `f` with the model's `session_properties` set, resetting them after.
+fn with_session_properties<T>(conn: &Connection, m: &Model, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    for (k, v) in &m.session_properties {
+        conn.execute_batch(&format!("SET {k} = {}", v.sql())).with_context(|| format!("session property {k}"))?;
+    }
+    let result = f();
+    for (k, _) in &m.session_properties {
+        let _ = conn.execute_batch(&format!("RESET {k}"));
+    }
+    result
+}
+
+/// The temp table holding an append's or a merge's new rows.
+const BATCH: &str = "__materia_batch";
+
+/// The landed files a failing audit's rows come from: their `file` column when they
+/// have one; else the files this run loaded for the months in their `release` column;
+/// else every file this run loaded (at most 5 named).
+fn blame(conn: &Connection, audit_sql: &str, loaded_now: &[String]) -> Vec<String> {
+    let strings = |sql: String| -> Option<Vec<String>> {
+        let mut st = conn.prepare(&sql).ok()?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0)).ok()?;
+        rows.collect::<Result<Vec<_>, _>>().ok()
+    };
+    if let Some(files) = strings(format!("SELECT DISTINCT CAST(file AS VARCHAR) FROM ({audit_sql}) WHERE file IS NOT NULL ORDER BY 1 LIMIT 5"))
+        && !files.is_empty()
+    {
+        return files;
+    }
+    let mut files: Vec<String> = loaded_now.to_vec();
+    if let Some(months) = strings(format!("SELECT DISTINCT strftime(CAST(release AS DATE), '/%Y/%m/') FROM ({audit_sql}) WHERE release IS NOT NULL"))
+        && !months.is_empty()
+    {
+        files.retain(|f| months.iter().any(|m| format!("/{f}").contains(m.as_str())));
+    }
+    files.sort();
+    files.dedup();
+    files.truncate(5);
+    files
+}
+
+/// Close the connection to the outside before any model runs: DuckDB may then read
+/// files only under `readable` (the landing dir), and write none but its own database
+/// (no COPY TO, ATTACH, extension install or read of another file). A running database
+/// cannot turn either setting back, and a model is one query (model.rs), so no model
+/// SQL can widen it.
+pub fn sandbox(conn: &Connection, readable: &Path) -> anyhow::Result<()> {
+    let dir = format!("{}/", readable.display()).replace('\'', "''");
+    conn.execute_batch(&format!("SET allowed_directories = ['{dir}']; SET enable_external_access = false;"))
+        .context("closing DuckDB's access to files outside the landing dir")
+}
+
+/// Run the model's step; returns the landing files it loaded (with their sha256).
+/// Appends and merges leave their new rows in [`BATCH`] for the audits.
+fn execute(m: &Model, conn: &Connection, step: &Step, run_id: i64) -> anyhow::Result<Vec<(LandingFile, String)>> {
+    conn.execute_batch(&format!("CREATE SCHEMA IF NOT EXISTS {}", m.schema()))?;
+    let sql = m.render(run_id, step.action == Action::Merge);
+    if step.action == Action::Build
+        && let Some(ddl) = m.empty_this_ddl()
+    {
+        conn.execute_batch(&ddl).context("creating the empty @this_model of a first build")?;
+    }
+    let files: &[LandingFile] = match &step.action {
+        Action::Append(f) => f,
+        Action::Build => &step.all_files,
+        _ => &[],
+    };
+    let mut loaded = Vec::new();
+    for f in files {
+        loaded.push((f.clone(), sha256_file(&f.abs)?));
+    }
+    let sql = if matches!(m.kind, Kind::LandingIngest { .. }) {
+        let list = files.iter().map(|f| format!("'{}'", f.abs.display().to_string().replace('\'', "''"))).collect::<Vec<_>>();
+        sql.replace("@landing_files", &format!("[{}]", list.join(", ")))
+    } else {
+        sql
+    };
+    let name = &m.name;
+    match (&step.action, &m.kind) {
+        (Action::Build, Kind::View) => conn.execute_batch(&format!("CREATE OR REPLACE VIEW {name} AS {sql}"))?,
+        (Action::Build, Kind::LandingIngest { .. }) => {
+            conn.execute("DELETE FROM _materia.landing_ledger WHERE model = ?", [name])?;
+            conn.execute_batch(&format!("CREATE OR REPLACE TABLE {name} AS {sql}"))?;
+        }
+        (Action::Build, _) => conn.execute_batch(&format!("CREATE OR REPLACE TABLE {name} AS {sql}"))?,
+        (Action::Append(_), _) => conn.execute_batch(&format!(
+            "CREATE OR REPLACE TEMP TABLE {BATCH} AS {sql};
+             INSERT INTO {name} BY NAME SELECT * FROM {BATCH};"
+        ))?,
+        (Action::Merge, Kind::IncrementalByUniqueKey { unique_key }) => {
+            conn.execute_batch(&format!("CREATE OR REPLACE TEMP TABLE {BATCH} AS {sql}"))?;
+            conn.execute_batch(&format!(
+                "DELETE FROM {name} t USING {BATCH} n WHERE {on};
+                 INSERT INTO {name} BY NAME SELECT * FROM {BATCH};",
+                on = matching(conn, BATCH, unique_key)?
+            ))?
+        }
+        (Action::Merge, Kind::IncrementalByPartition { partitioned_by }) => {
+            let cols = partitioned_by.join(", ");
+            // The partitions the named upstream replaced (none if it did not run).
+            let upstream = m
+                .partitions_from
+                .as_deref()
+                .filter(|up| table_exists(conn, &replaced_partitions(up)))
+                .map(|up| format!(" UNION SELECT {cols} FROM {}", replaced_partitions(up)))
+                .unwrap_or_default();
+            let replaced = replaced_partitions(name);
+            conn.execute_batch(&format!(
+                "CREATE OR REPLACE TEMP TABLE {BATCH} AS {sql};
+                 CREATE OR REPLACE TEMP TABLE {replaced} AS SELECT DISTINCT {cols} FROM {BATCH}{upstream};"
+            ))?;
+            conn.execute_batch(&format!(
+                "DELETE FROM {name} t USING {replaced} n WHERE {on};
+                 INSERT INTO {name} BY NAME SELECT * FROM {BATCH};",
+                on = matching(conn, &replaced, partitioned_by)?
+            ))?
+        }
+        (a, k) => anyhow::bail!("cannot {} a {k} model", a.label()),
+    }
+    Ok(loaded)
+}
+
+/// The join condition deleting the stored rows whose `cols` match a row of `new`. A
+/// NULL matches a NULL; plain equality is used when `new` holds no NULL there, as
+/// DuckDB then prunes the stored table's row groups by the new values' range (the
+/// delete reads the few touched row groups instead of the whole history).
+fn matching(conn: &Connection, new: &str, cols: &[String]) -> anyhow::Result<String> {
+    let any_null = cols.iter().map(|k| format!("{k} IS NULL")).collect::<Vec<_>>().join(" OR ");
+    let nulls: i64 = conn.query_row(&format!("SELECT count(*) FROM {new} WHERE {any_null}"), [], |r| r.get(0))?;
+    let op = if nulls == 0 { "=" } else { "IS NOT DISTINCT FROM" };
+    Ok(cols.iter().map(|k| format!("t.{k} {op} n.{k}")).collect::<Vec<_>>().join(" AND "))
+}
+
+fn table_exists(conn: &Connection, table: &str) -> bool {
+    conn.query_row("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [table], |r| r.get::<_, i64>(0)).is_ok_and(|n| n > 0)
+}
+
+/// A model that declares `columns` must return exactly those, in that order.
+fn check_columns(conn: &Connection, m: &Model, table: &str) -> anyhow::Result<()> {
+    let mut st = conn.prepare(&format!("SELECT * FROM {table} LIMIT 0"))?;
+    st.execute([])?;
+    let got: Vec<String> = st.column_names().into_iter().map(|c| c.to_ascii_lowercase()).collect();
+    let want: Vec<&str> = m.columns.iter().map(|(n, _)| n.as_str()).collect();
+    if got != want {
+        return Err(BadInput(format!("{} returned columns ({}) but its header declares ({})", m.name, got.join(", "), want.join(", "))).into());
+    }
+    Ok(())
+}
+
+fn run_audits(project: &Project, conn: &Connection, m: &Model, table: &str, loaded_now: &[String], out: &mut RunOutcome) -> anyhow::Result<()> {
+    for call in &m.audits {
+        let a = audit::resolve(call, table, project.audits.get(&call.name))
+            .map_err(|e| materia_common::exit::Usage(format!("{}:{}: {e}", m.path.display(), call.line)))?;
+        let failing: i64 = conn
+            .query_row(&format!("SELECT count(*) FROM ({})", a.sql), [], |r| r.get(0))
+            .map_err(|e| first_line(e.into()))
+            .with_context(|| format!("running audit {} on {}", a.name, m.name))?;
+        let mut sample = Vec::new();
+        if failing > 0 {
+            let mut st = conn.prepare(&format!("SELECT CAST(sub AS VARCHAR) FROM ({}) sub LIMIT 5", a.sql))?;
+            for row in st.query_map([], |r| r.get::<_, String>(0))? {
+                sample.push(row?);
+            }
+        }
+        let res = AuditResult { model: m.name.clone(), audit: a.name.clone(), blocking: a.blocking, failing_rows: failing, sample };
+        out.audits.push(res.clone());
+        if failing > 0 {
+            let msg = format!(
+                "audit {} on {} failed: {failing} offending row{}, e.g. {}",
+                a.name,
+                m.name,
+                if failing == 1 { "" } else { "s" },
+                res.sample.first().map(String::as_str).unwrap_or("")
+            );
+            if a.blocking {
+                let files = blame(conn, &a.sql, loaded_now);
+                let hint = match files.as_slice() {
+                    [] => String::new(),
+                    [one] => format!("; its rows come from {one} (set it aside: lake-transform quarantine {one} --reason '...')"),
+                    many => format!("; its rows come from {} (set one aside: lake-transform quarantine FILE --reason '...')", many.join(", ")),
+                };
+                return Err(BadInput(format!("{msg}; the run was rolled back{hint}")).into());
+            }
+            log::warn!("{msg} (not blocking)");
+        }
+    }
+    Ok(())
+}
