@@ -19,7 +19,7 @@ tests=
 if [[ ${1:-} == --tests ]]; then
     # python3-venv: the test tools' venv; git: tag-deploy's tests; age: keys for the sops
     # tests; openssh-server: the sshd of tag-deploy's SSH test; shellcheck: every shell
-    # script is checked by tests/scripts.rs; rsync: gitlab-ci-local runs jobs with it.
+    # script is checked by tests/house.rs; rsync: gitlab-ci-local runs jobs with it.
     tests=1
     packages+=(python3-venv git age openssh-server shellcheck rsync)
 fi

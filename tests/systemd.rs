@@ -8,6 +8,8 @@
 //! It takes minutes: the first release build is a cold `cargo build --release` of every
 //! tool inside the container (about 7 minutes on 2 cores); everything after it is
 //! incremental (README, "A server").
+//!
+//! Why this long: one container boot costs a minute, so the lifecycle is a few long tests sharing one booted system and its helpers.
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 #[path = "support/sshd.rs"]

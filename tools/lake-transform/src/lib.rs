@@ -305,3 +305,12 @@ fn record(db: &materia_common::StateDb, run_id: i64, out: &run::RunOutcome) -> a
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod cli_tests {
+    #[test]
+    fn the_flags_are_sound() {
+        // clap checks the whole command definition (names, conflicts, defaults).
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+}

@@ -1,3 +1,4 @@
+//! The `lake-transform` command: its flags and run are in `lib.rs`; `main` maps the outcome to the exit code.
 use clap::Parser as _;
 
 fn main() -> std::process::ExitCode {

@@ -24,6 +24,8 @@
 //!
 //! The supported subset: the properties above and nothing else. An unknown property,
 //! kind or argument is an error naming the file and line, never ignored.
+//!
+//! Why this long: a model's meaning is one set of checks (kind, grain, columns, sandbox rules) that read best together; the header syntax is in header.rs.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

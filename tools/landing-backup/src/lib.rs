@@ -253,3 +253,12 @@ async fn backup(step: &mut materia_common::Step, cli: &Cli, target: &Target) -> 
     let outcome = if uploaded > 0 || adopted > 0 && !cli.verify { Outcome::Changed } else { Outcome::Unchanged };
     Ok(Report { outcome, summary, stats, failure })
 }
+
+#[cfg(test)]
+mod cli_tests {
+    #[test]
+    fn the_flags_are_sound() {
+        // clap checks the whole command definition (names, conflicts, defaults).
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+}

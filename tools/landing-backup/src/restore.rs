@@ -12,6 +12,8 @@
 //! A landing dir that already holds files or a state DB is refused unless
 //! `--into-existing` (then only what is missing is added; nothing is ever overwritten)
 //! or it is this restore's own, unfinished (`landing/.restore-in-progress`).
+//!
+//! Why this long: the restore is one careful sequence (snapshot, list, stream, verify, publish, record) whose invariants are easier to check in one file.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;

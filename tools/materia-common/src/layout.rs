@@ -43,8 +43,10 @@
 //! | `MATERIA_TAG`, `MATERIA_RELEASE_DIR` | tag-deploy → build, hooks | the tag being deployed and its release dir |
 //! | `MATERIA_RELEASE_BUILD` | tag-deploy, bootstrap.sh → build | `1`: binaries record no build-machine path (rpath `$ORIGIN/../lib` only) |
 //! | `SERVE_EXPORT_FAULT` | serve-export | tests only: `alter-copy` makes the copy differ, to exercise verification |
+//! | `MATERIA_BIN_DIR`, `MATERIA_IMPORT`, `MATERIA_RELEASE`, `MATERIA_DOTENV` | scripts/run-all.sh | prebuilt tools; offline import; the dotenv file it reads (default `.env`) |
 //! | `MATERIA_NOTIFY_URL` | scripts/notify-failure.sh (materia-notify@) | webhook for a failed unit's journal lines |
 //! | `MATERIA_PING_URL` | scripts/ping.sh (materia-ping@) | healthchecks.io-style base URL: `/STEP/start`, `/STEP`, `/STEP/fail` |
+//! | `MATERIA_TEST_VENV` | setup-dev.sh, tests | where the test tools (moto, sops) are installed (default `~/.cache/materia-test-venv`) |
 
 use std::path::{Path, PathBuf};
 

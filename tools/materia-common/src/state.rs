@@ -8,6 +8,8 @@
 //! ```sh
 //! sqlite3 landing/.state.sqlite "SELECT extractor, status, finished_at FROM extraction_runs ORDER BY run_id DESC LIMIT 20"
 //! ```
+//!
+//! Why this long: the numbered migrations are the schema's history and must stay in one ordered list beside the code that applies them.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

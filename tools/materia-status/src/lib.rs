@@ -173,3 +173,12 @@ fn print_table(report: &Value, tty: bool) {
         None => println!("no state DB yet at {}", report["state_db"].as_str().unwrap_or("?")),
     }
 }
+
+#[cfg(test)]
+mod cli_tests {
+    #[test]
+    fn the_flags_are_sound() {
+        // clap checks the whole command definition (names, conflicts, defaults).
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+}

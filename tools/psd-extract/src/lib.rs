@@ -9,8 +9,12 @@
 //!
 //! stdout gets the path of each landed file, one per line; logs go to stderr.
 
+mod csv;
 mod http;
 mod land;
+mod records;
+mod source;
+mod tally;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -19,8 +23,10 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use materia_common::exit::Usage;
 use materia_common::layout::{self, Layout};
-use materia_common::{CommonArgs, Month, Outcome, Report, StateDb, Step};
-use rusqlite::{OptionalExtension as _, params};
+use materia_common::{CommonArgs, Month, Outcome, StateDb, Step};
+use records::{FetchOutcome, FetchRecord, archive_done, record_fetch};
+use source::{Source, fetch_one, outcome_of};
+use tally::Tally;
 
 pub use land::{PSD_HEADER, etag_file_name};
 
@@ -135,68 +141,6 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Some(Command::Import(args)) => import(&cli.common, &args, cli.fetch.max_csv_mib << 20),
         None => fetch(&cli.common, &cli.fetch),
-    }
-}
-
-/// One URL to check.
-#[derive(Debug)]
-struct Source {
-    file: String,
-    url: String,
-    month: Month,
-    archive: bool,
-}
-
-#[derive(Debug, Default)]
-struct Tally {
-    checked: u64,
-    landed: u64,
-    unchanged: u64,
-    not_released: u64,
-    skipped: u64,
-    failed: u64,
-    not_checked: u64,
-    downloaded: u64,
-    landed_bytes: u64,
-}
-
-impl Tally {
-    fn summary(&self) -> String {
-        format!(
-            "checked {}, landed {}, unchanged {}, not released {}, already landed {}, failed {}{}; downloaded {} bytes, landed {} bytes",
-            self.checked,
-            self.landed,
-            self.unchanged,
-            self.not_released,
-            self.skipped,
-            self.failed,
-            if self.not_checked > 0 { format!(", not checked {} (deadline)", self.not_checked) } else { String::new() },
-            self.downloaded,
-            self.landed_bytes
-        )
-    }
-
-    fn stats(&self) -> serde_json::Value {
-        serde_json::json!({
-            "checked": self.checked, "landed": self.landed, "unchanged": self.unchanged,
-            "not_released": self.not_released, "skipped": self.skipped, "failed": self.failed, "not_checked": self.not_checked,
-            "downloaded_bytes": self.downloaded, "landed_bytes": self.landed_bytes,
-        })
-    }
-
-    /// The report for `run_step`: failed if any source failed, changed if anything landed.
-    fn report(self, errors: Vec<anyhow::Error>) -> Report {
-        let summary = self.summary();
-        log::info!("{summary}");
-        let failure = errors.into_iter().next().map(|first| {
-            if self.failed > 1 && self.not_checked == 0 {
-                first.context(format!("{} of {} sources failed; the first", self.failed, self.checked))
-            } else {
-                first
-            }
-        });
-        let outcome = if self.landed > 0 { Outcome::Changed } else { Outcome::Unchanged };
-        Report { outcome, summary, stats: self.stats(), failure }
     }
 }
 
@@ -364,142 +308,11 @@ fn signal_landed(step: &Step) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[derive(Debug)]
-enum FetchOutcome {
-    Landed { bytes: u64, path: String },
-    Duplicate,
-    NotModified,
-    NotReleased,
-    Failed(anyhow::Error),
-}
-
-#[derive(Debug)]
-struct FetchRecord {
-    outcome: FetchOutcome,
-    status: Option<u16>,
-    attempts: u32,
-    bytes: Option<u64>,
-    file_id: Option<i64>,
-}
-
-/// The fetch outcome of a landing, and the landed file it concerns.
-fn outcome_of(result: anyhow::Result<land::Landed>) -> (FetchOutcome, Option<i64>) {
-    match result {
-        Ok(land::Landed::New { file_id, path, bytes, rows }) => {
-            log::info!("landed {path} ({rows} rows, {bytes} bytes)");
-            (FetchOutcome::Landed { bytes, path }, Some(file_id))
-        }
-        Ok(land::Landed::Duplicate { file_id, path }) => {
-            log::info!("same content as {path}: not landed again");
-            (FetchOutcome::Duplicate, Some(file_id))
-        }
-        Err(e) => (FetchOutcome::Failed(e), None),
+#[cfg(test)]
+mod cli_tests {
+    #[test]
+    fn the_flags_are_sound() {
+        // clap checks the whole command definition (names, conflicts, defaults).
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
-}
-
-fn fetch_one(
-    step: &Step,
-    landing: &Path,
-    client: &reqwest::blocking::Client,
-    policy: &http::RetryPolicy,
-    src: &Source,
-    bar: &materia_common::ProgressBar,
-    max_csv_bytes: u64,
-) -> FetchRecord {
-    let known = match validators(&step.db, &src.url) {
-        Ok(v) => v,
-        Err(e) => {
-            let outcome = FetchOutcome::Failed(e);
-            return FetchRecord { outcome, status: None, attempts: 0, bytes: None, file_id: None };
-        }
-    };
-    let res = http::fetch(client, &src.url, &known, policy, landing, bar);
-    let mut rec = FetchRecord { outcome: FetchOutcome::NotModified, status: res.status, attempts: res.attempts, bytes: None, file_id: None };
-    rec.outcome = match res.result {
-        Err(e) => FetchOutcome::Failed(e),
-        Ok(http::Fetched::NotModified) => {
-            log::info!("{}: not modified", src.url);
-            if let Err(e) = save_validators(&step.db, &src.url, &known) { FetchOutcome::Failed(e) } else { FetchOutcome::NotModified }
-        }
-        Ok(http::Fetched::NotFound) if src.archive => {
-            log::debug!("{}: not released (404)", src.url);
-            FetchOutcome::NotReleased
-        }
-        Ok(http::Fetched::NotFound) => FetchOutcome::Failed(anyhow::anyhow!("server answered HTTP 404 Not Found")),
-        Ok(http::Fetched::Body { file, bytes, validators }) => {
-            rec.bytes = Some(bytes);
-            let origin = land::Origin {
-                source: &src.file,
-                source_url: &src.url,
-                month: src.month,
-                etag: validators.etag.as_deref(),
-                last_modified: validators.last_modified.as_deref(),
-            };
-            let (outcome, file_id) = outcome_of(land::land_zip(&step.db, landing, step.run_id, file, &origin, max_csv_bytes));
-            rec.file_id = file_id;
-            match outcome {
-                FetchOutcome::Failed(_) => outcome,
-                ok => match save_validators(&step.db, &src.url, &validators) {
-                    Ok(()) => ok,
-                    Err(e) => FetchOutcome::Failed(e),
-                },
-            }
-        }
-    };
-    rec
-}
-
-fn archive_done(db: &StateDb, url: &str) -> anyhow::Result<bool> {
-    Ok(db
-        .conn()
-        .query_row("SELECT 1 FROM fetches WHERE url = ?1 AND outcome IN ('landed', 'duplicate') LIMIT 1", params![url], |_| Ok(()))
-        .optional()
-        .map_err(|e| db.err(e))?
-        .is_some())
-}
-
-fn validators(db: &StateDb, url: &str) -> anyhow::Result<http::Validators> {
-    Ok(db
-        .conn()
-        .query_row("SELECT etag, last_modified FROM http_validators WHERE url = ?1", params![url], |r| {
-            Ok(http::Validators { etag: r.get(0)?, last_modified: r.get(1)? })
-        })
-        .optional()
-        .map_err(|e| db.err(e))?
-        .unwrap_or_default())
-}
-
-fn save_validators(db: &StateDb, url: &str, v: &http::Validators) -> anyhow::Result<()> {
-    db.conn()
-        .execute(
-            &format!(
-                "INSERT INTO http_validators (url, etag, last_modified, updated_at) VALUES (?1, ?2, ?3, {now})
-                 ON CONFLICT (url) DO UPDATE SET etag = ?2, last_modified = ?3, updated_at = {now}",
-                now = materia_common::state::NOW
-            ),
-            params![url, v.etag, v.last_modified],
-        )
-        .map_err(|e| db.err(e))?;
-    Ok(())
-}
-
-fn record_fetch(db: &StateDb, run_id: i64, url: &str, rec: &FetchRecord) -> anyhow::Result<()> {
-    let (outcome, detail) = match &rec.outcome {
-        FetchOutcome::Landed { path, .. } => ("landed", Some(path.clone())),
-        FetchOutcome::Duplicate => ("duplicate", None),
-        FetchOutcome::NotModified => ("not_modified", None),
-        FetchOutcome::NotReleased => ("not_released", None),
-        FetchOutcome::Failed(e) => ("failed", Some(materia_common::exit::one_line(e))),
-    };
-    db.conn()
-        .execute(
-            &format!(
-                "INSERT INTO fetches (run_id, url, outcome, http_status, attempts, bytes, file_id, detail, at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, {})",
-                materia_common::state::NOW
-            ),
-            params![run_id, url, outcome, rec.status, rec.attempts, rec.bytes, rec.file_id, detail],
-        )
-        .map_err(|e| db.err(e))?;
-    Ok(())
 }

@@ -325,3 +325,12 @@ fn record(step: &Step, action: &str, export_id: &str, state: &str, size: Option<
         .map_err(|e| step.db.err(e))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod cli_tests {
+    #[test]
+    fn the_flags_are_sound() {
+        // clap checks the whole command definition (names, conflicts, defaults).
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+}

@@ -347,3 +347,12 @@ fn status(cli: &Cli) -> anyhow::Result<Outcome> {
     records::print_status(db.as_ref(), deployed.as_deref())?;
     Ok(Outcome::Changed)
 }
+
+#[cfg(test)]
+mod cli_tests {
+    #[test]
+    fn the_flags_are_sound() {
+        // clap checks the whole command definition (names, conflicts, defaults).
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+}

@@ -1,5 +1,7 @@
 //! lake-transform on real files: landing files written as psd-extract lands them, a
 //! real lakehouse.duckdb, the real state DB.
+//!
+//! Why this long: one integration binary per tool (fast to link); its tests share the landing and lakehouse helpers at the top.
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 #[path = "../../../../tests/support/run.rs"]

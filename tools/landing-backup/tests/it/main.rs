@@ -1,4 +1,6 @@
 //! landing-backup against a real S3 server (moto on 127.0.0.1) and the fs backend.
+//!
+//! Why this long: one integration binary per tool (fast to link); the S3 and fs tests share one moto server and its helpers.
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 #[path = "../../../../tests/support/moto.rs"]

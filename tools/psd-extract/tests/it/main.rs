@@ -1,4 +1,6 @@
 //! psd-extract against a real HTTP server on 127.0.0.1, real SQLite and real files.
+//!
+//! Why this long: one integration binary per tool (fast to link); its tests share the HTTP server and zip builders at the top.
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 mod server;

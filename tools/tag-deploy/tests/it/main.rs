@@ -1,4 +1,6 @@
 //! tag-deploy against real git repositories made by the tests.
+//!
+//! Why this long: one integration binary per tool (fast to link); its tests share the git remote and release helpers at the top.
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 #[path = "../../../../tests/support/run.rs"]
