@@ -24,7 +24,7 @@ user=beanflows_service
 app=/opt/materia
 etc=/etc/materia
 config=$etc/config.env
-lib=$app/duckdb/1.5.6
+lib=$app/duckdb/$(bash "$here/scripts/duckdb-lib.sh" --version)
 units=/etc/systemd/system
 
 say() { echo "bootstrap: $*" >&2; }
@@ -76,8 +76,10 @@ fi
 if ! as_user test -e "$app/current"; then
     say "building the tools from $here as $user (a first build takes minutes)"
     as_user mkdir -p "$app/build"
+    # -m: the files get the time of the copy, not the checkout's, so cargo never takes
+    # an older build left in the target dir for this one.
     (cd "$here" && git ls-files -z --cached --others --exclude-standard |
-        tar --null --ignore-failed-read -T - -cf -) | as_user tar -xf - -C "$app/build"
+        tar --null --ignore-failed-read -T - -cf -) | as_user tar -xmf - -C "$app/build"
     as_user sh -c "cd '$app/build' && CARGO_TARGET_DIR='$app/target' DUCKDB_LIB_DIR='$lib' MATERIA_RELEASE_BUILD=1 \
         cargo build --release --locked" || die "the build failed"
     as_user install -D -m 0755 "$app/target/release/tag-deploy" "$app/bootstrap/bin/tag-deploy"

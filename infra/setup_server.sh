@@ -83,7 +83,8 @@ if [[ -z ${MATERIA_SKIP_RUST:-} ]] && ! as_user test -x "$app/.cargo/bin/cargo";
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
         as_user sh -s -- -y -q --profile minimal --default-toolchain "$rust" --no-modify-path
 fi
-as_user bash -s "$app/duckdb/1.5.6" <"$here/scripts/duckdb-lib.sh"
+duckdb_version=$(bash "$here/scripts/duckdb-lib.sh" --version)
+as_user bash -s "$app/duckdb/$duckdb_version" <"$here/scripts/duckdb-lib.sh"
 
 echo "deploy key (add to the git remote, read-only):"
 as_user cat "$app/.ssh/materia_deploy.pub"

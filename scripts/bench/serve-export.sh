@@ -3,8 +3,8 @@
 #
 # serve-export's export time and peak memory against `cp` of a file of the same size,
 # for a lakehouse built from the real release and one of 100 synthetic releases; then
-# the latency of a reader that follows the reader contract (reader_latency.py, Python
-# duckdb 1.5.6) while exports keep replacing analytics.duckdb.
+# the latency of a reader that follows the reader contract (reader_latency.py, the
+# Python duckdb of the pinned version) while exports keep replacing analytics.duckdb.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 real=../shared/fixtures/psd_coffee_csv.zip
@@ -19,7 +19,7 @@ bin=$CARGO_TARGET_DIR/release
 venv=scripts/bench/.venv
 if [[ ! -x $venv/bin/python ]] || ! "$venv/bin/python" -c 'import duckdb' 2>/dev/null; then
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q 'duckdb==1.5.6'
+    "$venv/bin/pip" install -q "duckdb==$(scripts/duckdb-lib.sh --version)"
 fi
 models=$PWD/models
 work=$(mktemp -d)

@@ -9,9 +9,8 @@
 //! stdout gets one line per model (`model<TAB>action<TAB>rows<TAB>reason`); logs go to stderr.
 
 pub mod audit;
+pub mod engine_state;
 mod header;
-pub mod landing;
-pub mod ledger;
 pub mod model;
 pub mod plan;
 pub mod project;
@@ -27,7 +26,6 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use duckdb::Connection;
 use materia_common::layout::{self, Layout};
-use materia_common::lock::Lock;
 use materia_common::{CommonArgs, Outcome, Report};
 
 use plan::Action;
@@ -191,16 +189,10 @@ fn release_models_dir() -> anyhow::Result<PathBuf> {
     .into())
 }
 
-/// The lakehouse lock, shared with serve-export: whoever holds it may open the file.
-fn lakehouse_lock(layout: &Layout, wait: u64) -> anyhow::Result<Lock> {
-    let path = layout.lakehouse_lock();
-    Lock::acquire(&path, Duration::from_secs(wait)).with_context(|| format!("the lakehouse is held by another writer ({})", path.display()))
-}
-
 fn plan(common: &CommonArgs, models: &Path, rebuild: bool) -> anyhow::Result<Outcome> {
     let project = Project::load(models)?;
     let layout = common.layout();
-    let _lock = lakehouse_lock(&layout, common.wait_lock)?;
+    let _lock = materia_common::lock::lakehouse(&layout, Duration::from_secs(common.wait_lock))?;
     let lakehouse = layout.lakehouse();
     let conn = if lakehouse.exists() {
         let cfg = duckdb::Config::default().access_mode(duckdb::AccessMode::ReadOnly)?;
@@ -229,7 +221,7 @@ fn run_models(common: &CommonArgs, models: impl FnOnce() -> anyhow::Result<PathB
         let models = models()?;
         let project = Project::load(&models)?;
         log::info!("models from {}", models.display());
-        let _lock = lakehouse_lock(&step.layout, common.wait_lock)?;
+        let _lock = materia_common::lock::lakehouse(&step.layout, Duration::from_secs(common.wait_lock))?;
         let lakehouse = step.layout.lakehouse();
         let t = std::time::Instant::now();
         let conn = Connection::open(&lakehouse).with_context(|| format!("opening {}", lakehouse.display()))?;
@@ -267,11 +259,7 @@ fn run_models(common: &CommonArgs, models: impl FnOnce() -> anyhow::Result<PathB
             for m in &out.models {
                 println!("{}\t{}\t{}\t{}", m.model, m.action, m.rows.map(|r| r.to_string()).unwrap_or_default(), m.reason);
             }
-            let trigger = step.layout.trigger(layout::TRIGGER_LAKEHOUSE_UPDATED);
-            if let Some(dir) = trigger.parent() {
-                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            }
-            materia_common::atomic::write_replace(&trigger, format!("run_id={}\n", step.run_id).as_bytes())?;
+            materia_common::trigger::signal(&step.layout, layout::TRIGGER_LAKEHOUSE_UPDATED, step.run_id)?;
         }
         let summary = format!(
             "{} models run, {} skipped, {} audits ({} failed){}",

@@ -7,10 +7,10 @@ use std::path::Path;
 
 use duckdb::Connection;
 
-use crate::landing::{LandingFile, glob};
-use crate::ledger::{check_ledger, read_state};
+use crate::engine_state::{check_loaded_files, read_state};
 use crate::model::Kind;
 use crate::project::Project;
+use materia_common::landing::{LandingFile, glob};
 
 /// What a run will do with one model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +38,7 @@ impl Action {
 
 /// A model and what will happen to it, and why.
 #[derive(Debug, Clone)]
-pub struct Step {
+pub struct PlannedModel {
     /// Model name.
     pub model: String,
     /// The action.
@@ -53,12 +53,18 @@ pub struct Step {
 /// landing dir; writes nothing. Files in `quarantined` (relative to the landing dir)
 /// are left out; one that was loaded already makes the run a rebuild without it (which
 /// rows downstream came from it is not tracked; a rebuild equals the incremental path).
-pub fn plan(project: &Project, conn: Option<&Connection>, landing: &Path, rebuild: bool, quarantined: &HashSet<String>) -> anyhow::Result<Vec<Step>> {
-    let (state, ledger) = match conn {
+pub fn plan(
+    project: &Project,
+    conn: Option<&Connection>,
+    landing: &Path,
+    rebuild: bool,
+    quarantined: &HashSet<String>,
+) -> anyhow::Result<Vec<PlannedModel>> {
+    let (state, loaded_files) = match conn {
         Some(c) => read_state(c)?,
         None => Default::default(),
     };
-    let mut set_aside: Vec<&str> = ledger.values().flatten().map(|e| e.path.as_str()).filter(|p| quarantined.contains(*p)).collect();
+    let mut set_aside: Vec<&str> = loaded_files.values().flatten().map(|e| e.path.as_str()).filter(|p| quarantined.contains(*p)).collect();
     set_aside.sort_unstable();
     set_aside.dedup();
     let rebuild_why = if rebuild {
@@ -69,7 +75,7 @@ pub fn plan(project: &Project, conn: Option<&Connection>, landing: &Path, rebuil
         None
     };
     if rebuild_why.is_none() {
-        check_ledger(&ledger, landing)?;
+        check_loaded_files(&loaded_files, landing)?;
     }
     let mut changed: HashSet<&str> = HashSet::new(); // models whose data changes in this run
     let mut waiting: HashSet<&str> = HashSet::new(); // models that cannot be built yet
@@ -97,7 +103,7 @@ pub fn plan(project: &Project, conn: Option<&Connection>, landing: &Path, rebuil
                     let matched = glob(landing, pattern)?;
                     let aside = matched.iter().filter(|f| quarantined.contains(&f.rel)).count();
                     let files: Vec<LandingFile> = matched.into_iter().filter(|f| !quarantined.contains(&f.rel)).collect();
-                    let loaded: HashSet<&str> = ledger.get(&m.name).map(|l| l.iter().map(|e| e.path.as_str()).collect()).unwrap_or_default();
+                    let loaded: HashSet<&str> = loaded_files.get(&m.name).map(|l| l.iter().map(|e| e.path.as_str()).collect()).unwrap_or_default();
                     let new: Vec<LandingFile> = files.iter().filter(|f| !loaded.contains(f.rel.as_str())).cloned().collect();
                     let aside = if aside > 0 { format!(" ({aside} quarantined)") } else { String::new() };
                     match why_build {
@@ -129,7 +135,9 @@ pub fn plan(project: &Project, conn: Option<&Connection>, landing: &Path, rebuil
                     (Some(why), _) => (Action::Build, why, Vec::new()),
                     // Which partitions a rebuilt upstream replaced is unknown: all of them.
                     (None, Some(_))
-                        if m.partitions_from.as_ref().is_some_and(|up| steps.iter().any(|s: &Step| &s.model == up && s.action == Action::Build)) =>
+                        if m.partitions_from
+                            .as_ref()
+                            .is_some_and(|up| steps.iter().any(|s: &PlannedModel| &s.model == up && s.action == Action::Build)) =>
                     {
                         (Action::Build, format!("upstream {} was rebuilt", m.partitions_from.as_deref().unwrap_or_default()), Vec::new())
                     }
@@ -143,7 +151,7 @@ pub fn plan(project: &Project, conn: Option<&Connection>, landing: &Path, rebuil
         if data_changes {
             changed.insert(&m.name);
         }
-        steps.push(Step { model: m.name.clone(), action, reason, all_files });
+        steps.push(PlannedModel { model: m.name.clone(), action, reason, all_files });
     }
     Ok(steps)
 }

@@ -10,11 +10,11 @@ use duckdb::Connection;
 use materia_common::exit::BadInput;
 
 use crate::audit;
-use crate::landing::LandingFile;
-use crate::ledger::{STATE_DDL, record_model, sha256_file};
+use crate::engine_state::{STATE_DDL, record_model, sha256_file};
 use crate::model::{Kind, Model};
-use crate::plan::{Action, Step};
+use crate::plan::{Action, PlannedModel};
 use crate::project::Project;
+use materia_common::landing::LandingFile;
 
 /// What a model did in a run.
 #[derive(Debug, Clone)]
@@ -58,7 +58,7 @@ pub struct RunOutcome {
 }
 
 /// Run `steps` in one transaction on `conn`.
-pub fn run(project: &Project, conn: &Connection, steps: &[Step], run_id: i64) -> RunOutcome {
+pub fn run(project: &Project, conn: &Connection, steps: &[PlannedModel], run_id: i64) -> RunOutcome {
     let mut out = RunOutcome::default();
     if let Err(e) = conn.execute_batch("BEGIN TRANSACTION") {
         out.failure = Some(anyhow!(e).context("starting the transaction"));
@@ -89,7 +89,7 @@ pub fn run(project: &Project, conn: &Connection, steps: &[Step], run_id: i64) ->
     out
 }
 
-fn run_in_tx(project: &Project, conn: &Connection, steps: &[Step], run_id: i64, out: &mut RunOutcome) -> anyhow::Result<()> {
+fn run_in_tx(project: &Project, conn: &Connection, steps: &[PlannedModel], run_id: i64, out: &mut RunOutcome) -> anyhow::Result<()> {
     conn.execute_batch(STATE_DDL).context("creating the _materia state tables")?;
     let mut loaded_now: Vec<String> = Vec::new(); // landing files this run loaded
     for step in steps {
@@ -202,7 +202,7 @@ pub fn sandbox(conn: &Connection, readable: &Path) -> anyhow::Result<()> {
 
 /// Run the model's step; returns the landing files it loaded (with their sha256).
 /// Appends and merges leave their new rows in [`BATCH`] for the audits.
-fn execute(m: &Model, conn: &Connection, step: &Step, run_id: i64) -> anyhow::Result<Vec<(LandingFile, String)>> {
+fn execute(m: &Model, conn: &Connection, step: &PlannedModel, run_id: i64) -> anyhow::Result<Vec<(LandingFile, String)>> {
     conn.execute_batch(&format!("CREATE SCHEMA IF NOT EXISTS {}", m.schema()))?;
     let sql = m.render(run_id, step.action == Action::Merge);
     if step.action == Action::Build

@@ -1,10 +1,8 @@
 //! S3 ETags computed locally: what R2 answers for an object, so an upload or a restore is
 //! confirmed without trusting the transfer.
 
-use std::io::Read as _;
 use std::path::Path;
 
-use anyhow::Context as _;
 use md5::{Digest as _, Md5};
 
 /// The S3 ETag of bytes fed in order, as R2 reports it for an object uploaded whole
@@ -54,16 +52,8 @@ impl EtagHasher {
 
 /// The S3 ETag of a file as it will be uploaded (see [`EtagHasher`]).
 pub(crate) fn local_etag(path: &Path, threshold: u64, part: u64) -> anyhow::Result<String> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
     let mut h = EtagHasher::new(threshold, part);
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
+    materia_common::read_chunks(path, |chunk| h.update(chunk))?;
     Ok(h.finish())
 }
 

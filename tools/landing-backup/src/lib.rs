@@ -29,9 +29,10 @@ use materia_common::layout;
 use materia_common::{CommonArgs, Outcome, Report};
 
 use ledger::{read_ledger, record};
+use materia_common::landing::LandingFile;
 use snapshot::{STATE_DIR, snapshot_state};
 use target::{Counts, Remote, Target, list_remote, operator};
-use upload::{Cfg, Done, LocalFile, back_up, landing_files};
+use upload::{Cfg, Done, back_up};
 
 mod etag;
 mod ledger;
@@ -131,18 +132,18 @@ async fn backup(step: &mut materia_common::Step, cli: &Cli, target: &Target) -> 
     let op = operator(target, counts.clone(), Duration::from_secs(cli.timeout), cli.retries)?;
     let cfg = Cfg { threshold: cli.multipart_threshold, part: cli.part_size, if_not_exists: op.info().capability().write_with_if_not_exists };
     let target_id = target.to_string();
-    let files = landing_files(&step.layout.landing())?;
+    let files = materia_common::landing::files(&step.layout.landing())?;
     let ledger = read_ledger(&step.db, &target_id)?;
-    let key_of = |f: &LocalFile| format!("{}{}", target.prefix(), f.rel);
+    let key_of = |f: &LandingFile| format!("{}{}", target.prefix(), f.rel);
 
     // What needs a look: new files (normal run), or everything (--verify).
-    let todo: Vec<&LocalFile> = files.iter().filter(|f| cli.verify || !ledger.contains_key(&key_of(f))).collect();
+    let todo: Vec<&LandingFile> = files.iter().filter(|f| cli.verify || !ledger.contains_key(&key_of(f))).collect();
     let mut alerts: Vec<String> = Vec::new();
     let listed = !todo.is_empty() || cli.verify;
     // One listing pass: what the remote already has under the prefix.
     let remote: HashMap<String, Remote> = if listed { list_remote(&op, target, cfg.threshold, cfg.part).await? } else { HashMap::new() };
     if cli.verify {
-        let local: HashMap<String, &LocalFile> = files.iter().map(|f| (key_of(f), f)).collect();
+        let local: HashMap<String, &LandingFile> = files.iter().map(|f| (key_of(f), f)).collect();
         for (key, entry) in &ledger {
             match remote.get(key) {
                 Some(r) if r.bytes != entry.bytes || r.etag.is_some() && entry.etag.is_some() && r.etag != entry.etag => {

@@ -32,7 +32,6 @@ use crate::etag::EtagHasher;
 use crate::ledger::{read_ledger, record};
 use crate::snapshot::STATE_DIR;
 use crate::target::{Counts, Remote, Target, list_remote, operator};
-use crate::upload::landing_files;
 
 /// Restore's options.
 #[derive(Debug, Clone, clap::Args)]
@@ -98,7 +97,7 @@ pub fn restore(common: &CommonArgs, target: &Target, args: &RestoreArgs, tuning:
     };
 
     let landing = layout.landing();
-    let local: std::collections::HashSet<String> = landing_files(&landing)?.into_iter().map(|f| f.rel).collect();
+    let local: std::collections::HashSet<String> = materia_common::landing::files(&landing)?.into_iter().map(|f| f.rel).collect();
     let mut state_here = layout.state_db().exists();
     let resuming = landing.join(IN_PROGRESS).exists();
     // A new server's state DB (bootstrap's first deploy made it; nothing landed or

@@ -8,7 +8,9 @@ use opendal::Operator;
 
 use crate::ledger::LedgerEntry;
 use crate::target::Target;
-use crate::upload::{Cfg, Done, LocalFile, back_up};
+use materia_common::landing::LandingFile;
+
+use crate::upload::{Cfg, Done, back_up};
 
 /// Where state DB snapshots go, under the prefix (hidden, as the state DB is in landing/).
 pub(crate) const STATE_DIR: &str = ".state/";
@@ -21,7 +23,7 @@ pub(crate) async fn snapshot_state(
     cfg: &Cfg,
     target: &Target,
     ledger: &HashMap<String, LedgerEntry>,
-) -> anyhow::Result<Option<(Done, LocalFile)>> {
+) -> anyhow::Result<Option<(Done, LandingFile)>> {
     let day: String = step.db.conn().query_row("SELECT date('now')", [], |r| r.get(0)).map_err(|e| step.db.err(e))?;
     let rel = format!("{STATE_DIR}state-{day}.sqlite.gz");
     let key = format!("{}{rel}", target.prefix());
@@ -55,8 +57,8 @@ pub(crate) async fn snapshot_state(
         std::io::copy(&mut input, &mut enc).with_context(|| format!("writing {}", gz.display()))?;
         enc.finish().with_context(|| format!("writing {}", gz.display()))?;
     }
-    let bytes = std::fs::metadata(&gz)?.len();
-    let file = LocalFile { rel, abs: gz, bytes };
+    let meta = std::fs::metadata(&gz)?;
+    let file = LandingFile { rel, abs: gz, bytes: meta.len(), mtime_ns: materia_common::landing::mtime_ns(&meta) };
     let done = back_up(op.clone(), key, file.clone(), None, cfg.clone()).await;
     Ok(Some((done, file)))
 }

@@ -1,49 +1,12 @@
 //! Backing up one landing file: compare with the remote, upload (single or multipart,
 //! conditional), confirm what the server stored.
 
-use std::path::{Path, PathBuf};
-
 use anyhow::anyhow;
+use materia_common::landing::LandingFile;
 use opendal::{ErrorKind, Operator};
 
 use crate::etag::local_etag;
 use crate::target::{Remote, remote_of};
-
-/// A landing file to back up.
-#[derive(Debug, Clone)]
-pub(crate) struct LocalFile {
-    pub(crate) rel: String,
-    pub(crate) abs: PathBuf,
-    pub(crate) bytes: u64,
-}
-
-/// Every non-hidden file under `landing`, sorted.
-pub(crate) fn landing_files(landing: &Path) -> anyhow::Result<Vec<LocalFile>> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<LocalFile>) -> anyhow::Result<()> {
-        for e in materia_common::read_dir_or_empty(dir)? {
-            let name = e.file_name();
-            let Some(name) = name.to_str() else {
-                log::warn!("skipping {}: not UTF-8", e.path().display());
-                continue;
-            };
-            if name.starts_with('.') {
-                continue; // the state DB, temp files
-            }
-            let meta = e.metadata()?;
-            if meta.is_dir() {
-                walk(root, &e.path(), out)?;
-            } else if meta.is_file() {
-                let rel = e.path().strip_prefix(root).unwrap_or(&e.path()).to_string_lossy().into_owned();
-                out.push(LocalFile { rel, abs: e.path(), bytes: meta.len() });
-            }
-        }
-        Ok(())
-    }
-    let mut out = Vec::new();
-    walk(landing, landing, &mut out)?;
-    out.sort_by(|a, b| a.rel.cmp(&b.rel));
-    Ok(out)
-}
 
 /// One file's outcome.
 pub(crate) enum Done {
@@ -62,7 +25,7 @@ pub(crate) struct Cfg {
 
 /// Make sure `key` holds `file`: compare with what the remote has (if known), upload
 /// if absent, and confirm with a HEAD.
-pub(crate) async fn back_up(op: Operator, key: String, file: LocalFile, known: Option<Remote>, cfg: Cfg) -> Done {
+pub(crate) async fn back_up(op: Operator, key: String, file: LandingFile, known: Option<Remote>, cfg: Cfg) -> Done {
     let (f2, cfg2) = (file.clone(), cfg.clone());
     let local = match tokio::task::spawn_blocking(move || local_etag(&f2.abs, cfg2.threshold, cfg2.part)).await {
         Ok(Ok(e)) => e,
@@ -106,7 +69,7 @@ pub(crate) async fn back_up(op: Operator, key: String, file: LocalFile, known: O
 }
 
 /// Upload `file` to `key`; returns what the server said about the stored object.
-pub(crate) async fn upload(op: &Operator, key: &str, file: &LocalFile, cfg: &Cfg) -> opendal::Result<opendal::Metadata> {
+pub(crate) async fn upload(op: &Operator, key: &str, file: &LandingFile, cfg: &Cfg) -> opendal::Result<opendal::Metadata> {
     let io = |e: std::io::Error| opendal::Error::new(ErrorKind::Unexpected, "reading the landing file").set_source(e);
     if file.bytes < cfg.threshold {
         let data = tokio::fs::read(&file.abs).await.map_err(io)?;

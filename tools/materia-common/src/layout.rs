@@ -100,6 +100,64 @@ pub const ENV_SERVE_EXPORT_FAULT: &str = "SERVE_EXPORT_FAULT";
 /// lake-transform: the models folder.
 pub const ENV_MODELS: &str = "MATERIA_MODELS";
 
+/// Every environment variable in the table above: what a hermetic test clears, so that
+/// nothing from the caller's environment reaches a tool under test.
+pub const ENV_VARS: &[&str] = &[
+    ENV_DATA_DIR,
+    ENV_STATE_DB,
+    ENV_WAIT_LOCK,
+    "RUST_LOG",
+    ENV_PSD_BASE_URL,
+    ENV_PSD_FILES,
+    ENV_MODELS,
+    ENV_BACKUP_TARGET,
+    ENV_R2_ENDPOINT,
+    ENV_R2_ACCESS_KEY_ID,
+    ENV_R2_SECRET_ACCESS_KEY,
+    ENV_DEPLOY_REMOTE,
+    ENV_APP_DIR,
+    ENV_DEPLOY_BUILD_CMD,
+    ENV_DEPLOY_HEALTH_CMD,
+    ENV_DEPLOY_SSH_KEY,
+    ENV_DEPLOY_KNOWN_HOSTS,
+    ENV_DEPLOY_ENV_FILE,
+    "DUCKDB_LIB_DIR",
+    "MATERIA_TAG",
+    "MATERIA_RELEASE_DIR",
+    "MATERIA_RELEASE_BUILD",
+    ENV_SERVE_EXPORT_FAULT,
+    "MATERIA_BIN_DIR",
+    "MATERIA_IMPORT",
+    "MATERIA_RELEASE",
+    "MATERIA_DOTENV",
+    "MATERIA_NOTIFY_URL",
+    "MATERIA_PING_URL",
+    "MATERIA_TEST_VENV",
+];
+
+/// A step of the pipeline: its tool and the systemd timer that schedules it (the
+/// transform's and the export's are catch-up timers; path units start them on triggers).
+#[derive(Debug, Clone, Copy)]
+pub struct StepInfo {
+    /// The tool (binary, step lock, `runs.tool`).
+    pub tool: &'static str,
+    /// Its timer unit.
+    pub timer: &'static str,
+}
+
+/// The steps, in pipeline order: the one list (materia-status reports these, the units
+/// in `units/` run them, tests check both against it).
+pub const STEPS: &[StepInfo] = &[
+    StepInfo { tool: "psd-extract", timer: "psd-extract.timer" },
+    StepInfo { tool: "lake-transform", timer: "lake-transform.timer" },
+    StepInfo { tool: "serve-export", timer: "serve-export.timer" },
+    StepInfo { tool: "landing-backup", timer: "landing-backup.timer" },
+    StepInfo { tool: "tag-deploy", timer: "tag-deploy.timer" },
+];
+
+/// Every binary a release ships in `bin/`: the steps' tools and materia-status.
+pub const TOOLS: &[&str] = &["psd-extract", "lake-transform", "serve-export", "landing-backup", "tag-deploy", "materia-status"];
+
 /// Paths derived from the data directory.
 #[derive(Debug, Clone)]
 pub struct Layout {

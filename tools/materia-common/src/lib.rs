@@ -1,18 +1,24 @@
-//! What every Materia tool needs, and nothing else: the data layout and env names
-//! ([`layout`]), the state DB ([`state`]), per-step locks ([`lock`]), atomic writes
-//! ([`atomic`]), exit codes ([`exit`]), logging and progress.
+//! What every Materia tool needs, and nothing else: the data layout, env names and the
+//! list of steps ([`layout`]), the state DB ([`state`]), per-step locks and the lakehouse
+//! lock ([`lock`]), atomic writes ([`atomic`]), exit codes ([`exit`]), the triggers that
+//! chain the steps ([`trigger`]), the landing zone as readers list it ([`landing`]), the
+//! lakehouse's contract with its readers ([`lakehouse`]), logging and progress.
 //!
 //! A tool's `run` parses its flags (flattening [`CommonArgs`]), then does its work
 //! inside [`run_step`], which takes the step lock, opens the state DB and records the run.
 
 pub mod atomic;
 pub mod exit;
+pub mod glob;
+pub mod lakehouse;
+pub mod landing;
 pub mod layout;
 pub mod lock;
 pub mod month;
 #[cfg(feature = "reader")]
 pub mod reader;
 pub mod state;
+pub mod trigger;
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -92,6 +98,21 @@ pub fn progress_bar(len: Option<u64>, template: &str) -> indicatif::ProgressBar 
         bar.set_style(style);
     }
     bar
+}
+
+/// Read the file at `path` start to end in 64 KiB chunks, handing each to `each`: a file
+/// hashed without holding it in memory. Errors name the file.
+pub fn read_chunks(path: &std::path::Path, mut each: impl FnMut(&[u8])) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            return Ok(());
+        }
+        each(&buf[..n]);
+    }
 }
 
 /// The entries of `dir`; none when it does not exist (yet). Errors name the dir.

@@ -89,6 +89,14 @@ impl Lock {
     }
 }
 
+/// The lakehouse lock (`DATA_DIR/lakehouse.duckdb.lock`), besides the step's own: whoever
+/// holds it may open `lakehouse.duckdb` (lake-transform to write, serve-export to read).
+/// DuckDB lets one process open a file read-write, or several read-only, never both.
+pub fn lakehouse(layout: &crate::Layout, wait: Duration) -> anyhow::Result<Lock> {
+    let path = layout.lakehouse_lock();
+    Lock::acquire(&path, wait).map_err(|e| anyhow::Error::new(e).context(format!("the lakehouse is held by another writer ({})", path.display())))
+}
+
 fn read_pid(file: &mut File) -> String {
     // The holder writes its pid right after locking; give it a moment if we are early.
     for _ in 0..20 {

@@ -12,16 +12,6 @@ use serde_json::{Value, json};
 /// The tool's name.
 pub const TOOL: &str = "materia-status";
 
-/// The steps, in pipeline order, with the timer that schedules each (the transform's and
-/// the export's are their catch-up timers; their path units start them on triggers).
-const STEPS: &[(&str, Option<&str>)] = &[
-    ("psd-extract", Some("psd-extract.timer")),
-    ("lake-transform", Some("lake-transform.timer")),
-    ("serve-export", Some("serve-export.timer")),
-    ("landing-backup", Some("landing-backup.timer")),
-    ("tag-deploy", Some("tag-deploy.timer")),
-];
-
 /// Show what every Materia step last did and when it runs next.
 #[derive(Debug, Parser)]
 #[command(name = TOOL, version)]
@@ -40,12 +30,12 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     let layout = cli.common.layout();
     let db = if layout.state_db().exists() { Some(StateDb::open_read_only(layout.state_db())?) } else { None };
     let mut steps = Vec::new();
-    for (tool, timer) in STEPS {
+    for materia_common::layout::StepInfo { tool, timer } in materia_common::layout::STEPS {
         let last = match &db {
             Some(db) => last_run(db, tool)?,
             None => Value::Null,
         };
-        steps.push(json!({"step": tool, "last_run": last, "next_run": timer.and_then(next_elapse)}));
+        steps.push(json!({"step": tool, "last_run": last, "next_run": next_elapse(timer)}));
     }
     let backup_lag = match &db {
         Some(db) => backup_lag(db)?,

@@ -16,14 +16,14 @@ mod records;
 mod source;
 mod tally;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use materia_common::exit::Usage;
 use materia_common::layout::{self, Layout};
-use materia_common::{CommonArgs, Month, Outcome, StateDb, Step};
+use materia_common::{CommonArgs, Month, Outcome, StateDb};
 use records::{FetchOutcome, FetchRecord, archive_done, record_fetch};
 use source::{Source, fetch_one, outcome_of};
 use tally::Tally;
@@ -222,7 +222,7 @@ fn fetch(common: &CommonArgs, args: &FetchArgs) -> anyhow::Result<Outcome> {
                     tally.landed_bytes += bytes;
                     println!("{}", landing.join(path).display());
                     // Each landing is signalled as it lands: a run killed later loses none.
-                    signal_landed(step)?;
+                    materia_common::trigger::signal(&step.layout, layout::TRIGGER_LANDING_UPDATED, step.run_id)?;
                 }
                 FetchOutcome::Duplicate | FetchOutcome::NotModified => tally.unchanged += 1,
                 FetchOutcome::NotReleased => tally.not_released += 1,
@@ -263,7 +263,7 @@ fn import(common: &CommonArgs, args: &ImportArgs, max_csv_bytes: u64) -> anyhow:
                 tally.landed = 1;
                 tally.landed_bytes = bytes;
                 println!("{}", landing.join(path).display());
-                signal_landed(step)?;
+                materia_common::trigger::signal(&step.layout, layout::TRIGGER_LANDING_UPDATED, step.run_id)?;
             }
             FetchOutcome::Failed(err) => {
                 tally.failed = 1;
@@ -299,13 +299,6 @@ fn prepare_landing(layout: &Layout) -> anyhow::Result<PathBuf> {
         log::warn!("removed {swept} temp file(s) left by an interrupted run");
     }
     Ok(landing)
-}
-
-fn signal_landed(step: &Step) -> anyhow::Result<()> {
-    let trigger = step.layout.trigger(layout::TRIGGER_LANDING_UPDATED);
-    std::fs::create_dir_all(trigger.parent().unwrap_or(Path::new("."))).with_context(|| format!("cannot create {}", trigger.display()))?;
-    materia_common::atomic::write_replace(&trigger, format!("run_id={}\n", step.run_id).as_bytes())?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -17,8 +17,8 @@ use anyhow::{Context as _, anyhow};
 use clap::Parser;
 use duckdb::Connection;
 use materia_common::exit::Integrity;
+use materia_common::lakehouse;
 use materia_common::layout::{self, Layout};
-use materia_common::lock::Lock;
 use materia_common::{CommonArgs, Outcome, Report, Step};
 use sha2::{Digest as _, Sha256};
 
@@ -69,9 +69,7 @@ fn publish(common: &CommonArgs) -> anyhow::Result<Outcome> {
     materia_common::run_step(TOOL, common, |step| {
         let layout = step.layout.clone();
         sweep(layout.data_dir())?;
-        let lock_path = layout.lakehouse_lock();
-        let lock = Lock::acquire(&lock_path, Duration::from_secs(common.wait_lock))
-            .with_context(|| format!("the lakehouse is held by another writer ({})", lock_path.display()))?;
+        let lock = materia_common::lock::lakehouse(&layout, Duration::from_secs(common.wait_lock))?;
         let lakehouse = layout.lakehouse();
         if !lakehouse.exists() {
             anyhow::bail!("{} does not exist yet: run lake-transform first", lakehouse.display());
@@ -179,12 +177,11 @@ fn ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// The lakehouse's state: a digest of lake-transform's record of every model
-/// (fingerprint, run, rows). It changes whenever a run changed anything.
+/// The lakehouse's state: a digest of its change marker (the contract in
+/// `materia_common::lakehouse`). It changes whenever a run changed anything.
 fn lakehouse_state(db: &Connection) -> anyhow::Result<String> {
-    let mut st = db
-        .prepare("SELECT name, fingerprint, coalesce(run_id, 0), coalesce(rows, -1) FROM lakehouse._materia.models ORDER BY name")
-        .context("reading lakehouse._materia.models (is this a lake-transform lakehouse?)")?;
+    let mut st =
+        db.prepare(&lakehouse::change_marker_sql("lakehouse")).context("reading lakehouse._materia.models (is this a lake-transform lakehouse?)")?;
     let mut h = Sha256::new();
     for row in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)))? {
         let (n, f, run, rows) = row?;
@@ -194,12 +191,12 @@ fn lakehouse_state(db: &Connection) -> anyhow::Result<String> {
 }
 
 fn source_tables(db: &Connection) -> anyhow::Result<Vec<Table>> {
-    let mut views = db.prepare("SELECT view_name FROM duckdb_views() WHERE database_name = 'lakehouse' AND schema_name = 'serving' ORDER BY 1")?;
-    for v in views.query_map([], |r| r.get::<_, String>(0))? {
+    let mut views = db.prepare("SELECT view_name FROM duckdb_views() WHERE database_name = 'lakehouse' AND schema_name = ? ORDER BY 1")?;
+    for v in views.query_map([lakehouse::SERVING_SCHEMA], |r| r.get::<_, String>(0))? {
         log::warn!("serving.{} is a view: only tables are exported", v?);
     }
-    let mut st = db.prepare("SELECT table_name FROM duckdb_tables() WHERE database_name = 'lakehouse' AND schema_name = 'serving' ORDER BY 1")?;
-    let names: Vec<String> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    let mut st = db.prepare("SELECT table_name FROM duckdb_tables() WHERE database_name = 'lakehouse' AND schema_name = ? ORDER BY 1")?;
+    let names: Vec<String> = st.query_map([lakehouse::SERVING_SCHEMA], |r| r.get(0))?.collect::<Result<_, _>>()?;
     names.into_iter().map(|n| describe(db, "lakehouse", &n)).collect()
 }
 

@@ -92,7 +92,7 @@ struct PollArgs {
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     git_timeout: u64,
 
-    /// Only tags matching this glob (`*` any characters) are considered; they must also
+    /// Only tags matching this glob (`*` any characters, `?` one) are considered; they must also
     /// be versions, v<N> or vX.Y.Z.
     #[arg(long, value_name = "GLOB", default_value = "v*")]
     tag_pattern: String,

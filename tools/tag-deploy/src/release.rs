@@ -18,7 +18,7 @@ use anyhow::{Context as _, anyhow};
 use crate::git::version;
 
 /// Binaries installed into a release's bin/.
-pub const TOOLS: &[&str] = &["psd-extract", "lake-transform", "serve-export", "landing-backup", "tag-deploy", "materia-status"];
+pub use materia_common::layout::TOOLS;
 
 /// The app dir's paths.
 pub struct App {

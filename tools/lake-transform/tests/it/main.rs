@@ -4,15 +4,12 @@
 //! Why this long: one integration binary per tool (fast to link); its tests share the landing and lakehouse helpers at the top.
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
-#[path = "../../../../tests/support/run.rs"]
-mod run;
-
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use run::Run;
+use materia_test_support::Run;
 
 const HEADER: &str = "Commodity_Code,Commodity_Description,Country_Code,Country_Name,Market_Year,\
 Calendar_Year,Month,Attribute_ID,Attribute_Description,Unit_ID,Unit_Description,Value";
@@ -92,10 +89,7 @@ impl Env {
     }
 
     fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_lake-transform"));
-        for v in ["MATERIA_DATA_DIR", "MATERIA_STATE_DB", "MATERIA_WAIT_LOCK", "MATERIA_MODELS", "RUST_LOG"] {
-            c.env_remove(v);
-        }
+        let mut c = materia_test_support::tool(env!("CARGO_BIN_EXE_lake-transform"));
         c.arg("--data-dir").arg(&self.data).arg("--models").arg(&self.models);
         c
     }
@@ -481,10 +475,7 @@ fn a_binary_outside_a_release_names_its_models_or_fails_clearly() {
     // A release has models/ beside bin/; target/debug has none, and no build or source
     // path is ever guessed.
     let env = Env::new();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_lake-transform"));
-    for v in ["MATERIA_DATA_DIR", "MATERIA_STATE_DB", "MATERIA_WAIT_LOCK", "MATERIA_MODELS", "RUST_LOG"] {
-        c.env_remove(v);
-    }
+    let mut c = materia_test_support::tool(env!("CARGO_BIN_EXE_lake-transform"));
     let run = Run::from(c.arg("--data-dir").arg(&env.data).arg("run").output().unwrap());
     assert_eq!(run.code, 2, "{run:?}");
     assert!(
@@ -499,8 +490,7 @@ fn a_binary_outside_a_release_names_its_models_or_fails_clearly() {
     std::fs::create_dir_all(release.join("bin")).unwrap();
     std::fs::copy(env!("CARGO_BIN_EXE_lake-transform"), release.join("bin/lake-transform")).unwrap();
     copy_dir(&env.models, &release.join("models"));
-    let mut c = Command::new(release.join("bin/lake-transform"));
-    c.env_remove("MATERIA_MODELS").env_remove("RUST_LOG");
+    let mut c = materia_test_support::tool(release.join("bin/lake-transform"));
     let run = Run::from(c.arg("--data-dir").arg(&env.data).arg("plan").output().unwrap());
     assert!(run.code == 0 || run.code == 3, "{run:?}");
     assert!(run.stdout.contains("serving.world_balance"), "{}", run.stdout);
@@ -811,4 +801,27 @@ fn a_quarantined_file_is_left_out_of_every_run_until_taken_back() {
     assert_eq!(recorded.len(), 2);
     assert!(recorded[0].contains("bad.csv.gzip") && recorded[0].ends_with("Integer(0)"), "{recorded:?}");
     assert!(recorded[1].contains("b.csv.gzip") && recorded[1].ends_with("Integer(1)"), "{recorded:?}");
+}
+
+#[test]
+fn the_lakehouse_keeps_its_contract() {
+    // What serve-export may rely on (materia_common::lakehouse): serving tables, and a
+    // change marker that moves exactly when a run changed something.
+    let (a, b) = two_releases();
+    let env = Env::new();
+    env.land("psd/2024/01/a.csv.gzip", &a);
+    assert_eq!(env.run(&["run"]).code, 0);
+    let marker = || env.rows(&materia_common::lakehouse::change_marker_sql("lakehouse"));
+    let first = marker();
+    assert!(first.iter().any(|r| r.starts_with("serving.commodity_balance|")), "{first:?}");
+    let serving =
+        env.rows(&format!("SELECT table_name FROM duckdb_tables() WHERE schema_name = '{}' ORDER BY 1", materia_common::lakehouse::SERVING_SCHEMA));
+    assert!(serving.contains(&"commodity_balance".to_owned()), "{serving:?}");
+
+    assert_eq!(env.run(&["run"]).code, 3, "nothing new");
+    assert_eq!(marker(), first, "a run that changed nothing leaves the marker");
+
+    env.land("psd/2024/02/b.csv.gzip", &b);
+    assert_eq!(env.run(&["run"]).code, 0);
+    assert_ne!(marker(), first, "a run that changed tables moves the marker");
 }

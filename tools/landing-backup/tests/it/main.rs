@@ -3,15 +3,11 @@
 //! Why this long: one integration binary per tool (fast to link); the S3 and fs tests share one moto server and its helpers.
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
-#[path = "../../../../tests/support/moto.rs"]
-mod moto;
 mod proxy;
-#[path = "../../../../tests/support/run.rs"]
-mod run;
 
-use moto::Moto;
+use materia_test_support::Run;
+use materia_test_support::moto::Moto;
 use proxy::{Fault, Proxy};
-use run::Run;
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -40,19 +36,7 @@ impl Env {
     }
 
     fn run(&self, target: &str, endpoint: Option<&str>, args: &[&str]) -> Run {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_landing-backup"));
-        for v in [
-            "MATERIA_DATA_DIR",
-            "MATERIA_STATE_DB",
-            "MATERIA_WAIT_LOCK",
-            "RUST_LOG",
-            "BACKUP_TARGET",
-            "R2_ENDPOINT",
-            "R2_ACCESS_KEY_ID",
-            "R2_SECRET_ACCESS_KEY",
-        ] {
-            c.env_remove(v);
-        }
+        let mut c = materia_test_support::tool(env!("CARGO_BIN_EXE_landing-backup"));
         if let Some(e) = endpoint {
             c.env("R2_ENDPOINT", e).env("R2_ACCESS_KEY_ID", "test-key-id").env("R2_SECRET_ACCESS_KEY", "test-secret-value");
         }
@@ -206,10 +190,7 @@ fn odd_file_names_round_trip() {
 fn missing_credentials_are_named_and_nothing_is_touched() {
     let env = Env::new();
     three_files(&env);
-    let mut c = Command::new(env!("CARGO_BIN_EXE_landing-backup"));
-    for v in ["R2_ENDPOINT", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "BACKUP_TARGET", "MATERIA_DATA_DIR"] {
-        c.env_remove(v);
-    }
+    let mut c = materia_test_support::tool(env!("CARGO_BIN_EXE_landing-backup"));
     let o = c.env("R2_ACCESS_KEY_ID", "id").arg("--data-dir").arg(&env.data).args(["--target", "s3://bkt"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&o.stderr);
@@ -251,10 +232,7 @@ fn the_fs_backend_never_leaves_a_short_object() {
     env.land("psd/2024/01/big.csv.gzip", &big);
     let dest: PathBuf = env.root.join("backup");
     let target = format!("fs:{}", dest.display());
-    let mut c = Command::new(env!("CARGO_BIN_EXE_landing-backup"));
-    for v in ["MATERIA_DATA_DIR", "MATERIA_STATE_DB", "BACKUP_TARGET", "RUST_LOG"] {
-        c.env_remove(v);
-    }
+    let mut c = materia_test_support::tool(env!("CARGO_BIN_EXE_landing-backup"));
     let mut child = c.arg("--data-dir").arg(&env.data).args(["--target", &target]).stderr(std::process::Stdio::null()).spawn().unwrap();
     let tmp = dest.join(".materia-tmp");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -395,7 +373,7 @@ fn a_server_killed_mid_multipart_leaves_no_record_and_verify_finishes_the_job() 
     let parts = ["--multipart-threshold", "5242880", "--part-size", "5242880", "--retries", "2", "--timeout", "5"];
 
     proxy.rule("PUT", "uploadId", Fault::Trip, 1);
-    let mut c = Command::new(env!("CARGO_BIN_EXE_landing-backup"));
+    let mut c = materia_test_support::tool(env!("CARGO_BIN_EXE_landing-backup"));
     c.env("R2_ENDPOINT", proxy.endpoint()).env("R2_ACCESS_KEY_ID", "test-key-id").env("R2_SECRET_ACCESS_KEY", "test-secret-value");
     let child = c.arg("--data-dir").arg(&env.data).args(["--target", "s3://bkt"]).args(parts).stderr(Stdio::piped()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -550,8 +528,7 @@ fn a_killed_restore_resumes_and_a_changed_object_is_refused() {
 
     // Killed mid-way: whatever has a final name is complete.
     let new = Env::new();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_landing-backup"));
-    c.env_remove("MATERIA_DATA_DIR").env_remove("BACKUP_TARGET").env_remove("RUST_LOG");
+    let mut c = materia_test_support::tool(env!("CARGO_BIN_EXE_landing-backup"));
     let mut child =
         c.arg("--data-dir").arg(&new.data).args(["--target", &target, "restore", "--concurrency", "1"]).stderr(Stdio::null()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -1,11 +1,8 @@
 //! materia-status over a real state DB, while another process holds it open for writing.
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
-use std::process::Command;
-
 fn status(data: &std::path::Path, args: &[&str]) -> (i32, String) {
-    let o =
-        Command::new(env!("CARGO_BIN_EXE_materia-status")).env_remove("MATERIA_STATE_DB").arg("--data-dir").arg(data).args(args).output().unwrap();
+    let o = materia_test_support::tool(env!("CARGO_BIN_EXE_materia-status")).arg("--data-dir").arg(data).args(args).output().unwrap();
     (o.status.code().unwrap(), String::from_utf8_lossy(&o.stdout).into_owned())
 }
 

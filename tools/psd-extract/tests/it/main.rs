@@ -3,14 +3,13 @@
 //! Why this long: one integration binary per tool (fast to link); its tests share the HTTP server and zip builders at the top.
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
-mod server;
 mod support;
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use materia_common::Month;
-use server::{Fault, Route, Server};
+use materia_test_support::psd_server::{Fault, Route, Server};
 use support::*;
 
 const COFFEE: &str = "/downloads/psd_coffee_csv.zip";

@@ -84,9 +84,7 @@ pub struct Env {
     pub data: PathBuf,
 }
 
-#[path = "../../../../tests/support/run.rs"]
-mod run;
-pub use run::Run;
+pub use materia_test_support::Run;
 
 impl Env {
     pub fn new() -> Env {
@@ -103,10 +101,7 @@ impl Env {
 
     /// `program` with this env's data dir and none of the tools' variables from outside.
     pub fn command(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
-        for var in ["MATERIA_DATA_DIR", "MATERIA_STATE_DB", "MATERIA_WAIT_LOCK", "PSD_BASE_URL", "PSD_FILES", "RUST_LOG"] {
-            c.env_remove(var);
-        }
+        let mut c = materia_test_support::tool(program);
         c.env("MATERIA_DATA_DIR", &self.data);
         c
     }

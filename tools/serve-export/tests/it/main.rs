@@ -9,10 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use materia_common::reader::AnalyticsReader;
-use run::Run;
-
-#[path = "../../../../tests/support/run.rs"]
-mod run;
+use materia_test_support::Run;
 
 struct Env {
     _tmp: tempfile::TempDir,
@@ -28,10 +25,7 @@ impl Env {
     }
 
     fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_serve-export"));
-        for v in ["MATERIA_DATA_DIR", "MATERIA_STATE_DB", "MATERIA_WAIT_LOCK", "RUST_LOG", "SERVE_EXPORT_FAULT"] {
-            c.env_remove(v);
-        }
+        let mut c = materia_test_support::tool(env!("CARGO_BIN_EXE_serve-export"));
         c.arg("--data-dir").arg(&self.data);
         c
     }

@@ -3,27 +3,26 @@
 //! Why this long: one integration binary per tool (fast to link); its tests share the git remote and release helpers at the top.
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
-#[path = "../../../../tests/support/run.rs"]
-mod run;
-#[path = "../../../../tests/support/sshd.rs"]
-mod sshd;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use run::Run;
-use sshd::{Sshd, keygen};
+use materia_test_support::Run;
+use materia_test_support::sshd::{Sshd, keygen};
 
 /// The release's build: fails when FAIL exists, sleeps when SLOW exists, and makes
-/// every tool as a script that prints its tag.
+/// every tool (`TOOLS` in its `for`) as a script that prints its tag.
+fn build_script() -> String {
+    BUILD.replace("TOOLS", &materia_common::layout::TOOLS.join(" "))
+}
+
 const BUILD: &str = r#"#!/bin/sh
 set -e
 if [ -e FAIL ]; then echo "build broken" >&2; exit 1; fi
 if [ -e "$MATERIA_RELEASE_DIR/../../BREAK" ]; then echo "build machine broken" >&2; exit 1; fi
 if [ -e SLOW ]; then sleep 3; fi
 mkdir -p "$CARGO_TARGET_DIR/release"
-for t in psd-extract lake-transform serve-export landing-backup tag-deploy materia-status; do
+for t in TOOLS; do
     printf '#!/bin/sh\necho %s\n' "$MATERIA_TAG" > "$CARGO_TARGET_DIR/release/$t"
     chmod +x "$CARGO_TARGET_DIR/release/$t"
 done
@@ -46,7 +45,7 @@ impl Env {
         let env = Env { app: tmp.path().join("app"), data: tmp.path().join("data"), src, _tmp: tmp };
         std::fs::create_dir_all(&env.src).unwrap();
         env.git(&["init", "-q", "-b", "main"]);
-        env.write("build.sh", BUILD, true);
+        env.write("build.sh", &build_script(), true);
         env.write("web/deploy.sh", HOOK, true);
         env.write("web/index.html", "<h1>1</h1>", false);
         env.write("src/lib.rs", "// 1", false);
@@ -88,10 +87,7 @@ impl Env {
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_tag-deploy"));
-        for v in ["MATERIA_DATA_DIR", "MATERIA_STATE_DB", "MATERIA_APP_DIR", "DEPLOY_REMOTE", "DEPLOY_BUILD_CMD", "DEPLOY_HEALTH_CMD", "RUST_LOG"] {
-            c.env_remove(v);
-        }
+        let mut c = materia_test_support::tool(env!("CARGO_BIN_EXE_tag-deploy"));
         c.arg("--data-dir").arg(&self.data).arg("--app-dir").arg(&self.app);
         c.args(args);
         c
@@ -294,9 +290,7 @@ fn kill_9_mid_deploy_leaves_current_on_a_complete_release() {
 /// sops and age as setup-dev.sh installs them, and a home with an age key where sops
 /// looks by default. Returns (PATH with sops first, HOME, the key's public part).
 fn secrets_setup(env: &Env) -> (String, PathBuf, String) {
-    let venv = std::env::var_os("MATERIA_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/materia-test-venv"));
+    let venv = materia_test_support::test_venv();
     assert!(venv.join("bin/sops").exists(), "sops is not installed in {}: run scripts/setup-dev.sh", venv.display());
     let home = env._tmp.path().join("home");
     let keys = home.join(".config/sops/age/keys.txt");
@@ -526,7 +520,7 @@ fn a_build_or_hook_past_its_deadline_is_killed_with_everything_it_started() {
     assert_eq!(env.poll(&["--build-timeout", "1"]).code, 3, "recorded once, not retried");
 
     // A web hook past its deadline: killed, switched back.
-    env.write("build.sh", BUILD, true);
+    env.write("build.sh", &build_script(), true);
     env.commit("good build");
     env.tag("v2");
     assert_eq!(env.poll(&[]).code, 0);

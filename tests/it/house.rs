@@ -1,14 +1,11 @@
 //! The house rules every file follows, checked like a build: shellcheck-clean scripts,
 //! rustfmt-formatted Rust, a `//!` doc atop every Rust file (and a reason atop a long
 //! one), and one table of environment variables that README.md repeats exactly.
-#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
-}
+use crate::repo;
 
 /// Every `*.sh` under the folders that hold scripts.
 fn scripts() -> Vec<PathBuf> {
@@ -76,8 +73,11 @@ fn the_environment_variables_are_documented_once_and_alike() {
     let layout = std::fs::read_to_string(repo().join("tools/materia-common/src/layout.rs")).unwrap();
     let in_layout = env_names(layout.lines().filter_map(|l| l.strip_prefix("//! ")));
     assert_eq!(in_readme, in_layout, "README's table and layout.rs's differ");
+    // The list a hermetic test clears is the table.
+    let listed: std::collections::BTreeSet<String> = materia_common::layout::ENV_VARS.iter().map(|v| (*v).to_owned()).collect();
+    assert_eq!(listed, in_layout, "layout::ENV_VARS and layout.rs's table differ");
     // Every name the code defines is in the table.
-    for line in layout.lines().filter(|l| l.starts_with("pub const ENV_")) {
+    for line in layout.lines().filter(|l| l.starts_with("pub const ENV_") && !l.starts_with("pub const ENV_VARS")) {
         let name = line.split('"').nth(1).unwrap();
         assert!(in_layout.contains(name), "{name} is defined in layout.rs but not in its table");
     }
@@ -101,4 +101,45 @@ fn every_rust_file_says_what_it_is_and_long_ones_why() {
         }
     }
     assert!(missing.is_empty(), "{}", missing.join("\n"));
+}
+
+#[test]
+fn one_duckdb_version_everywhere() {
+    // scripts/duckdb-lib.sh sets it; the scripts ask it; what cannot ask must agree.
+    let out = Command::new(repo().join("scripts/duckdb-lib.sh")).arg("--version").output().unwrap();
+    let version = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let parts: Vec<u32> = version.split('.').map(|p| p.parse().unwrap()).collect();
+    let [major, minor, patch] = parts[..] else { panic!("{version:?}: not X.Y.Z") };
+    // The crate's version encodes DuckDB's: 1.5.6 is 1.10506.x.
+    let pin = format!("duckdb = {{ version = \"=1.{major}{minor:02}{patch:02}.");
+    let cargo = std::fs::read_to_string(repo().join("Cargo.toml")).unwrap();
+    assert!(cargo.contains(&pin), "Cargo.toml does not pin the duckdb crate of DuckDB {version} ({pin}...)");
+    let config = std::fs::read_to_string(repo().join(".cargo/config.toml")).unwrap();
+    assert!(config.contains(&format!("\".duckdb/{version}\"")), ".cargo/config.toml: DUCKDB_LIB_DIR is not .duckdb/{version}");
+    // Every version named beside DuckDB in the repository (docs, scripts, tests) is it.
+    let files =
+        String::from_utf8(Command::new("git").args(["ls-files", "-co", "--exclude-standard"]).current_dir(repo()).output().unwrap().stdout).unwrap();
+    let mut wrong = Vec::new();
+    let mut seen = 0;
+    for f in files.lines().filter(|f| *f != "Cargo.lock") {
+        let Ok(text) = std::fs::read_to_string(repo().join(f)) else { continue };
+        for (n, line) in text.lines().enumerate() {
+            let lower = line.to_lowercase();
+            for marker in ["duckdb==", "duckdb/", "libduckdb.so ", "duckdb ", "node-bindings-linux-x64@"] {
+                for (at, _) in lower.match_indices(marker) {
+                    let rest = &lower[at + marker.len()..];
+                    let v: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+                    let v = v.trim_end_matches('.');
+                    if v.split('.').count() == 3 && v.split('.').all(|p| !p.is_empty()) {
+                        seen += 1;
+                        if v != version {
+                            wrong.push(format!("{f}:{}: DuckDB {v}", n + 1));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "DuckDB is {version} (scripts/duckdb-lib.sh), but:\n{}", wrong.join("\n"));
+    assert!(seen >= 5, "the scan found only {seen} mentions: is it still looking?");
 }

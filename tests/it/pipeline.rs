@@ -1,22 +1,16 @@
 //! The pipeline as `scripts/run-all.sh` runs it: the built tools chained through files.
-#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
-
-#[path = "support/moto.rs"]
-mod moto;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
-}
+use crate::repo;
 
 /// The tools `cargo test --workspace` built beside this test binary (target/debug).
 fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap().to_owned(); // target/debug/deps -> target/debug
     assert!(
-        ["psd-extract", "lake-transform", "serve-export", "landing-backup"].iter().all(|t| dir.join(t).exists()),
+        materia_common::layout::TOOLS.iter().all(|t| dir.join(t).exists()),
         "the tools are not built in {}: run the tests with `cargo test --workspace`",
         dir.display()
     );
@@ -34,14 +28,11 @@ fn fixture() -> Option<PathBuf> {
 }
 
 fn run_all(data: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(repo().join("scripts/run-all.sh"))
+    materia_test_support::tool(repo().join("scripts/run-all.sh"))
         .args(["--data-dir", data.to_str().unwrap()])
         .args(args)
         .env("MATERIA_BIN_DIR", bin_dir())
         .env("MATERIA_DOTENV", "/dev/null") // a developer's .env is not the test's
-        .env_remove("MATERIA_DATA_DIR")
-        .env_remove("BACKUP_TARGET")
-        .env_remove("MATERIA_STATE_DB")
         .output()
         .unwrap()
 }
@@ -60,7 +51,7 @@ fn run_all_offline_lands_the_real_release_and_is_idempotent() {
     assert!(path.starts_with("psd/2022/12/"), "{path}");
     assert_eq!(rows, 77_957);
     assert!(data.join("landing").join(&path).exists());
-    // Each producer wrote its trigger (the units take them: tests/systemd.rs).
+    // Each producer wrote its trigger (the units take them: tests/it/systemd.rs).
     assert!(data.join("triggers/landing.updated").exists(), "written by psd-extract");
     assert!(data.join("lakehouse.duckdb").exists());
     assert!(data.join("triggers/lakehouse.updated").exists(), "written by lake-transform");
@@ -157,9 +148,8 @@ fn what_psd_extract_lands_the_models_load() {
     let bad = String::from_utf8(good).unwrap().replacen(",1.5e3\r\n", ",1.5e3x\r\n", 1);
     let bad_zip = tmp.path().join("bad.zip");
     zip_csv(bad.as_bytes(), &bad_zip);
-    let out = Command::new(bin_dir().join("psd-extract"))
+    let out = materia_test_support::tool(bin_dir().join("psd-extract"))
         .args(["--data-dir", data.to_str().unwrap(), "import", bad_zip.to_str().unwrap(), "--release", "2023-01"])
-        .env_remove("MATERIA_DATA_DIR")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
@@ -170,14 +160,7 @@ fn what_psd_extract_lands_the_models_load() {
     // The operator sets the landed file aside; materia-status shows it.
     let landed: String = db.query_row("SELECT path FROM landed_files", [], |r| r.get(0)).unwrap();
     let tool = |name: &str, args: &[&str]| {
-        Command::new(bin_dir().join(name))
-            .arg("--data-dir")
-            .arg(&data)
-            .args(args)
-            .env_remove("MATERIA_DATA_DIR")
-            .env("SUDO_USER", "ops")
-            .output()
-            .unwrap()
+        materia_test_support::tool(bin_dir().join(name)).arg("--data-dir").arg(&data).args(args).env("SUDO_USER", "ops").output().unwrap()
     };
     let q = tool("lake-transform", &["quarantine", &landed, "--reason", "checking a revision"]);
     assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
@@ -204,20 +187,15 @@ for t, in c.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = 
     for r in rows:
         print(r)
 "#;
-    let venv = std::env::var_os("MATERIA_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/materia-test-venv"));
-    let o = Command::new(venv.join("bin/python")).arg("-c").arg(script).arg(data.join("analytics.duckdb")).output().unwrap();
+    let o =
+        Command::new(materia_test_support::test_venv().join("bin/python")).arg("-c").arg(script).arg(data.join("analytics.duckdb")).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8(o.stdout).unwrap()
 }
 
 /// One tool from the build, on `data`, with `env`; (exit code, stderr).
 fn tool(data: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
-    let mut c = Command::new(bin_dir().join(name));
-    for v in ["MATERIA_DATA_DIR", "MATERIA_STATE_DB", "BACKUP_TARGET", "R2_ENDPOINT", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "RUST_LOG"] {
-        c.env_remove(v);
-    }
+    let mut c = materia_test_support::tool(bin_dir().join(name));
     let o = c.arg("--data-dir").arg(data).args(args).envs(env.iter().copied()).output().unwrap();
     (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned())
 }
@@ -277,7 +255,7 @@ fn the_disaster_recovery_drill_on_a_folder() {
 
 #[test]
 fn the_disaster_recovery_drill_on_s3() {
-    let moto = moto::Moto::start();
+    let moto = materia_test_support::moto::Moto::start();
     let endpoint = format!("http://127.0.0.1:{}", moto.port);
     drill("s3://bkt", &[("R2_ENDPOINT", endpoint.as_str()), ("R2_ACCESS_KEY_ID", "test-key-id"), ("R2_SECRET_ACCESS_KEY", "test-secret-value")]);
 }

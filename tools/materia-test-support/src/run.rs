@@ -1,7 +1,4 @@
-//! A finished run of the tool under test: exit code, stdout, stderr. One file shared by
-//! the tools' integration tests through `#[path]`, so it uses nothing but std; the tool
-//! is the crate compiling it (folder = crate = binary name).
-#![allow(dead_code)] // each test crate uses what it needs of it
+//! A finished run of a tool under test: exit code, stdout, stderr.
 
 use std::process::Output;
 
@@ -27,9 +24,12 @@ impl From<Output> for Run {
 }
 
 impl Run {
-    /// The `TOOL: error: …` line the tool's main prints once; panics when there is none.
+    /// The `TOOL: error: …` line a tool's main prints once (TOOL one of
+    /// `materia_common::layout::TOOLS`); panics when there is none.
     pub fn error_line(&self) -> &str {
-        let prefix = concat!(env!("CARGO_PKG_NAME"), ": error: ");
-        self.stderr.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no `{prefix}` line in stderr:\n{}", self.stderr))
+        self.stderr
+            .lines()
+            .find(|l| materia_common::layout::TOOLS.iter().any(|t| l.strip_prefix(t).is_some_and(|rest| rest.starts_with(": error: "))))
+            .unwrap_or_else(|| panic!("no `TOOL: error: ` line in stderr:\n{}", self.stderr))
     }
 }

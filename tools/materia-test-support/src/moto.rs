@@ -1,12 +1,8 @@
 //! moto, the S3 server the tests run against (from the test venv scripts/setup-dev.sh
-//! makes), on 127.0.0.1 with one bucket `bkt`, killed on drop. Shared by
-//! `tools/landing-backup/tests/it` and `tests/pipeline.rs` through `#[path]`, so it uses
-//! nothing but std.
-#![allow(dead_code)] // each test crate uses what it needs of it
+//! makes), on 127.0.0.1 with one bucket `bkt`, killed on drop.
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -32,10 +28,7 @@ impl Moto {
 
     pub fn start_on(port: u16) -> Moto {
         // Where scripts/setup-dev.sh installs it.
-        let venv = std::env::var_os("MATERIA_TEST_VENV")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/materia-test-venv"));
-        let bin = venv.join("bin/moto_server");
+        let bin = crate::test_venv().join("bin/moto_server");
         assert!(bin.exists(), "moto is not installed at {}: run scripts/setup-dev.sh", bin.display());
         let child = Command::new(bin).args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         let m = Moto { child, port };

@@ -1,6 +1,4 @@
-//! A real sshd on 127.0.0.1 (Debian's openssh-server) for tests, killed on drop. One file
-//! shared by `tools/tag-deploy/tests/it` and `tests/systemd.rs` through `#[path]`, so it
-//! uses nothing but std.
+//! A real sshd on 127.0.0.1 (Debian's openssh-server) for tests, killed on drop.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,5 +1,4 @@
 //! The systemd units in units/: `systemd-analyze verify` clean, and the house rules.
-#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -39,7 +38,7 @@ fn verify_root(tmp: &Path, units: &BTreeMap<String, String>) -> PathBuf {
     let current = root.join("opt/materia/current");
     std::fs::create_dir_all(current.join("bin")).unwrap();
     std::fs::create_dir_all(current.join("scripts")).unwrap();
-    for t in ["psd-extract", "lake-transform", "serve-export", "landing-backup", "tag-deploy"] {
+    for t in materia_common::layout::TOOLS {
         std::fs::copy("/bin/true", current.join("bin").join(t)).unwrap();
     }
     for script in ["notify-failure.sh", "ping.sh"] {
@@ -164,8 +163,9 @@ fn units_follow_the_house_rules() {
     // its trigger before anything can fail, is never start-limited (a path unit whose
     // service hits its start limit stops watching), and has a catch-up timer for the runs
     // that fail or are killed after taking it. A path unit that fails alerts.
-    for (path, trigger) in [("lake-transform.path", "landing"), ("serve-export.path", "lakehouse")] {
-        let file = format!("/data/materia/triggers/{}", materia_trigger(trigger));
+    use materia_common::layout::{TRIGGER_LAKEHOUSE_UPDATED, TRIGGER_LANDING_UPDATED};
+    for (path, trigger) in [("lake-transform.path", TRIGGER_LANDING_UPDATED), ("serve-export.path", TRIGGER_LAKEHOUSE_UPDATED)] {
+        let file = format!("/data/materia/triggers/{trigger}");
         assert_eq!(values(&units[path], "PathExists"), [file.as_str()], "{path}");
         assert_eq!(values(&units[path], "OnFailure"), ["materia-notify@%n.service"], "{path}");
         let service = values(&units[path], "Unit")[0];
@@ -174,6 +174,14 @@ fn units_follow_the_house_rules() {
         let catch_up: Vec<&String> = units.iter().filter(|(n, t)| n.ends_with(".timer") && values(t, "Unit") == [service]).map(|(n, _)| n).collect();
         assert_eq!(catch_up.len(), 1, "{service}: a catch-up timer");
         assert!(!values(&units[catch_up[0]], "OnUnitInactiveSec").is_empty(), "{}", catch_up[0]);
+    }
+    // Every step of the one list has its service, and its timer starts it.
+    for step in materia_common::layout::STEPS {
+        let service = format!("{}.service", step.tool);
+        assert!(units.contains_key(&service), "{service} is not in units/");
+        let timer = units.get(step.timer).unwrap_or_else(|| panic!("{} is not in units/", step.timer));
+        let starts = values(timer, "Unit").first().map(|s| s.to_string()).unwrap_or_else(|| step.timer.replace(".timer", ".service"));
+        assert_eq!(starts, service, "{}", step.timer);
     }
     // tag-deploy builds with the service user's toolchain, which systemd's PATH lacks.
     assert!(values(&units["tag-deploy.service"], "Environment").iter().any(|e| e.starts_with("PATH=/opt/materia/.cargo/bin:")));
@@ -188,11 +196,4 @@ fn units_follow_the_house_rules() {
             assert!(tmpfiles.lines().any(|l| l.split_whitespace().nth(1) == Some(dir)), "{name}: {dir} is not in materia.tmpfiles.conf");
         }
     }
-}
-
-/// The trigger file names, as materia-common's layout defines them.
-fn materia_trigger(what: &str) -> String {
-    let src = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/materia-common/src/layout.rs")).unwrap();
-    let line = src.lines().find(|l| l.contains(&format!("\"{what}.updated\""))).unwrap_or_else(|| panic!("no {what}.updated trigger in layout.rs"));
-    line.split('"').nth(1).unwrap().to_owned()
 }

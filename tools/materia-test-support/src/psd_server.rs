@@ -1,4 +1,4 @@
-//! A real HTTP/1.1 server on 127.0.0.1 for the tests: serves bodies with ETag and
+//! The PSD Online stand-in: a real HTTP/1.1 server on 127.0.0.1 that serves bodies with ETag and
 //! Last-Modified, answers conditional GETs with 304, unknown paths with 404, and on
 //! demand misbehaves (status codes, cut bodies, lying Content-Length, slow drip).
 
