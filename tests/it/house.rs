@@ -34,7 +34,7 @@ fn every_shell_script_is_shellcheck_clean() {
     let o = Command::new("shellcheck").arg("--external-sources").args(&scripts).current_dir(repo()).output().unwrap();
     assert!(o.status.success(), "shellcheck:\n{}", String::from_utf8_lossy(&o.stdout));
     // And it would say so.
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = materia_test_support::temp_dir();
     let bad = tmp.path().join("bad.sh");
     std::fs::write(&bad, "#!/usr/bin/env bash\nrm -rf $1/*\n").unwrap();
     assert!(!Command::new("shellcheck").arg(&bad).output().unwrap().status.success());

@@ -40,7 +40,7 @@ fn run_all(data: &Path, args: &[&str]) -> std::process::Output {
 #[test]
 fn run_all_offline_lands_the_real_release_and_is_idempotent() {
     let Some(zip) = fixture() else { return };
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = materia_test_support::temp_dir();
     let data = tmp.path().join("data");
     let zip = zip.to_str().unwrap();
 
@@ -100,7 +100,7 @@ fn run_all_offline_lands_the_real_release_and_is_idempotent() {
 
 #[test]
 fn run_all_stops_at_the_first_failure_with_its_exit_code() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = materia_test_support::temp_dir();
     let bad = tmp.path().join("bad.zip");
     std::fs::write(&bad, b"not a zip").unwrap();
     let out = run_all(&tmp.path().join("data"), &["--import", bad.to_str().unwrap(), "--release", "2024-01"]);
@@ -124,7 +124,7 @@ fn what_psd_extract_lands_the_models_load() {
     // row they refuse never lands. Both on top of the real release.
     let Some(zip) = fixture() else { return };
     let real = Command::new("unzip").arg("-p").arg(&zip).output().unwrap().stdout;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = materia_test_support::temp_dir();
     let edges = concat!(
         "\"0711100\",\"Coffee, Green\",ZZ,\"Test \"\"quoted\"\", land\",2024,2024,00,028,\"Production\",02,\"(1000 60 KG BAGS)\",\r\n",
         "0711100,\"Coffee, Green\",ZZ,Testland,2025,2024,12,028,Production,02,\"(1000 60 KG BAGS)\",1.5e3\r\n",
@@ -210,7 +210,7 @@ fn state_runs(data: &Path) -> Vec<String> {
 /// up; the data dir wiped; restored from the backup alone; the pipeline run again.
 fn drill(target: &str, env: &[(&str, &str)]) {
     let Some(zip) = fixture() else { return };
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = materia_test_support::temp_dir();
     let data = tmp.path().join("data");
     // The real release, and a later one revising some values.
     let real = String::from_utf8(Command::new("unzip").arg("-p").arg(&zip).output().unwrap().stdout).unwrap();
@@ -249,7 +249,7 @@ fn drill(target: &str, env: &[(&str, &str)]) {
 
 #[test]
 fn the_disaster_recovery_drill_on_a_folder() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = materia_test_support::temp_dir();
     drill(&format!("fs:{}", tmp.path().join("backup").display()), &[]);
 }
 

@@ -94,14 +94,14 @@ s.serve_forever()
 /// scripts/secrets.sh in a scratch git repository: this repository's `.sops.yaml`,
 /// `.env.dev.sops` and `scripts/env.dev.defaults`, a HOME of its own (no age key yet).
 struct SecretsRepo {
-    _tmp: tempfile::TempDir,
+    _tmp: materia_test_support::TestDir,
     dir: PathBuf,
     home: PathBuf,
 }
 
 impl SecretsRepo {
     fn new() -> SecretsRepo {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = materia_test_support::temp_dir();
         let dir = tmp.path().join("repo");
         let home = tmp.path().join("home");
         std::fs::create_dir_all(dir.join("scripts")).unwrap();
@@ -244,7 +244,7 @@ fn bin_dir() -> PathBuf {
 /// scripts/ci-tag.sh (plus a quick build for tag-deploy), its origin named like a
 /// GitLab project, and a bare repository standing in for it, where tags are pushed.
 struct CiProject {
-    _tmp: tempfile::TempDir,
+    _tmp: materia_test_support::TestDir,
     work: PathBuf,
     remote: PathBuf,
     app: PathBuf,
@@ -253,7 +253,7 @@ struct CiProject {
 
 impl CiProject {
     fn new() -> CiProject {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = materia_test_support::temp_dir();
         let (work, remote) = (tmp.path().join("work"), tmp.path().join("remote.git"));
         std::fs::create_dir_all(work.join("scripts")).unwrap();
         for f in [".gitlab-ci.yml", "scripts/ci-tag.sh"] {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use materia_test_support::test_venv;
+use materia_test_support::{test_venv, wait_until};
 
 use crate::repo;
 
@@ -145,11 +145,7 @@ fn psd_server(dir: &Path) -> Option<(Server, u16)> {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the test HTTP server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("the test HTTP server to start", Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
     Some((Server(child), port))
 }
 

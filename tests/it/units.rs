@@ -70,7 +70,7 @@ fn systemd_analyze_verify_is_clean() {
         eprintln!("SKIPPED: systemd-analyze is not installed");
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = materia_test_support::temp_dir();
     let units = units();
     let root = verify_root(tmp.path(), &units);
     let names: Vec<&String> = units.keys().collect();

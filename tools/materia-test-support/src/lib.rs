@@ -1,7 +1,8 @@
 //! What the tests of every tool and of `tests/` share, in one crate (a dev-dependency
 //! of each): a finished [`Run`], the test servers on 127.0.0.1 ([`psd_server`] for
 //! PSD Online, [`moto`] for S3, [`sshd`] for a git remote over SSH), the hermetic
-//! command every test runs a tool with ([`tool`]), and [`wait_until`].
+//! command every test runs a tool with ([`tool`]), each test's own directory
+//! ([`temp_dir`], kept when the test fails) and [`wait_until`].
 //!
 //! Real parts only: the servers are real servers (ours speaks HTTP/1.1 over a real
 //! socket; moto and sshd are the real programs), nothing is mocked in-process.
@@ -12,6 +13,7 @@ pub mod psd_server;
 mod run;
 pub mod sshd;
 
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -37,12 +39,46 @@ pub fn test_venv() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/materia-test-venv"))
 }
 
-/// Poll `done` every 20 ms until it is true; panics naming `what` after `timeout`.
+/// Poll `done` every 2 ms (short enough to see a temp file before its rename) until it
+/// is true; panics naming `what` after `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !done() {
         assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A test's own directory, named after the test (`materia-<test name>-…` in the
+/// system temp dir). Removed when the test passes; kept, and its path printed, when the
+/// test panics, so what a failing run left behind can be read.
+pub struct TestDir(tempfile::TempDir);
+
+/// A new [`TestDir`] for the calling test.
+pub fn temp_dir() -> TestDir {
+    let name = std::thread::current().name().unwrap_or("test").replace("::", "-");
+    TestDir(tempfile::Builder::new().prefix(&format!("materia-{name}-")).tempdir().unwrap())
+}
+
+impl TestDir {
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Deref for TestDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.disable_cleanup(true);
+            eprintln!("the failed test's directory is kept: {}", self.0.path().display());
+        }
     }
 }
 
@@ -56,5 +92,33 @@ mod tests {
             assert!(removed.iter().any(|r| r == v), "{v} is not cleared");
         }
         assert!(removed.len() > 20);
+    }
+
+    #[test]
+    fn a_test_dir_is_named_after_its_test_and_kept_only_when_the_test_fails() {
+        let passed = super::temp_dir();
+        let passed_path = passed.path().to_owned();
+        let name = passed_path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with("materia-"), "{name}");
+        if std::thread::current().name().is_some_and(|t| t != "main") {
+            assert!(name.contains("a_test_dir_is_named_after_its_test"), "{name}");
+        }
+        drop(passed);
+        assert!(!passed_path.exists());
+
+        let failed = std::thread::Builder::new()
+            .name("failing".into())
+            .spawn(|| {
+                let dir = super::temp_dir();
+                std::fs::write(dir.join("left"), "behind").unwrap();
+                let path = dir.path().to_owned();
+                std::panic::panic_any(path);
+            })
+            .unwrap()
+            .join()
+            .unwrap_err();
+        let kept = failed.downcast::<std::path::PathBuf>().unwrap();
+        assert_eq!(std::fs::read_to_string(kept.join("left")).unwrap(), "behind");
+        std::fs::remove_dir_all(*kept).unwrap();
     }
 }

@@ -4,7 +4,7 @@
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A moto S3 server on 127.0.0.1 with one bucket, killed on drop.
 pub struct Moto {
@@ -32,11 +32,7 @@ impl Moto {
         assert!(bin.exists(), "moto is not installed at {}: run scripts/setup-dev.sh", bin.display());
         let child = Command::new(bin).args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         let m = Moto { child, port };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::wait_until("moto to start", Duration::from_secs(30), || TcpStream::connect(("127.0.0.1", port)).is_ok());
         // Unsigned CreateBucket (a signed one with region auto is refused by moto).
         assert_eq!(m.http("PUT", "/bkt", b"").0, 200);
         m

@@ -125,11 +125,7 @@ impl Server {
 
     /// Wait until `path` has been requested `n` times.
     pub fn wait_for_requests(&self, path: &str, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.requests_to(path).len() < n {
-            assert!(Instant::now() < deadline, "no request to {path} within 30 s");
-            thread::sleep(Duration::from_millis(10));
-        }
+        crate::wait_until(&format!("{n} requests to {path}"), Duration::from_secs(30), || self.requests_to(path).len() >= n);
     }
 }
 

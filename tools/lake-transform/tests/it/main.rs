@@ -66,7 +66,7 @@ fn balance(country: &'static str, year: i32, production: f64) -> Vec<Row> {
 }
 
 struct Env {
-    _tmp: tempfile::TempDir,
+    _tmp: materia_test_support::TestDir,
     root: PathBuf,
     data: PathBuf,
     models: PathBuf,
@@ -74,7 +74,7 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = materia_test_support::temp_dir();
         let root = tmp.path().to_owned();
         let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
         Env { data: root.join("data"), root, _tmp: tmp, models }

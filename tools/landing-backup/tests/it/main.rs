@@ -12,19 +12,19 @@ use proxy::{Fault, Proxy};
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const PREFIX: &str = "backup/materia/landing/";
 
 struct Env {
-    _tmp: tempfile::TempDir,
+    _tmp: materia_test_support::TestDir,
     root: PathBuf,
     data: PathBuf,
 }
 
 impl Env {
     fn new() -> Env {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = materia_test_support::temp_dir();
         let root = tmp.path().to_owned();
         Env { data: root.join("data"), root, _tmp: tmp }
     }
@@ -235,11 +235,9 @@ fn the_fs_backend_never_leaves_a_short_object() {
     let mut c = materia_test_support::tool(env!("CARGO_BIN_EXE_landing-backup"));
     let mut child = c.arg("--data-dir").arg(&env.data).args(["--target", &target]).stderr(std::process::Stdio::null()).spawn().unwrap();
     let tmp = dest.join(".materia-tmp");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !std::fs::read_dir(&tmp).is_ok_and(|mut d| d.next().is_some()) && child.try_wait().unwrap().is_none() {
-        assert!(std::time::Instant::now() < deadline, "the upload did not start");
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    materia_test_support::wait_until("the upload to start", std::time::Duration::from_secs(30), || {
+        std::fs::read_dir(&tmp).is_ok_and(|mut d| d.next().is_some()) || child.try_wait().unwrap().is_some()
+    });
     child.kill().unwrap();
     child.wait().unwrap();
     let object = dest.join("psd/2024/01/big.csv.gzip");
@@ -376,11 +374,7 @@ fn a_server_killed_mid_multipart_leaves_no_record_and_verify_finishes_the_job() 
     let mut c = materia_test_support::tool(env!("CARGO_BIN_EXE_landing-backup"));
     c.env("R2_ENDPOINT", proxy.endpoint()).env("R2_ACCESS_KEY_ID", "test-key-id").env("R2_SECRET_ACCESS_KEY", "test-secret-value");
     let child = c.arg("--data-dir").arg(&env.data).args(["--target", "s3://bkt"]).args(parts).stderr(Stdio::piped()).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !proxy.tripped() {
-        assert!(Instant::now() < deadline, "no multipart part was sent");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    materia_test_support::wait_until("a multipart part to be sent", Duration::from_secs(60), || proxy.tripped());
     moto.restart(); // the old server and everything it held are gone
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
@@ -531,11 +525,9 @@ fn a_killed_restore_resumes_and_a_changed_object_is_refused() {
     let mut c = materia_test_support::tool(env!("CARGO_BIN_EXE_landing-backup"));
     let mut child =
         c.arg("--data-dir").arg(&new.data).args(["--target", &target, "restore", "--concurrency", "1"]).stderr(Stdio::null()).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while tree(&new.data.join("landing")).len() < 3 && child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the restore did not progress");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    materia_test_support::wait_until("the restore to progress", Duration::from_secs(60), || {
+        tree(&new.data.join("landing")).len() >= 3 || child.try_wait().unwrap().is_some()
+    });
     child.kill().unwrap();
     child.wait().unwrap();
     let original: std::collections::HashMap<String, Vec<u8>> = tree(&old.data.join("landing")).into_iter().collect();

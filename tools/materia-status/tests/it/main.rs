@@ -8,7 +8,7 @@ fn status(data: &std::path::Path, args: &[&str]) -> (i32, String) {
 
 #[test]
 fn reports_every_step_and_the_backup_lag_while_a_writer_is_busy() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = materia_test_support::temp_dir();
     let data = tmp.path().join("data");
     let db = materia_common::StateDb::open(&data.join("landing/.state.sqlite")).unwrap();
     let run = db.begin_run("psd-extract").unwrap();
@@ -55,7 +55,7 @@ fn reports_every_step_and_the_backup_lag_while_a_writer_is_busy() {
 
 #[test]
 fn no_state_db_yet_is_not_an_error() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = materia_test_support::temp_dir();
     let (code, out) = status(&tmp.path().join("data"), &["--json"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();

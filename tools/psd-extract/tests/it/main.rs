@@ -250,11 +250,7 @@ fn each_landing_is_signalled_as_it_lands() {
     s.set_always(&archive(2024, 2), Some(Fault::Drip { chunk: 8, pause: Duration::from_millis(100) }));
     let args = env.fetch_args(&s.url(), &["--since", "2024-01", "--until", "2024-02"]);
     let mut child = env.command(env!("CARGO_BIN_EXE_psd-extract")).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while s.requests_to(&archive(2024, 2)).is_empty() {
-        assert!(std::time::Instant::now() < deadline, "2024-02 was not requested");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    materia_test_support::wait_until("2024-02 to be requested", Duration::from_secs(30), || !s.requests_to(&archive(2024, 2)).is_empty());
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(env.landed(), ["psd/2024/01/a1_0.csv.gzip"]);
@@ -558,16 +554,11 @@ fn kill_9_while_landing_leaves_only_a_temp_file_that_the_next_run_clears() {
     let mut child = env.cmd().args(env.fetch_args(&s.url(), &[])).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     s.wait_for_requests(COFFEE, 1);
     // Wait for the temp file to appear, then kill.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let saw_temp = loop {
-        if env.landed().iter().any(|p| p.contains(".tmp-")) {
-            break true;
-        }
-        if child.try_wait().unwrap().is_some() || std::time::Instant::now() > deadline {
-            break false;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    };
+    let mut saw_temp = false;
+    materia_test_support::wait_until("a temp file or the end of the run", Duration::from_secs(60), || {
+        saw_temp = env.landed().iter().any(|p| p.contains(".tmp-"));
+        saw_temp || child.try_wait().unwrap().is_some()
+    });
     let _ = child.kill();
     child.wait().unwrap();
     assert!(saw_temp, "the run finished before it could be killed mid-write");

@@ -79,7 +79,7 @@ pub fn current_month_dir() -> String {
 
 /// One test's data dir and a way to run the binary in it.
 pub struct Env {
-    _tmp: tempfile::TempDir,
+    _tmp: materia_test_support::TestDir,
     pub root: PathBuf,
     pub data: PathBuf,
 }
@@ -88,7 +88,7 @@ pub use materia_test_support::Run;
 
 impl Env {
     pub fn new() -> Env {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = materia_test_support::temp_dir();
         let root = tmp.path().to_owned();
         let data = root.join("data");
         Env { _tmp: tmp, root, data }

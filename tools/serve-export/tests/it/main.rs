@@ -12,13 +12,13 @@ use materia_common::reader::AnalyticsReader;
 use materia_test_support::Run;
 
 struct Env {
-    _tmp: tempfile::TempDir,
+    _tmp: materia_test_support::TestDir,
     data: PathBuf,
 }
 
 impl Env {
     fn new() -> Env {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = materia_test_support::temp_dir();
         let data = tmp.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
         Env { _tmp: tmp, data }

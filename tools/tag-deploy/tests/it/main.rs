@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use materia_test_support::Run;
 use materia_test_support::sshd::{Sshd, keygen};
@@ -32,7 +32,7 @@ echo "$MATERIA_TAG" >> "$MATERIA_RELEASE_DIR/../../builds.log"
 const HOOK: &str = "#!/bin/sh\necho \"$MATERIA_TAG\" >> \"$MATERIA_RELEASE_DIR/../../web-hooks.log\"\n";
 
 struct Env {
-    _tmp: tempfile::TempDir,
+    _tmp: materia_test_support::TestDir,
     src: PathBuf,
     app: PathBuf,
     data: PathBuf,
@@ -40,7 +40,7 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = materia_test_support::temp_dir();
         let src = tmp.path().join("src");
         let env = Env { app: tmp.path().join("app"), data: tmp.path().join("data"), src, _tmp: tmp };
         std::fs::create_dir_all(&env.src).unwrap();
@@ -265,11 +265,7 @@ fn kill_9_mid_deploy_leaves_current_on_a_complete_release() {
     env.tag("v2");
     let src = env.src.display().to_string();
     let mut child = env.cmd(&["--remote", &src, "--build-cmd", "sh build.sh"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !env.releases().iter().any(|r| r.starts_with(".tmp-v2")) {
-        assert!(Instant::now() < deadline, "the deploy did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    materia_test_support::wait_until("the deploy to start", Duration::from_secs(30), || env.releases().iter().any(|r| r.starts_with(".tmp-v2")));
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(env.current().as_deref(), Some("releases/v1"));
@@ -510,11 +506,7 @@ fn a_build_or_hook_past_its_deadline_is_killed_with_everything_it_started() {
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.error_line().contains("did not finish within 1 s (--build-timeout); killed"), "{}", run.error_line());
     let pid = std::fs::read_to_string(env.app.join("sleeper.pid")).unwrap().trim().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !gone(&pid) {
-        assert!(Instant::now() < deadline, "the build's child {pid} outlived the build");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    materia_test_support::wait_until(&format!("the build's child {pid} to end with the build"), Duration::from_secs(10), || gone(&pid));
     assert_eq!(env.deploys(), ["v1 failed"]);
     assert!(env.current().is_none());
     assert_eq!(env.poll(&["--build-timeout", "1"]).code, 3, "recorded once, not retried");
