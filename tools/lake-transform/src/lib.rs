@@ -49,8 +49,24 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR", env = layout::ENV_MODELS)]
     models: Option<PathBuf>,
 
+    /// DuckDB's memory limit for a run, in DuckDB's syntax (`4GB`, `512MB`): past it,
+    /// joins, sorts and aggregates spill to --spill-dir instead of growing.
+    #[arg(long, global = true, value_name = "SIZE", default_value = "4GB", env = layout::ENV_MEMORY_LIMIT)]
+    memory_limit: String,
+
+    /// Where a run spills past --memory-limit; DuckDB's spill files a killed run left
+    /// there are removed by the next [default: DATA_DIR/spill/lake-transform].
+    #[arg(long, global = true, value_name = "DIR", env = layout::ENV_SPILL_DIR)]
+    spill_dir: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// How much memory a run's DuckDB may use, and where it spills past that.
+struct Memory {
+    limit: String,
+    spill_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,7 +110,10 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         None => release_models_dir(),
     };
     match cli.command {
-        Command::Run { rebuild } => run_models(&cli.common, models, rebuild),
+        Command::Run { rebuild } => {
+            let memory = Memory { limit: cli.memory_limit.clone(), spill_dir: cli.spill_dir.clone() };
+            run_models(&cli.common, models, rebuild, &memory)
+        }
         Command::Plan { rebuild } => plan(&cli.common, &models()?, rebuild),
         Command::Test { filter } => test(&models()?, filter.as_deref()),
         Command::Quarantine { file, reason, undo } => quarantine_cmd(&cli.common, file.as_deref(), reason.as_deref(), undo),
@@ -215,7 +234,7 @@ fn plan(common: &CommonArgs, models: &Path, rebuild: bool) -> anyhow::Result<Out
     Ok(if steps.iter().all(|s| s.action == Action::Skip) { Outcome::Unchanged } else { Outcome::Changed })
 }
 
-fn run_models(common: &CommonArgs, models: impl FnOnce() -> anyhow::Result<PathBuf>, rebuild: bool) -> anyhow::Result<Outcome> {
+fn run_models(common: &CommonArgs, models: impl FnOnce() -> anyhow::Result<PathBuf>, rebuild: bool, memory: &Memory) -> anyhow::Result<Outcome> {
     materia_common::run_step(TOOL, common, |step| {
         // Missing or bad models fail the run, recorded, before the lakehouse is opened.
         let models = models()?;
@@ -226,6 +245,8 @@ fn run_models(common: &CommonArgs, models: impl FnOnce() -> anyhow::Result<PathB
         let t = std::time::Instant::now();
         let conn = Connection::open(&lakehouse).with_context(|| format!("opening {}", lakehouse.display()))?;
         log::debug!("opened {} in {:?}", lakehouse.display(), t.elapsed());
+        let spill_dir = memory.spill_dir.clone().unwrap_or_else(|| step.layout.spill_dir(TOOL));
+        run::bound_memory(&conn, &memory.limit, &std::path::absolute(spill_dir)?)?;
         let landing = std::path::absolute(step.layout.landing())?;
         run::sandbox(&conn, &landing)?;
         let t = std::time::Instant::now();

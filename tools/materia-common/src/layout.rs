@@ -10,6 +10,7 @@
 //!     psd/{year}/{month}/{etag}.csv.gzip
 //!   lakehouse.duckdb                 lake-transform's database (its exclusive writer)
 //!   lakehouse.duckdb.lock            lock shared by lake-transform and serve-export
+//!   spill/lake-transform/            where DuckDB spills past its memory limit (stale spill files removed each run)
 //!   analytics.duckdb                 what the web app reads (serve-export publishes it)
 //!   analytics.duckdb.prev            the export before it (serve-export --rollback swaps them)
 //!   locks/{tool}.lock                one exclusive lock per step
@@ -28,6 +29,8 @@
 //! | `PSD_BASE_URL` | psd-extract | PSD Online base URL (default `https://apps.fas.usda.gov/psdonline`) |
 //! | `PSD_FILES` | psd-extract | comma-separated PSD file names (default `psd_coffee_csv.zip`) |
 //! | `MATERIA_MODELS` | lake-transform | the models folder (default: the release's `models/`) |
+//! | `MATERIA_MEMORY_LIMIT` | lake-transform | DuckDB's memory limit, past which it spills to disk (default `4GB`) |
+//! | `MATERIA_SPILL_DIR` | lake-transform | where DuckDB spills (default `DATA_DIR/spill/lake-transform`) |
 //! | `BACKUP_TARGET` | landing-backup | `s3://BUCKET[/PREFIX]` (R2) or `fs:/PATH` |
 //! | `R2_ENDPOINT` | landing-backup | R2 (S3) endpoint URL, e.g. `https://ACCOUNT.r2.cloudflarestorage.com` |
 //! | `R2_ACCESS_KEY_ID` | landing-backup | R2 access key id |
@@ -99,6 +102,10 @@ pub const ENV_DEPLOY_HEALTH_CMD: &str = "DEPLOY_HEALTH_CMD";
 pub const ENV_SERVE_EXPORT_FAULT: &str = "SERVE_EXPORT_FAULT";
 /// lake-transform: the models folder.
 pub const ENV_MODELS: &str = "MATERIA_MODELS";
+/// lake-transform: DuckDB's memory limit.
+pub const ENV_MEMORY_LIMIT: &str = "MATERIA_MEMORY_LIMIT";
+/// lake-transform: where DuckDB spills past its memory limit.
+pub const ENV_SPILL_DIR: &str = "MATERIA_SPILL_DIR";
 
 /// Every environment variable in the table above: what a hermetic test clears, so that
 /// nothing from the caller's environment reaches a tool under test.
@@ -110,6 +117,8 @@ pub const ENV_VARS: &[&str] = &[
     ENV_PSD_BASE_URL,
     ENV_PSD_FILES,
     ENV_MODELS,
+    ENV_MEMORY_LIMIT,
+    ENV_SPILL_DIR,
     ENV_BACKUP_TARGET,
     ENV_R2_ENDPOINT,
     ENV_R2_ACCESS_KEY_ID,
@@ -196,6 +205,11 @@ impl Layout {
     /// `DATA_DIR/lakehouse.duckdb.lock`: held by whoever opens the lakehouse.
     pub fn lakehouse_lock(&self) -> PathBuf {
         self.data_dir.join("lakehouse.duckdb.lock")
+    }
+
+    /// `DATA_DIR/spill/{tool}`: where the tool's DuckDB spills past its memory limit.
+    pub fn spill_dir(&self, tool: &str) -> PathBuf {
+        self.data_dir.join("spill").join(tool)
     }
 
     /// `DATA_DIR/analytics.duckdb`.
