@@ -45,20 +45,36 @@ UNION ALL
 ), history AS (
   -- A backfilled or re-landed month: from the commodity's whole history.
   SELECT commodity_code FROM touched EXCEPT SELECT commodity_code FROM forward
-), candidates AS (
+), new_rows AS (
+  -- A forward commodity's new rows: each key's newest, with the one before it among them.
   SELECT commodity_code, country_code, market_year, attribute_id, attribute, release, value,
-         TRUE AS stored, previous_release AS stored_previous_release, previous_value AS stored_previous_value
-  FROM @this_model WHERE commodity_code IN (SELECT commodity_code FROM forward)
-  UNION ALL
-  SELECT commodity_code, country_code, market_year, attribute_id, attribute, release, value, FALSE, NULL, NULL
+         lag(release) OVER w AS new_previous_release, lag(value) OVER w AS new_previous_value
   FROM staging.psd_values WHERE _run_id = @run_id AND commodity_code IN (SELECT commodity_code FROM forward)
-  UNION ALL
-  SELECT commodity_code, country_code, market_year, attribute_id, attribute, release, value, FALSE, NULL, NULL
-  FROM staging.psd_values WHERE commodity_code IN (SELECT commodity_code FROM history)
+  WINDOW w AS (PARTITION BY commodity_code, country_code, market_year, attribute_id ORDER BY release)
+  QUALIFY lead(release) OVER w IS NULL
+), forward_rows AS (
+  -- Every new release is newer than all stored ones: a key's new row wins, its previous
+  -- the new row before it or else the stored latest; a key with no new row keeps its
+  -- stored row. A join of the new rows with the stored ones, no sort of both.
+  SELECT commodity_code, country_code, market_year, attribute_id,
+         CASE WHEN n.release IS NULL THEN s.attribute ELSE n.attribute END AS attribute,
+         coalesce(n.release, s.release) AS release,
+         CASE WHEN n.release IS NULL THEN s.value ELSE n.value END AS value,
+         CASE WHEN n.release IS NULL THEN s.previous_release
+              WHEN n.new_previous_release IS NOT NULL THEN n.new_previous_release
+              ELSE s.release END AS previous_release,
+         CASE WHEN n.release IS NULL THEN s.previous_value
+              WHEN n.new_previous_release IS NOT NULL THEN n.new_previous_value
+              ELSE s.value END AS previous_value
+  FROM new_rows n
+  FULL JOIN (SELECT * FROM @this_model WHERE commodity_code IN (SELECT commodity_code FROM forward)) s
+    USING (commodity_code, country_code, market_year, attribute_id)
 )
+SELECT * FROM forward_rows
+UNION ALL
 SELECT commodity_code, country_code, market_year, attribute_id, attribute, release, value,
-       CASE WHEN stored THEN stored_previous_release ELSE lag(release) OVER w END AS previous_release,
-       CASE WHEN stored THEN stored_previous_value ELSE lag(value) OVER w END AS previous_value
-FROM candidates
+       lag(release) OVER w AS previous_release, lag(value) OVER w AS previous_value
+FROM staging.psd_values
+WHERE commodity_code IN (SELECT commodity_code FROM history)
 WINDOW w AS (PARTITION BY commodity_code, country_code, market_year, attribute_id ORDER BY release)
 QUALIFY lead(release) OVER w IS NULL)

@@ -23,14 +23,22 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/materia-target}"
 scripts/setup-dev.sh
 cargo build --release --locked --quiet # the whole workspace, as run-all.sh: one feature set, no rebuilds
 ours=$CARGO_TARGET_DIR/release/lake-transform
-venv=scripts/bench/.venv
+# The Python DuckDB at the pinned version: the test venv's (setup-dev.sh --tests), else
+# one installed into scripts/bench/.venv.
 duckdb_version=$(scripts/duckdb-lib.sh --version)
-if ! "$venv/bin/python" -c "import duckdb, sys; sys.exit(duckdb.__version__ != '$duckdb_version')" 2>/dev/null; then
-    echo "bench: installing the Python DuckDB $duckdb_version into $venv" >&2
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q "duckdb==$duckdb_version"
+python=
+for venv in "${MATERIA_TEST_VENV:-$HOME/.cache/materia-test-venv}" scripts/bench/.venv; do
+    if "$venv/bin/python" -c "import duckdb, sys; sys.exit(duckdb.__version__ != '$duckdb_version')" 2>/dev/null; then
+        python=$venv/bin/python
+        break
+    fi
+done
+if [[ -z $python ]]; then
+    echo "bench: installing the Python DuckDB $duckdb_version into scripts/bench/.venv" >&2
+    python3 -m venv scripts/bench/.venv
+    scripts/bench/.venv/bin/pip install -q "duckdb==$duckdb_version"
+    python=scripts/bench/.venv/bin/python
 fi
-python=$venv/bin/python
 models=$PWD/models
 
 work=$(mktemp -d "${MATERIA_BENCH_DIR:-/tmp}/materia-scale.XXXXXX")

@@ -18,6 +18,7 @@ pub mod quarantine;
 pub mod run;
 pub mod sql;
 pub mod unittest;
+mod write;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

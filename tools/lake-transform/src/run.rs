@@ -1,6 +1,7 @@
 //! Running the planned steps: one DuckDB transaction for the whole run (models, their
 //! audits, the engine's state), so a failing blocking audit, an error or a `kill -9`
-//! leaves the lakehouse exactly at its last good state; the sandbox model SQL runs in.
+//! leaves the lakehouse exactly at its last good state; the sandbox model SQL runs in
+//! and its memory bound. How each step writes its table is in write.rs.
 
 use std::path::Path;
 use std::time::Instant;
@@ -10,11 +11,11 @@ use duckdb::Connection;
 use materia_common::exit::BadInput;
 
 use crate::audit;
-use crate::engine_state::{STATE_DDL, record_model, sha256_file};
+use crate::engine_state::{STATE_DDL, record_model};
 use crate::model::{Kind, Model};
 use crate::plan::{Action, PlannedModel};
 use crate::project::Project;
-use materia_common::landing::LandingFile;
+use crate::write::{check_columns, execute, replaced_partitions};
 
 /// What a model did in a run.
 #[derive(Debug, Clone)]
@@ -99,18 +100,16 @@ fn run_in_tx(project: &Project, conn: &Connection, steps: &[PlannedModel], run_i
             continue;
         }
         let start = Instant::now();
-        let loaded = with_session_properties(conn, m, || execute(m, conn, step, run_id))
+        let (loaded, new_rows) = with_session_properties(conn, m, || execute(m, conn, step, run_id))
             .map_err(first_line)
             .with_context(|| format!("building {} ({})", m.name, m.path.display()))?;
         log::debug!("{}: {} executed in {:?}", m.name, step.action.label(), start.elapsed());
-        if !m.columns.is_empty() {
-            let table = if step.action == Action::Build { m.name.as_str() } else { BATCH };
-            check_columns(conn, m, table).with_context(|| format!("building {} ({})", m.name, m.path.display()))?;
-        }
-        // Appends and merges audit their batch (as SQLMesh audits the processed
+        // Appends and merges audit their new rows (as SQLMesh audits the processed
         // intervals), so a run's cost follows the new data; builds audit the table.
-        let batch = matches!(step.action, Action::Append(_) | Action::Merge);
-        let audited = if batch { BATCH } else { m.name.as_str() };
+        let audited = new_rows.as_ref().map(|n| n.sql(&m.name)).unwrap_or_else(|| m.name.clone());
+        if !m.columns.is_empty() && new_rows.is_none() {
+            check_columns(conn, m, &m.name).with_context(|| format!("building {} ({})", m.name, m.path.display()))?;
+        }
         let rows: Option<i64> =
             if m.kind == Kind::View { None } else { Some(conn.query_row(&format!("SELECT count(*) FROM {}", m.name), [], |r| r.get(0))?) };
         record_model(conn, m, &project.fingerprints[&m.name], rows, run_id, &loaded)?;
@@ -119,11 +118,8 @@ fn run_in_tx(project: &Project, conn: &Connection, steps: &[PlannedModel], run_i
         log::info!("{}: {} ({}){}", m.name, step.action.label(), step.reason, rows.map(|r| format!(", {r} rows")).unwrap_or_default());
         out.models.push(ModelResult { model: m.name.clone(), action: step.action.label(), reason: step.reason.clone(), rows, duration_ms });
         let t = Instant::now();
-        run_audits(project, conn, m, audited, &loaded_now, out)?;
+        run_audits(project, conn, m, &audited, &loaded_now, out)?;
         log::debug!("{}: audits in {:?}", m.name, t.elapsed());
-        if batch {
-            conn.execute_batch(&format!("DROP TABLE {BATCH}"))?;
-        }
     }
     for step in steps {
         conn.execute_batch(&format!("DROP TABLE IF EXISTS {}", replaced_partitions(&step.model)))?;
@@ -131,15 +127,12 @@ fn run_in_tx(project: &Project, conn: &Connection, steps: &[PlannedModel], run_i
     Ok(())
 }
 
-/// The temp table holding the partitions an INCREMENTAL_BY_PARTITION merge replaced in
-/// this run, for the models whose `partitions_from` names it.
-fn replaced_partitions(model: &str) -> String {
-    format!("__materia_replaced__{}", model.replace('.', "__"))
-}
-
 /// DuckDB's messages run over many lines (hints, the reader's options): keep the first
 /// for the one-line error, log the rest at debug level.
 fn first_line(e: anyhow::Error) -> anyhow::Error {
+    if e.is::<BadInput>() {
+        return e; // ours, one line already, and its exit code kept
+    }
     let full = format!("{e:#}");
     let first = full.lines().next().unwrap_or_default().trim_end_matches(':').to_owned();
     if first != full {
@@ -159,9 +152,6 @@ fn with_session_properties<T>(conn: &Connection, m: &Model, f: impl FnOnce() -> 
     }
     result
 }
-
-/// The temp table holding an append's or a merge's new rows.
-const BATCH: &str = "__materia_batch";
 
 /// The landed files a failing audit's rows come from: their `file` column when they
 /// have one; else the files this run loaded for the months in their `release` column;
@@ -219,103 +209,6 @@ pub fn sandbox(conn: &Connection, readable: &Path) -> anyhow::Result<()> {
     let dir = format!("{}/", readable.display()).replace('\'', "''");
     conn.execute_batch(&format!("SET allowed_directories = ['{dir}']; SET enable_external_access = false;"))
         .context("closing DuckDB's access to files outside the landing dir")
-}
-
-/// Run the model's step; returns the landing files it loaded (with their sha256).
-/// Appends and merges leave their new rows in [`BATCH`] for the audits.
-fn execute(m: &Model, conn: &Connection, step: &PlannedModel, run_id: i64) -> anyhow::Result<Vec<(LandingFile, String)>> {
-    conn.execute_batch(&format!("CREATE SCHEMA IF NOT EXISTS {}", m.schema()))?;
-    let sql = m.render(run_id, step.action == Action::Merge);
-    if step.action == Action::Build
-        && let Some(ddl) = m.empty_this_ddl()
-    {
-        conn.execute_batch(&ddl).context("creating the empty @this_model of a first build")?;
-    }
-    let files: &[LandingFile] = match &step.action {
-        Action::Append(f) => f,
-        Action::Build => &step.all_files,
-        _ => &[],
-    };
-    let mut loaded = Vec::new();
-    for f in files {
-        loaded.push((f.clone(), sha256_file(&f.abs)?));
-    }
-    let sql = if matches!(m.kind, Kind::LandingIngest { .. }) {
-        let list = files.iter().map(|f| format!("'{}'", f.abs.display().to_string().replace('\'', "''"))).collect::<Vec<_>>();
-        sql.replace("@landing_files", &format!("[{}]", list.join(", ")))
-    } else {
-        sql
-    };
-    let name = &m.name;
-    match (&step.action, &m.kind) {
-        (Action::Build, Kind::View) => conn.execute_batch(&format!("CREATE OR REPLACE VIEW {name} AS {sql}"))?,
-        (Action::Build, Kind::LandingIngest { .. }) => {
-            conn.execute("DELETE FROM _materia.landing_ledger WHERE model = ?", [name])?;
-            conn.execute_batch(&format!("CREATE OR REPLACE TABLE {name} AS {sql}"))?;
-        }
-        (Action::Build, _) => conn.execute_batch(&format!("CREATE OR REPLACE TABLE {name} AS {sql}"))?,
-        (Action::Append(_), _) => conn.execute_batch(&format!(
-            "CREATE OR REPLACE TEMP TABLE {BATCH} AS {sql};
-             INSERT INTO {name} BY NAME SELECT * FROM {BATCH};"
-        ))?,
-        (Action::Merge, Kind::IncrementalByUniqueKey { unique_key }) => {
-            conn.execute_batch(&format!("CREATE OR REPLACE TEMP TABLE {BATCH} AS {sql}"))?;
-            conn.execute_batch(&format!(
-                "DELETE FROM {name} t USING {BATCH} n WHERE {on};
-                 INSERT INTO {name} BY NAME SELECT * FROM {BATCH};",
-                on = matching(conn, BATCH, unique_key)?
-            ))?
-        }
-        (Action::Merge, Kind::IncrementalByPartition { partitioned_by }) => {
-            let cols = partitioned_by.join(", ");
-            // The partitions the named upstream replaced (none if it did not run).
-            let upstream = m
-                .partitions_from
-                .as_deref()
-                .filter(|up| table_exists(conn, &replaced_partitions(up)))
-                .map(|up| format!(" UNION SELECT {cols} FROM {}", replaced_partitions(up)))
-                .unwrap_or_default();
-            let replaced = replaced_partitions(name);
-            conn.execute_batch(&format!(
-                "CREATE OR REPLACE TEMP TABLE {BATCH} AS {sql};
-                 CREATE OR REPLACE TEMP TABLE {replaced} AS SELECT DISTINCT {cols} FROM {BATCH}{upstream};"
-            ))?;
-            conn.execute_batch(&format!(
-                "DELETE FROM {name} t USING {replaced} n WHERE {on};
-                 INSERT INTO {name} BY NAME SELECT * FROM {BATCH};",
-                on = matching(conn, &replaced, partitioned_by)?
-            ))?
-        }
-        (a, k) => anyhow::bail!("cannot {} a {k} model", a.label()),
-    }
-    Ok(loaded)
-}
-
-/// The join condition deleting the stored rows whose `cols` match a row of `new`. A
-/// NULL matches a NULL; plain equality is used when `new` holds no NULL there, as
-/// DuckDB then prunes the stored table's row groups by the new values' range (the
-/// delete reads the few touched row groups instead of the whole history).
-fn matching(conn: &Connection, new: &str, cols: &[String]) -> anyhow::Result<String> {
-    let any_null = cols.iter().map(|k| format!("{k} IS NULL")).collect::<Vec<_>>().join(" OR ");
-    let nulls: i64 = conn.query_row(&format!("SELECT count(*) FROM {new} WHERE {any_null}"), [], |r| r.get(0))?;
-    let op = if nulls == 0 { "=" } else { "IS NOT DISTINCT FROM" };
-    Ok(cols.iter().map(|k| format!("t.{k} {op} n.{k}")).collect::<Vec<_>>().join(" AND "))
-}
-
-fn table_exists(conn: &Connection, table: &str) -> bool {
-    conn.query_row("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [table], |r| r.get::<_, i64>(0)).is_ok_and(|n| n > 0)
-}
-
-/// A model that declares `columns` must return exactly those, in that order.
-fn check_columns(conn: &Connection, m: &Model, table: &str) -> anyhow::Result<()> {
-    let mut st = conn.prepare(&format!("SELECT * FROM {table} LIMIT 0"))?;
-    st.execute([])?;
-    let got: Vec<String> = st.column_names().into_iter().map(|c| c.to_ascii_lowercase()).collect();
-    let want: Vec<&str> = m.columns.iter().map(|(n, _)| n.as_str()).collect();
-    if got != want {
-        return Err(BadInput(format!("{} returned columns ({}) but its header declares ({})", m.name, got.join(", "), want.join(", "))).into());
-    }
-    Ok(())
 }
 
 fn run_audits(project: &Project, conn: &Connection, m: &Model, table: &str, loaded_now: &[String], out: &mut RunOutcome) -> anyhow::Result<()> {
