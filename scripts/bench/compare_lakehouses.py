@@ -18,7 +18,8 @@ SUMMED = {"serving.world_balance"}
 
 def main():
     c = duckdb.connect(sys.argv[1], read_only=True)
-    c.execute("ATTACH ? AS b (READ_ONLY)", [sys.argv[2]])
+    path = sys.argv[2].replace("'", "''")
+    c.execute(f"ATTACH '{path}' AS b (READ_ONLY)")
     a_db = c.execute("SELECT current_database()").fetchone()[0]
     tables = c.execute("""SELECT schema_name, table_name FROM duckdb_tables()
                           WHERE database_name = ? AND schema_name <> '_materia' ORDER BY ALL""", [a_db]).fetchall()
@@ -28,16 +29,22 @@ def main():
         cols = c.execute("""SELECT column_name, data_type FROM duckdb_columns()
                             WHERE database_name = ? AND schema_name = ? AND table_name = ? ORDER BY column_index""",
                          [a_db, schema, table]).fetchall()
-        def expr(col, typ):
-            if name in SUMMED and typ == "DOUBLE":
-                # 9 significant digits
-                return f"CASE WHEN {col} IS NULL OR {col} = 0 THEN {col} ELSE round({col} / 10 ** floor(log10(abs({col}))), 9) END"
-            return col
-        sel = ", ".join(expr(col, typ) for col, typ in cols if col not in STAMPS)
-        diff = c.execute(f"""SELECT
-            (SELECT count(*) FROM (SELECT {sel} FROM {a_db}.{name} EXCEPT ALL SELECT {sel} FROM b.{name})),
-            (SELECT count(*) FROM (SELECT {sel} FROM b.{name} EXCEPT ALL SELECT {sel} FROM {a_db}.{name})),
-            (SELECT count(*) FROM {a_db}.{name})""").fetchone()
+        kept = [(col, typ) for col, typ in cols if col not in STAMPS]
+        if name in SUMMED:
+            # Joined on the other columns; each double within 1e-9 of the other's.
+            keys = ", ".join(col for col, typ in kept if typ != "DOUBLE")
+            close = " AND ".join(f"(a.{col} IS NOT DISTINCT FROM b.{col} OR abs(a.{col} - b.{col}) <= 1e-9 * abs(a.{col}))"
+                                 for col, typ in kept if typ == "DOUBLE")
+            n_a, n_b, matched = c.execute(f"""SELECT
+                (SELECT count(*) FROM {a_db}.{name}), (SELECT count(*) FROM b.{name}),
+                (SELECT count(*) FROM {a_db}.{name} a JOIN b.{name} b USING ({keys}) WHERE {close})""").fetchone()
+            diff = (n_a - matched, n_b - matched, n_a)
+        else:
+            sel = ", ".join(col for col, _ in kept)
+            diff = c.execute(f"""SELECT
+                (SELECT count(*) FROM (SELECT {sel} FROM {a_db}.{name} EXCEPT ALL SELECT {sel} FROM b.{name})),
+                (SELECT count(*) FROM (SELECT {sel} FROM b.{name} EXCEPT ALL SELECT {sel} FROM {a_db}.{name})),
+                (SELECT count(*) FROM {a_db}.{name})""").fetchone()
         status = "same" if diff[:2] == (0, 0) else f"DIFFERENT: {diff[0]} rows only in A, {diff[1]} only in B"
         bad += status != "same"
         print(f"{name}: {diff[2]} rows, {status}")

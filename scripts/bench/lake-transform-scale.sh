@@ -6,7 +6,8 @@
 # ROWS rows, then releases revising MATERIA_BENCH_REVISED_SHARE of the values, default
 # 0.02, and adding 1,000 rows) is landed; for each HISTORY size N: a first build of N
 # releases, then +1 release twice, a no-change run, and the floor on the release the
-# first +1 loaded. Wall time and peak RSS (GNU time) per step; the lakehouse's size.
+# first +1 loaded. Wall time and peak RSS (GNU time) per step, as a multiple of the
+# floor (a first build of N releases: of N floors); the lakehouse's size.
 # Then the check: the lakehouse the incremental runs built (smallest N, two releases
 # added) equals a --rebuild of the same files (compare_lakehouses.py).
 #
@@ -81,9 +82,10 @@ for n in "${sizes[@]}"; do
     new2=$(lt)
     same=$(lt)
     fl=$(floor "$(release "$n")")
-    for step in "first build:$first:$first_size" "+1 release:$new1:" "+1 again:$new2:$(size)" "no change:$same:" "floor:$fl:"; do
-        IFS=: read -r label m sz <<<"$step"
-        ratio=$(awk -v a="$(secs "$m")" -v f="$(secs "$fl")" 'BEGIN { printf "%.2f", a / f }')
+    for step in "first build:$first:$first_size:$n" "+1 release:$new1::1" "+1 again:$new2:$(size):1" "no change:$same::1" "floor:$fl::1"; do
+        IFS=: read -r label m sz files <<<"$step"
+        # A first build loads n releases: against n times the floor.
+        ratio=$(awk -v a="$(secs "$m")" -v f="$(secs "$fl")" -v n="$files" 'BEGIN { printf "%.2f", a / (n * f) }')
         printf '%-8s %-12s %9.2f %9s %9s %11s\n' "$n" "$label" "$(secs "$m")" "$(mib "$m")" "$ratio" "$sz"
     done
 done
