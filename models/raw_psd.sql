@@ -7,9 +7,13 @@ MODEL (
     file = 'the landed file, relative to the landing dir',
     _run_id = 'state DB run that loaded the file'
   ),
+  grain (file, commodity_code, country_code, market_year, attribute_id),
   audits (
     number_of_rows(threshold := 1),
-    not_null(columns := (release, file, commodity_code, country_code, market_year, attribute_id))
+    not_null(columns := (release, file, commodity_code, country_code, market_year, attribute_id)),
+    -- One value per key in a file: a file that repeats a key is stopped here, before
+    -- any model reads it.
+    unique_combination_of_columns(columns := (file, commodity_code, country_code, market_year, attribute_id))
   )
 );
 

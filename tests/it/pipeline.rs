@@ -60,7 +60,7 @@ fn run_all_offline_lands_the_real_release_and_is_idempotent() {
             Ok((r.get(0)?, r.get(1)?))
         })
         .unwrap();
-    assert_eq!((models, rows), (9, 4103));
+    assert_eq!((models, rows), (10, 4103));
     assert!(data.join("analytics.duckdb").exists());
     let (action, exported_rows): (String, i64) = db.query_row("SELECT action, rows FROM exports", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
     assert_eq!(action, "publish");

@@ -322,22 +322,20 @@ fn a_blocking_audit_failure_rolls_the_whole_run_back() {
     assert_eq!(env.run(&["run"]).code, 0);
     let before = env.snapshot();
 
-    // A release with a duplicated key: staging's grain audit must stop it.
+    // A release with a duplicated key: raw.psd's grain audit (one value per key in a
+    // file) must stop it.
     let mut rows = balance("BR", 2022, 50.0);
     rows.push(("BR", 2022, "028", 51.0));
     env.land("psd/2024/02/dup.csv.gzip", &csv(&rows));
     let run = env.run(&["run"]);
     assert_eq!(run.code, 5, "{run:?}");
     let line = run.error_line();
-    assert!(
-        line.contains("audit unique_combination_of_columns on staging.psd_values failed: 1 offending row") && line.contains("rolled back"),
-        "{line}"
-    );
+    assert!(line.contains("audit unique_combination_of_columns on raw.psd failed: 1 offending row") && line.contains("rolled back"), "{line}");
     assert_eq!(env.snapshot(), before, "the lakehouse is exactly at the previous state");
     assert_eq!(env.state_rows("SELECT status FROM runs ORDER BY run_id DESC LIMIT 1"), ["Text(\"failed\")"]);
     assert_eq!(
         env.state_rows("SELECT model, blocking, failing_rows FROM audit_results WHERE failing_rows > 0 AND run_id = (SELECT max(run_id) FROM runs)"),
-        ["Text(\"staging.psd_values\")|Integer(1)|Integer(1)"]
+        ["Text(\"raw.psd\")|Integer(1)|Integer(1)"]
     );
     // Still failing on the next run (the bad file was not recorded as loaded).
     assert_eq!(env.run(&["run"]).code, 5);
@@ -540,7 +538,7 @@ fn every_shipped_model_has_a_passing_unit_test() {
     let env = Env::new();
     let run = env.run(&["test"]);
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.ends_with("16 passed, 0 failed\n"), "{}", run.stdout);
+    assert!(run.stdout.ends_with("17 passed, 0 failed\n"), "{}", run.stdout);
     let tests = std::fs::read_to_string(env.models.join("tests/psd.toml")).unwrap();
     let mut models = 0;
     for f in std::fs::read_dir(&env.models).unwrap() {
@@ -551,7 +549,7 @@ fn every_shipped_model_has_a_passing_unit_test() {
             assert!(tests.contains(&format!("model = \"{name}\"")), "no unit test for {name}");
         }
     }
-    assert_eq!(models, 9);
+    assert_eq!(models, 10);
     assert!(!env.data.exists(), "unit tests never touch the data dir");
 }
 

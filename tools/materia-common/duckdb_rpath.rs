@@ -1,4 +1,5 @@
-//! Let the binaries find the prebuilt libduckdb.so at run time (see ARCHITECTURE.md,
+//! The build script of every tool that links DuckDB (their Cargo.toml names this file):
+//! let the binaries find the prebuilt libduckdb.so at run time (see ARCHITECTURE.md,
 //! "DuckDB"): first in a deployed release's `lib/` (`$ORIGIN/../lib`); in a development
 //! build also in the build's DUCKDB_LIB_DIR, so `target/*/` binaries run in place. A
 //! release build (tag-deploy and bootstrap.sh set MATERIA_RELEASE_BUILD=1) records no
