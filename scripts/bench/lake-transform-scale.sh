@@ -24,28 +24,13 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/materia-target}"
 scripts/setup-dev.sh
 cargo build --release --locked --quiet # the whole workspace, as run-all.sh: one feature set, no rebuilds
 ours=$CARGO_TARGET_DIR/release/lake-transform
-# The Python DuckDB at the pinned version: the test venv's (setup-dev.sh --tests), else
-# one installed into scripts/bench/.venv.
-duckdb_version=$(scripts/duckdb-lib.sh --version)
-python=
-for venv in "${MATERIA_TEST_VENV:-$HOME/.cache/materia-test-venv}" scripts/bench/.venv; do
-    if "$venv/bin/python" -c "import duckdb, sys; sys.exit(duckdb.__version__ != '$duckdb_version')" 2>/dev/null; then
-        python=$venv/bin/python
-        break
-    fi
-done
-if [[ -z $python ]]; then
-    echo "bench: installing the Python DuckDB $duckdb_version into scripts/bench/.venv" >&2
-    python3 -m venv scripts/bench/.venv
-    scripts/bench/.venv/bin/pip install -q "duckdb==$duckdb_version"
-    python=scripts/bench/.venv/bin/python
-fi
 models=$PWD/models
 
 work=$(mktemp -d "${MATERIA_BENCH_DIR:-/tmp}/materia-scale.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 # shellcheck source=scripts/bench/lib.sh
 source scripts/bench/lib.sh
+python=$(bench_python)
 
 max=0
 for n in "${sizes[@]}"; do ((n > max)) && max=$n; done

@@ -38,3 +38,20 @@ row() {
 header() {
     printf '%-22s %-16s %10s %12s %10s %12s %8s %8s\n' input case "ours s" "ours MiB" "$1 s" "$1 MiB" "time x" "mem x"
 }
+
+# bench_python: prints the path of a Python whose DuckDB is the pinned version: the test
+# venv's (setup-dev.sh --tests), else one installed into scripts/bench/.venv (PyPI).
+bench_python() {
+    local version venv
+    version=$(scripts/duckdb-lib.sh --version)
+    for venv in "${MATERIA_TEST_VENV:-$HOME/.cache/materia-test-venv}" scripts/bench/.venv; do
+        if "$venv/bin/python" -c "import duckdb, sys; sys.exit(duckdb.__version__ != '$version')" 2>/dev/null; then
+            echo "$venv/bin/python"
+            return
+        fi
+    done
+    echo "bench: installing the Python DuckDB $version into scripts/bench/.venv" >&2
+    python3 -m venv scripts/bench/.venv >&2
+    scripts/bench/.venv/bin/pip install -q "duckdb==$version" >&2
+    echo scripts/bench/.venv/bin/python
+}

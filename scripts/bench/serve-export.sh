@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # usage: scripts/bench/serve-export.sh
 #
-# serve-export's export time and peak memory against `cp` of a file of the same size,
-# for a lakehouse built from the real release and one of 100 synthetic releases; then
+# serve-export's export time and peak memory against the original's Python export
+# (python_export.py: copy the serving tables into a new file, rename) and against `cp`
+# of a file of the same size, for a lakehouse built from the real release and one of
+# 100 synthetic releases (medians of 5); then
 # the latency of a reader that follows the reader contract (reader_latency.py, the
 # Python duckdb of the pinned version) while exports keep replacing analytics.duckdb.
 set -euo pipefail
@@ -16,37 +18,35 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/materia-target}"
 scripts/setup-dev.sh
 cargo build --release --locked --quiet # the whole workspace, as run-all.sh: one feature set, no rebuilds
 bin=$CARGO_TARGET_DIR/release
-venv=scripts/bench/.venv
-if [[ ! -x $venv/bin/python ]] || ! "$venv/bin/python" -c 'import duckdb' 2>/dev/null; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q "duckdb==$(scripts/duckdb-lib.sh --version)"
-fi
 models=$PWD/models
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # shellcheck source=scripts/bench/lib.sh
 source scripts/bench/lib.sh
+python=$(bench_python)
 
 # Make the lakehouse look changed, so the next export runs.
 bump() {
-    "$venv/bin/python" -c "import duckdb,sys; c=duckdb.connect(sys.argv[1]); c.execute('UPDATE _materia.models SET run_id = run_id + 1')" "$1/lakehouse.duckdb"
+    "$python" -c "import duckdb,sys; c=duckdb.connect(sys.argv[1]); c.execute('UPDATE _materia.models SET run_id = run_id + 1')" "$1/lakehouse.duckdb"
 }
 
-header cp
+header peer
 for n in 1 100; do
     data=$work/n$n
     python3 scripts/bench/gen_releases.py "$real" "$data/landing" 0 "$n"
     "$bin/lake-transform" -q --data-dir "$data" --models "$models" run >/dev/null 2>&1 || true
-    ours=$(for _ in 1 2 3; do bump "$data"; measure "$bin/serve-export" -q --data-dir "$data"; done | median)
-    peer=$(for _ in 1 2 3; do rm -f "$work/copy"; measure cp "$data/analytics.duckdb" "$work/copy"; done | median)
+    ours=$(for _ in 1 2 3 4 5; do bump "$data"; measure "$bin/serve-export" -q --data-dir "$data"; done | median)
+    original=$(for _ in 1 2 3 4 5; do measure "$python" scripts/bench/python_export.py "$data/lakehouse.duckdb" "$work/python.duckdb"; done | median)
+    peer=$(for _ in 1 2 3 4 5; do rm -f "$work/copy"; measure cp "$data/analytics.duckdb" "$work/copy"; done | median)
     size=$(du -m "$data/analytics.duckdb" | cut -f1)
-    row "$n release(s), ${size} MB" export "$ours" "$peer"
+    row "$n release(s), ${size} MB" "vs Python export" "$ours" "$original"
+    row "$n release(s), ${size} MB" "vs cp" "$ours" "$peer"
 done
 
 echo
 echo "reader latency while exports replace the file (100 releases):"
 data=$work/n100
-"$venv/bin/python" scripts/bench/reader_latency.py "$data/analytics.duckdb" 8 &
+"$python" scripts/bench/reader_latency.py "$data/analytics.duckdb" 8 &
 reader=$!
 end=$((SECONDS + 7))
 exports=0
