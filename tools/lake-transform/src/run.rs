@@ -141,14 +141,21 @@ fn first_line(e: anyhow::Error) -> anyhow::Error {
     anyhow!(first)
 }
 
-/// Run `f` with the model's `session_properties` set, resetting them after.
+/// Run `f` with the model's `session_properties` set, then put back what they were
+/// before (not DuckDB's defaults: a model's `memory_limit` must not outlive it and
+/// undo the run's --memory-limit). A setting that cannot be put back fails the run.
 fn with_session_properties<T>(conn: &Connection, m: &Model, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let mut before = Vec::new();
     for (k, v) in &m.session_properties {
+        let old: String =
+            conn.query_row("SELECT CAST(current_setting(?) AS VARCHAR)", [k], |r| r.get(0)).with_context(|| format!("session property {k}"))?;
         conn.execute_batch(&format!("SET {k} = {}", v.sql())).with_context(|| format!("session property {k}"))?;
+        before.push((k, old));
     }
     let result = f();
-    for (k, _) in &m.session_properties {
-        let _ = conn.execute_batch(&format!("RESET {k}"));
+    for (k, old) in before.into_iter().rev() {
+        conn.execute_batch(&format!("SET {k} = '{}'", old.replace('\'', "''")))
+            .with_context(|| format!("putting session property {k} back to {old:?} after {}", m.name))?;
     }
     result
 }

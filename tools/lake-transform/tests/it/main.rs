@@ -679,20 +679,26 @@ fn session_properties_apply_to_their_model_only() {
     let models = env.own_models();
     std::fs::write(
         models.join("staging_one_thread.sql"),
-        "MODEL (name staging.one_thread, kind FULL, session_properties (threads = 7));\nSELECT current_setting('threads') AS threads, count(*) AS n FROM raw.psd",
+        "MODEL (name staging.one_thread, kind FULL, session_properties (threads = 7, memory_limit = '1GB'));\nSELECT current_setting('threads') AS threads, current_setting('memory_limit') AS mem, count(*) AS n FROM raw.psd",
     )
     .unwrap();
     std::fs::write(
         models.join("staging_after.sql"),
-        "MODEL (name staging.after, kind FULL);\nSELECT current_setting('threads') AS threads FROM staging.one_thread",
+        "MODEL (name staging.after, kind FULL);\nSELECT current_setting('threads') AS threads, current_setting('memory_limit') AS mem FROM staging.one_thread",
     )
     .unwrap();
     env.land("psd/2024/01/a.csv.gzip", &csv(&balance("BR", 2023, 1.0)));
-    let run = env.run(&["run"]);
+    let run = env.run(&["--memory-limit", "300MB", "run"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(env.rows("SELECT threads FROM staging.one_thread"), ["7"]);
     let after = env.rows("SELECT threads FROM staging.after");
     assert_ne!(after, ["7"], "reset after the model that set it");
+    // The model's memory limit is its own; the run's --memory-limit comes back after it
+    // (DuckDB's default, 80 % of RAM, would not).
+    assert_eq!(env.rows("SELECT mem FROM staging.one_thread"), ["953.6 MiB"]);
+    // 300 MB is 286.1 MiB; DuckDB shows it to 0.1 MiB, so the value put back can be 0.1 lower.
+    let after = env.rows("SELECT mem FROM staging.after");
+    assert!(after == ["286.1 MiB"] || after == ["286.0 MiB"], "the run's limit, put back: {after:?}");
 }
 
 #[test]
