@@ -32,12 +32,12 @@ def main():
         kept = [(col, typ) for col, typ in cols if col not in STAMPS]
         if name in SUMMED:
             # Joined on the other columns; each double within 1e-9 of the other's.
-            keys = ", ".join(col for col, typ in kept if typ != "DOUBLE")
+            keys = " AND ".join(f"a.{col} IS NOT DISTINCT FROM b.{col}" for col, typ in kept if typ != "DOUBLE")
             close = " AND ".join(f"(a.{col} IS NOT DISTINCT FROM b.{col} OR abs(a.{col} - b.{col}) <= 1e-9 * abs(a.{col}))"
                                  for col, typ in kept if typ == "DOUBLE")
             n_a, n_b, matched = c.execute(f"""SELECT
                 (SELECT count(*) FROM {a_db}.{name}), (SELECT count(*) FROM b.{name}),
-                (SELECT count(*) FROM {a_db}.{name} a JOIN b.{name} b USING ({keys}) WHERE {close})""").fetchone()
+                (SELECT count(*) FROM {a_db}.{name} a JOIN b.{name} b ON {keys} WHERE {close})""").fetchone()
             diff = (n_a - matched, n_b - matched, n_a)
         else:
             sel = ", ".join(col for col, _ in kept)

@@ -154,8 +154,12 @@ fn with_session_properties<T>(conn: &Connection, m: &Model, f: impl FnOnce() -> 
     }
     let result = f();
     for (k, old) in before.into_iter().rev() {
-        conn.execute_batch(&format!("SET {k} = '{}'", old.replace('\'', "''")))
-            .with_context(|| format!("putting session property {k} back to {old:?} after {}", m.name))?;
+        let put_back = conn
+            .execute_batch(&format!("SET {k} = '{}'", old.replace('\'', "''")))
+            .with_context(|| format!("putting session property {k} back to {old:?} after {}", m.name));
+        if let (Ok(_), Err(e)) = (&result, put_back) {
+            return Err(e); // the model's own error, if any, is the one to report
+        }
     }
     result
 }

@@ -89,6 +89,9 @@ pub(crate) fn execute(m: &Model, conn: &Connection, step: &PlannedModel, run_id:
         sql
     };
     let name = &m.name;
+    if step.action == Action::Build {
+        drop_other_kind(conn, m)?;
+    }
     let new_rows = match (&step.action, &m.kind) {
         (Action::Build, Kind::View) => {
             conn.execute_batch(&format!("CREATE OR REPLACE VIEW {name} AS {sql}"))?;
@@ -148,6 +151,25 @@ fn matching(conn: &Connection, new: &str, cols: &[String]) -> anyhow::Result<Str
     let nulls: i64 = conn.query_row(&format!("SELECT count(*) FROM {new} WHERE {any_null}"), [], |r| r.get(0))?;
     let op = if nulls == 0 { "=" } else { "IS NOT DISTINCT FROM" };
     Ok(cols.iter().map(|k| format!("t.{k} {op} n.{k}")).collect::<Vec<_>>().join(" AND "))
+}
+
+/// A model whose kind changed between a view and a table (a release turned
+/// staging.psd_values into a view): DuckDB's CREATE OR REPLACE does not replace an object
+/// of the other type, so a build first drops it (in the run's transaction, like the rest).
+fn drop_other_kind(conn: &Connection, m: &Model) -> anyhow::Result<()> {
+    let (schema, table) = m.name.split_once('.').unwrap_or(("main", m.name.as_str()));
+    let (other, catalog) = if m.kind == Kind::View { ("TABLE", "duckdb_tables()") } else { ("VIEW", "duckdb_views()") };
+    let column = if m.kind == Kind::View { "table_name" } else { "view_name" };
+    let n: i64 = conn.query_row(
+        &format!("SELECT count(*) FROM {catalog} WHERE database_name = current_database() AND schema_name = ? AND {column} = ?"),
+        [schema, table],
+        |r| r.get(0),
+    )?;
+    if n > 0 {
+        log::info!("{}: was a {}, now a {}: dropping the old one", m.name, other.to_ascii_lowercase(), m.kind);
+        conn.execute_batch(&format!("DROP {other} {}", m.name))?;
+    }
+    Ok(())
 }
 
 fn table_exists(conn: &Connection, table: &str) -> bool {

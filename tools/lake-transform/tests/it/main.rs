@@ -598,7 +598,6 @@ fn an_incremental_by_unique_key_model_merges_new_rows_by_key() {
     );
 }
 
-/// Every serving table, sorted, without load timestamps.
 /// Every serving table and the incremental staging state, without load times and run ids.
 fn serving_state(env: &Env) -> Vec<String> {
     let mut out = Vec::new();
@@ -864,4 +863,33 @@ fn a_run_is_bounded_by_its_memory_limit_and_removes_what_a_killed_run_spilled() 
     assert_eq!(run.code, 0, "{run:?}");
     assert!(env.root.join("elsewhere").is_dir(), "the spill dir from MATERIA_SPILL_DIR is made");
     assert_eq!(env.rows("SELECT count(*) FROM raw.psd"), [(4 * 77_957).to_string()]);
+}
+
+#[test]
+fn a_model_turned_from_a_table_into_a_view_and_back_rebuilds_in_place() {
+    // A lakehouse built by a release where staging.psd_values was a table, then a release
+    // where it is a view (and back): DuckDB does not replace one type by the other.
+    let mut env = Env::new();
+    let models = env.own_models();
+    let view = std::fs::read_to_string(models.join("staging_psd_values.sql")).unwrap();
+    let table = view.replace("kind VIEW", "kind FULL");
+    assert_ne!(table, view);
+    env.land("psd/2024/01/a.csv.gzip", &csv(&balance("BR", 2023, 1.0)));
+    std::fs::write(models.join("staging_psd_values.sql"), &table).unwrap();
+    assert_eq!(env.run(&["run"]).code, 0);
+    let kind = |env: &Env| env.rows("SELECT table_type FROM information_schema.tables WHERE table_schema = 'staging' AND table_name = 'psd_values'");
+    assert_eq!(kind(&env), ["BASE TABLE"]);
+    let before = serving_state(&env);
+
+    std::fs::write(models.join("staging_psd_values.sql"), &view).unwrap();
+    let run = env.run(&["run"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(kind(&env), ["VIEW"]);
+    assert_eq!(serving_state(&env), before, "the same data either way");
+
+    std::fs::write(models.join("staging_psd_values.sql"), &table).unwrap();
+    let run = env.run(&["run"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(kind(&env), ["BASE TABLE"]);
+    assert_eq!(serving_state(&env), before);
 }
