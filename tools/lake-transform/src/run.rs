@@ -226,16 +226,21 @@ fn run_audits(project: &Project, conn: &Connection, m: &Model, table: &str, load
     for call in &m.audits {
         let a = audit::resolve(call, table, project.audits.get(&call.name))
             .map_err(|e| materia_common::exit::Usage(format!("{}:{}: {e}", m.path.display(), call.line)))?;
-        let failing: i64 = conn
-            .query_row(&format!("SELECT count(*) FROM ({})", a.sql), [], |r| r.get(0))
+        // One query for the count and the sample (a failing audit used to run twice; the
+        // real releases fail the non-blocking identity audits every run).
+        let (mut failing, mut sample) = (0_i64, Vec::new());
+        let mut st = conn
+            .prepare(&format!("SELECT count(*) OVER (), CAST(sub AS VARCHAR) FROM ({}) sub LIMIT 5", a.sql))
             .map_err(|e| first_line(e.into()))
             .with_context(|| format!("running audit {} on {}", a.name, m.name))?;
-        let mut sample = Vec::new();
-        if failing > 0 {
-            let mut st = conn.prepare(&format!("SELECT CAST(sub AS VARCHAR) FROM ({}) sub LIMIT 5", a.sql))?;
-            for row in st.query_map([], |r| r.get::<_, String>(0))? {
-                sample.push(row?);
-            }
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+            .map_err(|e| first_line(e.into()))
+            .with_context(|| format!("running audit {} on {}", a.name, m.name))?;
+        for row in rows {
+            let (n, line) = row.map_err(|e| first_line(e.into())).with_context(|| format!("running audit {} on {}", a.name, m.name))?;
+            failing = n;
+            sample.push(line);
         }
         let res = AuditResult { model: m.name.clone(), audit: a.name.clone(), blocking: a.blocking, failing_rows: failing, sample };
         out.audits.push(res.clone());

@@ -279,7 +279,7 @@ fn a_new_release_is_ingested_incrementally_and_revisions_are_tracked() {
     let plan = env.run(&["plan"]);
     assert_eq!(plan.code, 0);
     assert!(plan.stdout.contains("raw.psd\tappend psd/2024/02/b.csv.gzip\t1 new landing file"), "{}", plan.stdout);
-    assert!(plan.stdout.contains("serving.revisions\tmerge\tupstream staging.psd_changes changed"), "{}", plan.stdout);
+    assert!(plan.stdout.contains("serving.revisions\tmerge\tupstream staging.psd_latest changed"), "{}", plan.stdout);
     let run = env.run(&["run"]);
     assert_eq!(run.code, 0, "{run:?}");
 
@@ -538,7 +538,7 @@ fn every_shipped_model_has_a_passing_unit_test() {
     let env = Env::new();
     let run = env.run(&["test"]);
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.ends_with("17 passed, 0 failed\n"), "{}", run.stdout);
+    assert!(run.stdout.ends_with("18 passed, 0 failed\n"), "{}", run.stdout);
     let tests = std::fs::read_to_string(env.models.join("tests/psd.toml")).unwrap();
     let mut models = 0;
     for f in std::fs::read_dir(&env.models).unwrap() {
@@ -560,10 +560,14 @@ fn a_failing_unit_test_says_which_row_and_exits_non_zero() {
     let path = models.join("tests/psd.toml");
     let src = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, src.replace("change = 1.5 }", "change = 1.25 }")).unwrap();
-    let run = env.run(&["test", "revisions_are"]);
+    let run = env.run(&["test", "revisions_build"]);
     assert_eq!(run.code, 1, "{run:?}");
     let line = run.stdout.lines().find(|l| l.starts_with("FAILED\t")).unwrap();
-    assert!(line.contains("revisions_are_the_changes_whose_value_differs") && line.contains("change = 1.25"), "{line}");
+    assert!(
+        line.contains("revisions_build_pairs_each_value_with_the_previous_release_that_had_it_and_keeps_the_changed")
+            && line.contains("change = 1.25"),
+        "{line}"
+    );
     assert!(run.stdout.contains("0 passed, 1 failed"), "{}", run.stdout);
     assert!(run.error_line().ends_with("1 of 1 model tests failed"), "{}", run.error_line());
 
@@ -608,11 +612,11 @@ fn serving_state(env: &Env) -> Vec<String> {
         "serving.world_balance",
         "serving.revisions",
         "staging.psd_latest",
-        "staging.psd_changes",
+        "staging.psd_months",
     ] {
         let cols = match t {
             "serving.releases" => "release, commodity_code, files, rows",
-            "staging.psd_changes" => "* EXCLUDE (_run_id)",
+            "staging.psd_months" => "* EXCLUDE (_run_id)",
             _ => "*",
         };
         out.push(format!("-- {t}"));
@@ -635,7 +639,8 @@ fn incremental_runs_match_a_full_rebuild_even_with_backfills_and_relandings() {
     env.land("psd/2024/02/b.csv.gzip", &rel(120.0, "ET"));
     let run = env.run(&["run"]);
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.contains("staging.psd_changes\tmerge"), "{}", run.stdout);
+    assert!(run.stdout.contains("staging.psd_months\tmerge"), "{}", run.stdout);
+    assert!(run.stdout.contains("serving.revisions\tmerge"), "{}", run.stdout);
     assert_eq!(
         env.rows("SELECT release, previous_release, value, previous_value FROM serving.revisions WHERE country_code = 'BR' AND attribute_id = '028' ORDER BY release"),
         ["2024-02-01|2024-01-01|120.0|100.0", "2024-03-01|2024-02-01|130.0|120.0"]
@@ -665,6 +670,17 @@ fn incremental_runs_match_a_full_rebuild_even_with_backfills_and_relandings() {
         env.rows("SELECT release, previous_release, change FROM serving.revisions WHERE commodity_code = '0410000' AND attribute_id = '028'"),
         ["2024-03-01|2024-01-01|5.0"]
     );
+    // Wheat's February backfilled with March's values: February has the revision now, and
+    // March, recomputed, has none left (a month replaced although no rows replace it).
+    env.land("psd/2024/02/h.csv.gzip", &with_wheat(&[], &balance("US", 2023, 55.0)));
+    let run = env.run(&["run"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("staging.psd_months\tmerge"), "{}", run.stdout);
+    assert_eq!(
+        env.rows("SELECT release, previous_release, change FROM serving.revisions WHERE commodity_code = '0410000' AND attribute_id = '028'"),
+        ["2024-02-01|2024-01-01|5.0"]
+    );
+    assert_eq!(env.rows("SELECT count(*) FROM serving.revisions WHERE commodity_code = '0410000' AND release = '2024-03-01'"), ["0"]);
 
     let incremental = serving_state(&env);
     let run = env.run(&["run", "--rebuild"]);
