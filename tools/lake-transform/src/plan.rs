@@ -23,6 +23,8 @@ pub enum Action {
     Append(Vec<LandingFile>),
     /// Merge the query's rows by unique key.
     Merge,
+    /// Drop the table or view of a model whose file is gone, and its engine state.
+    Drop,
 }
 
 impl Action {
@@ -32,6 +34,7 @@ impl Action {
             Action::Build => "build",
             Action::Append(_) => "append",
             Action::Merge => "merge",
+            Action::Drop => "drop",
         }
     }
 }
@@ -153,5 +156,16 @@ pub fn plan(
         }
         steps.push(PlannedModel { model: m.name.clone(), action, reason, all_files });
     }
+    // Models the lakehouse holds whose files are gone (a release removed them): dropped
+    // first, so that a model still reading one fails in this run, by name, rolled back.
+    let mut gone: Vec<&String> = state.keys().filter(|name| project.model(name).is_none()).collect();
+    gone.sort();
+    let drops = gone.into_iter().map(|name| PlannedModel {
+        model: name.clone(),
+        action: Action::Drop,
+        reason: "its model file is gone".into(),
+        all_files: Vec::new(),
+    });
+    steps.splice(0..0, drops);
     Ok(steps)
 }

@@ -15,7 +15,7 @@ use crate::engine_state::{STATE_DDL, record_model};
 use crate::model::{Kind, Model};
 use crate::plan::{Action, PlannedModel};
 use crate::project::Project;
-use crate::write::{check_columns, execute, replaced_partitions};
+use crate::write::{check_columns, drop_model, execute, replaced_partitions};
 
 /// What a model did in a run.
 #[derive(Debug, Clone)]
@@ -94,6 +94,14 @@ fn run_in_tx(project: &Project, conn: &Connection, steps: &[PlannedModel], run_i
     conn.execute_batch(STATE_DDL).context("creating the _materia state tables")?;
     let mut loaded_now: Vec<String> = Vec::new(); // landing files this run loaded
     for step in steps {
+        if step.action == Action::Drop {
+            let start = Instant::now();
+            drop_model(conn, &step.model).with_context(|| format!("dropping {} ({})", step.model, step.reason))?;
+            log::info!("{}: dropped ({})", step.model, step.reason);
+            let duration_ms = start.elapsed().as_millis() as u64;
+            out.models.push(ModelResult { model: step.model.clone(), action: "drop", reason: step.reason.clone(), rows: None, duration_ms });
+            continue;
+        }
         let m = project.model(&step.model).ok_or_else(|| anyhow!("no model {}", step.model))?;
         if step.action == Action::Skip {
             out.models.push(ModelResult { model: m.name.clone(), action: "skip", reason: step.reason.clone(), rows: None, duration_ms: 0 });

@@ -153,22 +153,42 @@ fn matching(conn: &Connection, new: &str, cols: &[String]) -> anyhow::Result<Str
     Ok(cols.iter().map(|k| format!("t.{k} {op} n.{k}")).collect::<Vec<_>>().join(" AND "))
 }
 
+/// What the lakehouse holds under a model's name: `TABLE`, `VIEW` or nothing.
+fn stored_kind(conn: &Connection, name: &str) -> anyhow::Result<Option<&'static str>> {
+    let (schema, object) = name.split_once('.').unwrap_or(("main", name));
+    for (kind, catalog, column) in [("TABLE", "duckdb_tables()", "table_name"), ("VIEW", "duckdb_views()", "view_name")] {
+        let n: i64 = conn.query_row(
+            &format!("SELECT count(*) FROM {catalog} WHERE database_name = current_database() AND schema_name = ? AND {column} = ?"),
+            [schema, object],
+            |r| r.get(0),
+        )?;
+        if n > 0 {
+            return Ok(Some(kind));
+        }
+    }
+    Ok(None)
+}
+
 /// A model whose kind changed between a view and a table (a release turned
 /// staging.psd_values into a view): DuckDB's CREATE OR REPLACE does not replace an object
 /// of the other type, so a build first drops it (in the run's transaction, like the rest).
 fn drop_other_kind(conn: &Connection, m: &Model) -> anyhow::Result<()> {
-    let (schema, table) = m.name.split_once('.').unwrap_or(("main", m.name.as_str()));
-    let (other, catalog) = if m.kind == Kind::View { ("TABLE", "duckdb_tables()") } else { ("VIEW", "duckdb_views()") };
-    let column = if m.kind == Kind::View { "table_name" } else { "view_name" };
-    let n: i64 = conn.query_row(
-        &format!("SELECT count(*) FROM {catalog} WHERE database_name = current_database() AND schema_name = ? AND {column} = ?"),
-        [schema, table],
-        |r| r.get(0),
-    )?;
-    if n > 0 {
+    let other = if m.kind == Kind::View { "TABLE" } else { "VIEW" };
+    if stored_kind(conn, &m.name)? == Some(other) {
         log::info!("{}: was a {}, now a {}: dropping the old one", m.name, other.to_ascii_lowercase(), m.kind);
         conn.execute_batch(&format!("DROP {other} {}", m.name))?;
     }
+    Ok(())
+}
+
+/// Drop the table or view of a model whose file is gone, with its engine state (its
+/// fingerprint, and the ledger of the files it loaded).
+pub(crate) fn drop_model(conn: &Connection, name: &str) -> anyhow::Result<()> {
+    if let Some(kind) = stored_kind(conn, name)? {
+        conn.execute_batch(&format!("DROP {kind} {name}"))?;
+    }
+    conn.execute("DELETE FROM _materia.models WHERE name = ?", [name])?;
+    conn.execute("DELETE FROM _materia.landing_ledger WHERE model = ?", [name])?;
     Ok(())
 }
 

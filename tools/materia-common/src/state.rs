@@ -200,6 +200,21 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE UNIQUE INDEX quarantine_active ON quarantine (path) WHERE released_at IS NULL;
     "#,
+    // 7: lake-transform drops the table of a model whose file is gone: 'drop' joins the
+    // actions of model_runs (SQLite cannot alter a CHECK: the table is copied).
+    r#"
+    CREATE TABLE model_runs_7 (
+        run_id      INTEGER NOT NULL REFERENCES runs (run_id),
+        model       TEXT    NOT NULL,
+        action      TEXT    NOT NULL CHECK (action IN ('build', 'append', 'merge', 'skip', 'drop')),
+        reason      TEXT,
+        rows        INTEGER,                     -- after the step; NULL for views, skips and drops
+        duration_ms INTEGER NOT NULL
+    );
+    INSERT INTO model_runs_7 SELECT run_id, model, action, reason, rows, duration_ms FROM model_runs;
+    DROP TABLE model_runs;
+    ALTER TABLE model_runs_7 RENAME TO model_runs;
+    "#,
 ];
 
 /// SQL for "now" as stored everywhere: UTC, ISO 8601, milliseconds.
@@ -442,6 +457,35 @@ mod tests {
         drop(StateDb::open(&path).unwrap());
         Connection::open(&path).unwrap().pragma_update(None, "user_version", 999).unwrap();
         let err = StateDb::open(&path).unwrap_err();
-        assert_eq!(err.to_string(), format!("state DB {}: schema version 999 is newer than this tool knows (6); upgrade the tool", path.display()));
+        assert_eq!(err.to_string(), format!("state DB {}: schema version 999 is newer than this tool knows (7); upgrade the tool", path.display()));
+    }
+
+    #[test]
+    fn migration_7_keeps_the_model_runs_and_allows_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        // A state DB as a tool of schema 6 left it, with a recorded model run.
+        let mut conn = Connection::open(&path).unwrap();
+        let tx = conn.transaction().unwrap();
+        for sql in &MIGRATIONS[..6] {
+            tx.execute_batch(sql).unwrap();
+        }
+        tx.pragma_update(None, "user_version", 6).unwrap();
+        tx.execute("INSERT INTO runs (tool, status, started_at, pid) VALUES ('lake-transform', 'success', 'x', 1)", []).unwrap();
+        tx.execute("INSERT INTO model_runs VALUES (1, 'staging.psd_changes', 'build', 'new model', 5, 7)", []).unwrap();
+        tx.commit().unwrap();
+        drop(conn);
+        let db = StateDb::open(&path).unwrap();
+        db.conn().execute("INSERT INTO model_runs VALUES (1, 'staging.psd_changes', 'drop', 'its model file is gone', NULL, 1)", []).unwrap();
+        let rows: Vec<(String, String)> = db
+            .conn()
+            .prepare("SELECT model, action FROM model_runs ORDER BY action")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, [("staging.psd_changes".into(), "build".into()), ("staging.psd_changes".into(), "drop".into())]);
+        assert!(db.conn().execute("INSERT INTO model_runs VALUES (1, 'm', 'explode', NULL, NULL, 1)", []).is_err(), "still checked");
     }
 }

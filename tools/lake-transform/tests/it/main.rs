@@ -882,6 +882,44 @@ fn a_run_is_bounded_by_its_memory_limit_and_removes_what_a_killed_run_spilled() 
 }
 
 #[test]
+fn a_model_whose_file_is_gone_is_dropped_with_its_state() {
+    // A release that removes a model (as one removed staging.psd_changes) must not leave its
+    // table behind: space, and a serving table the export would still publish.
+    let mut env = Env::new();
+    let models = env.own_models();
+    std::fs::write(models.join("staging_extra.sql"), "MODEL (name staging.extra, kind FULL);\nSELECT count(*) AS n FROM raw.psd").unwrap();
+    env.land("psd/2024/01/a.csv.gzip", &csv(&balance("BR", 2023, 1.0)));
+    assert_eq!(env.run(&["run"]).code, 0);
+    let stored = |env: &Env| {
+        env.rows("SELECT schema_name || '.' || table_name FROM duckdb_tables() WHERE table_name IN ('world_balance', 'extra') ORDER BY 1")
+    };
+    assert_eq!(stored(&env), ["serving.world_balance", "staging.extra"]);
+
+    std::fs::remove_file(models.join("serving_world_balance.sql")).unwrap();
+    std::fs::remove_file(models.join("staging_extra.sql")).unwrap();
+    let plan = env.run(&["plan"]);
+    assert_eq!(plan.code, 0, "{plan:?}");
+    assert!(plan.stdout.starts_with("serving.world_balance\tdrop\tits model file is gone\nstaging.extra\tdrop\t"), "{}", plan.stdout);
+    let run = env.run(&["run"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("serving.world_balance\tdrop\t\tits model file is gone"), "{}", run.stdout);
+    assert!(stored(&env).is_empty());
+    assert_eq!(env.rows("SELECT count(*) FROM _materia.models WHERE name IN ('serving.world_balance', 'staging.extra')"), ["0"]);
+    assert_eq!(env.run(&["run"]).code, 3, "nothing left to do");
+
+    // A model that still reads a dropped one fails the run, named, and the drop is rolled back.
+    std::fs::write(models.join("staging_extra.sql"), "MODEL (name staging.extra, kind FULL);\nSELECT count(*) AS n FROM raw.psd").unwrap();
+    std::fs::write(models.join("serving_reader.sql"), "MODEL (name serving.reader, kind FULL);\nSELECT n FROM staging.extra").unwrap();
+    assert_eq!(env.run(&["run"]).code, 0);
+    std::fs::remove_file(models.join("staging_extra.sql")).unwrap();
+    std::fs::write(models.join("serving_reader.sql"), "MODEL (name serving.reader, kind FULL);\nSELECT n + 0 AS n FROM staging.extra").unwrap();
+    let run = env.run(&["run"]);
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.error_line().contains("extra"), "{}", run.error_line());
+    assert_eq!(stored(&env), ["staging.extra"], "rolled back");
+}
+
+#[test]
 fn a_model_turned_from_a_table_into_a_view_and_back_rebuilds_in_place() {
     // A lakehouse built by a release where staging.psd_values was a table, then a release
     // where it is a view (and back): DuckDB does not replace one type by the other.
