@@ -28,10 +28,11 @@ say() { echo "setup_server: $*" >&2; }
 die() { say "$*"; exit 1; }
 [[ $(id -u) -eq 0 ]] || die "run as root (sudo infra/setup_server.sh)"
 
-# Packages: git (deploys), curl (health checks, notifier), age (secrets), sqlite3
+# Packages: git (deploys), curl (health checks, notifier, DuckDB extensions), unzip
+# (DuckDB extensions: PyPI wheels), age (secrets), sqlite3
 # (operators), the build toolchain for releases (gcc, pkg-config, OpenSSL and libssh2
 # headers for git2), npm (fetches the prebuilt DuckDB library) and python3-venv (sops).
-packages=(git curl age sqlite3 ca-certificates build-essential pkg-config libssl-dev libssh2-1-dev python3-venv)
+packages=(git curl unzip age sqlite3 ca-certificates build-essential pkg-config libssl-dev libssh2-1-dev python3-venv)
 command -v npm >/dev/null || packages+=(npm) # any npm will do (the host may have its own Node.js)
 if [[ -z ${MATERIA_SKIP_PACKAGES:-} ]]; then
     missing=()

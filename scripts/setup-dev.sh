@@ -10,7 +10,7 @@ set -euo pipefail
 
 # Debian packages the build and scripts/ use.
 #   gcc, pkg-config: C parts of crates (SQLite, aws-lc, libgit2); libssl-dev, libssh2-1-dev:
-#   git2's SSH transport; gzip, unzip, curl: the scripts and benchmarks; sqlite3:
+#   git2's SSH transport; gzip, unzip, curl: the scripts, benchmarks and DuckDB's extensions; sqlite3:
 #   operators' queries; time: peak memory in benchmarks; npm: fetches the prebuilt DuckDB
 #   library from its registry package.
 packages=(gcc pkg-config libssl-dev libssh2-1-dev gzip unzip curl sqlite3 time ca-certificates)

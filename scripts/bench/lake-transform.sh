@@ -25,10 +25,11 @@ scripts/setup-dev.sh
 cargo build --release --locked --quiet # the whole workspace, as run-all.sh: one feature set, no rebuilds
 ours=$CARGO_TARGET_DIR/release/lake-transform
 venv=scripts/bench/.venv
-if [[ ! -x $venv/bin/sqlmesh ]]; then
+duckdb_version=$(scripts/duckdb-lib.sh --version)
+if [[ ! -x $venv/bin/sqlmesh ]] || ! "$venv/bin/python" -c "import duckdb, sys; sys.exit(duckdb.__version__ != '$duckdb_version')" 2>/dev/null; then
     echo "bench: installing SQLMesh into $venv" >&2
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q 'sqlmesh==0.236.4' "duckdb==$(scripts/duckdb-lib.sh --version)"
+    "$venv/bin/pip" install -q 'sqlmesh==0.236.4' "duckdb==$duckdb_version"
 fi
 sqlmesh=$(cd "$venv/bin" && pwd)/sqlmesh
 models=$PWD/models

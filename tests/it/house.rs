@@ -110,7 +110,7 @@ fn one_duckdb_version_everywhere() {
     let version = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let parts: Vec<u32> = version.split('.').map(|p| p.parse().unwrap()).collect();
     let [major, minor, patch] = parts[..] else { panic!("{version:?}: not X.Y.Z") };
-    // The crate's version encodes DuckDB's: 1.5.6 is 1.10506.x.
+    // The crate's version encodes DuckDB's: 1.5.5 is 1.10505.x.
     let pin = format!("duckdb = {{ version = \"=1.{major}{minor:02}{patch:02}.");
     let cargo = std::fs::read_to_string(repo().join("Cargo.toml")).unwrap();
     assert!(cargo.contains(&pin), "Cargo.toml does not pin the duckdb crate of DuckDB {version} ({pin}...)");

@@ -372,6 +372,13 @@ fn the_release_lifecycle_under_a_real_systemd() {
     assert!(ldd.contains("libduckdb.so => /opt/materia/releases/v1/bin/../lib/libduckdb.so"), "{ldd}");
     let runpath = c.ok(&["sh", "-c", "readelf -d /opt/materia/releases/v1/bin/serve-export | grep RUNPATH"]);
     assert!(runpath.contains("[$ORIGIN/../lib]"), "{runpath}");
+    // DuckDB's extensions ship in the release too, and load from it offline (this
+    // container has no way out), as the service user.
+    let ext = c.as_user("/opt/materia/current/bin/lake-transform extensions");
+    for name in ["ducklake", "postgres_scanner", "httpfs"] {
+        let line = ext.lines().find(|l| l.starts_with(&format!("{name}\t"))).unwrap_or_else(|| panic!("{name}: {ext}"));
+        assert!(line.contains("/opt/materia/releases/v1/lib/extensions/"), "{line}");
+    }
     for f in ["models/serving_world_balance.sql", "scripts/ping.sh", "scripts/notify-failure.sh", "units/lake-transform.service"] {
         assert!(c.path(&format!("/opt/materia/releases/v1/{f}")).exists(), "{f} in the release");
     }
@@ -608,12 +615,20 @@ fn root_never_writes_through_a_symlink_the_service_user_planted() {
     assert_eq!(c.ok(&["stat", "-c", "%U %a", "/root/precious", "/root"]).lines().collect::<Vec<_>>(), ["root 600", "root 700"]);
 }
 
-/// What setup_server.sh would download, from this machine: the pinned DuckDB library
-/// (its sha256 matches, so duckdb-lib.sh fetches nothing), at the version it names.
+/// What setup_server.sh would download, from this machine: the pinned DuckDB library and
+/// its extensions (their sha256 match, so duckdb-lib.sh fetches nothing), at the
+/// version it names.
 fn plant_duckdb(c: &Container) {
     let out = Command::new(repo().join("scripts/duckdb-lib.sh")).arg("--version").output().unwrap();
     let version = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let dir = c.path(&format!("/opt/materia/duckdb/{version}"));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(repo().join(format!(".duckdb/{version}/libduckdb.so")), dir.join("libduckdb.so")).unwrap();
+    // And its extensions (DuckDB's layout: extensions/v<version>/linux_amd64/).
+    let ext = format!("extensions/v{version}/linux_amd64");
+    std::fs::create_dir_all(dir.join(&ext)).unwrap();
+    for f in std::fs::read_dir(repo().join(format!(".duckdb/{version}/{ext}"))).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), dir.join(&ext).join(f.file_name())).unwrap();
+    }
 }

@@ -26,6 +26,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use duckdb::Connection;
+use materia_common::duckdb_config;
 use materia_common::layout::{self, Layout};
 use materia_common::{CommonArgs, Outcome, Report};
 
@@ -34,6 +35,9 @@ use project::Project;
 
 /// The tool's name: binary, step lock and `runs.tool`.
 pub const TOOL: &str = "lake-transform";
+
+/// A development build's DuckDB extension directory (none in a release build).
+pub(crate) const DEV_EXTENSIONS: Option<&str> = option_env!("MATERIA_DEV_DUCKDB_EXTENSIONS");
 
 /// Run the SQL models over the landing zone into lakehouse.duckdb.
 ///
@@ -101,6 +105,9 @@ enum Command {
         #[arg(long, requires = "file")]
         undo: bool,
     },
+    /// Check that the DuckDB extensions a lakehouse on DuckLake needs load offline
+    /// (ducklake, postgres_scanner, httpfs): one line each, with its version and file.
+    Extensions,
 }
 
 /// Run the tool.
@@ -118,7 +125,24 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Plan { rebuild } => plan(&cli.common, &models()?, rebuild),
         Command::Test { filter } => test(&models()?, filter.as_deref()),
         Command::Quarantine { file, reason, undo } => quarantine_cmd(&cli.common, file.as_deref(), reason.as_deref(), undo),
+        Command::Extensions => extensions(),
     }
+}
+
+/// Load each extension from the offline directory (never downloaded); the first that
+/// does not load fails the check, naming the fix.
+fn extensions() -> anyhow::Result<Outcome> {
+    let conn = Connection::open_in_memory_with_flags(duckdb_config::config(DEV_EXTENSIONS)?)?;
+    for name in duckdb_config::EXTENSIONS {
+        duckdb_config::load(&conn, name, DEV_EXTENSIONS)?;
+        let (version, path): (String, String) = conn.query_row(
+            "SELECT coalesce(extension_version, ''), coalesce(install_path, '') FROM duckdb_extensions() WHERE extension_name = ?",
+            [name],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        println!("{name}\t{version}\t{path}");
+    }
+    Ok(Outcome::Changed)
 }
 
 fn quarantine_cmd(common: &CommonArgs, file: Option<&str>, reason: Option<&str>, undo: bool) -> anyhow::Result<Outcome> {
@@ -215,7 +239,7 @@ fn plan(common: &CommonArgs, models: &Path, rebuild: bool) -> anyhow::Result<Out
     let _lock = materia_common::lock::lakehouse(&layout, Duration::from_secs(common.wait_lock))?;
     let lakehouse = layout.lakehouse();
     let conn = if lakehouse.exists() {
-        let cfg = duckdb::Config::default().access_mode(duckdb::AccessMode::ReadOnly)?;
+        let cfg = duckdb_config::config(DEV_EXTENSIONS)?.access_mode(duckdb::AccessMode::ReadOnly)?;
         Some(Connection::open_with_flags(&lakehouse, cfg).with_context(|| format!("opening {} read-only", lakehouse.display()))?)
     } else {
         None
@@ -244,7 +268,8 @@ fn run_models(common: &CommonArgs, models: impl FnOnce() -> anyhow::Result<PathB
         let _lock = materia_common::lock::lakehouse(&step.layout, Duration::from_secs(common.wait_lock))?;
         let lakehouse = step.layout.lakehouse();
         let t = std::time::Instant::now();
-        let conn = Connection::open(&lakehouse).with_context(|| format!("opening {}", lakehouse.display()))?;
+        let conn = Connection::open_with_flags(&lakehouse, duckdb_config::config(DEV_EXTENSIONS)?)
+            .with_context(|| format!("opening {}", lakehouse.display()))?;
         log::debug!("opened {} in {:?}", lakehouse.display(), t.elapsed());
         let spill_dir = memory.spill_dir.clone().unwrap_or_else(|| step.layout.spill_dir(TOOL));
         run::bound_memory(&conn, &memory.limit, &std::path::absolute(spill_dir)?)?;

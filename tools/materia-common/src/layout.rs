@@ -42,7 +42,8 @@
 //! | `DEPLOY_SSH_KEY` | tag-deploy | private key for an SSH remote (default `~/.ssh/materia_deploy`) |
 //! | `DEPLOY_KNOWN_HOSTS` | tag-deploy | the SSH remote's host key must be in this file (default `~/.ssh/known_hosts`) |
 //! | `DEPLOY_ENV_FILE` | tag-deploy | where `.env.prod.sops` is decrypted to (default `APP_DIR/secrets.env`) |
-//! | `DUCKDB_LIB_DIR` | builds, tag-deploy | the prebuilt `libduckdb.so` to link, and to ship in a release's `lib/` |
+//! | `DUCKDB_LIB_DIR` | builds, tag-deploy | the prebuilt `libduckdb.so` to link, and to ship in a release's `lib/` (with its `extensions/`) |
+//! | `MATERIA_DUCKDB_EXTENSIONS` | lake-transform, serve-export | DuckDB's offline extension directory (default: the release's `lib/extensions`) |
 //! | `MATERIA_TAG`, `MATERIA_RELEASE_DIR` | tag-deploy → build, hooks | the tag being deployed and its release dir |
 //! | `MATERIA_RELEASE_BUILD` | tag-deploy, bootstrap.sh → build | `1`: binaries record no build-machine path (rpath `$ORIGIN/../lib` only) |
 //! | `SERVE_EXPORT_FAULT` | serve-export | tests only: `alter-copy` makes the copy differ, to exercise verification |
@@ -106,6 +107,8 @@ pub const ENV_MODELS: &str = "MATERIA_MODELS";
 pub const ENV_MEMORY_LIMIT: &str = "MATERIA_MEMORY_LIMIT";
 /// lake-transform: where DuckDB spills past its memory limit.
 pub const ENV_SPILL_DIR: &str = "MATERIA_SPILL_DIR";
+/// The tools that link DuckDB: its offline extension directory.
+pub const ENV_DUCKDB_EXTENSIONS: &str = "MATERIA_DUCKDB_EXTENSIONS";
 
 /// Every environment variable in the table above: what a hermetic test clears, so that
 /// nothing from the caller's environment reaches a tool under test.
@@ -131,6 +134,7 @@ pub const ENV_VARS: &[&str] = &[
     ENV_DEPLOY_KNOWN_HOSTS,
     ENV_DEPLOY_ENV_FILE,
     "DUCKDB_LIB_DIR",
+    ENV_DUCKDB_EXTENSIONS,
     "MATERIA_TAG",
     "MATERIA_RELEASE_DIR",
     "MATERIA_RELEASE_BUILD",

@@ -8,6 +8,8 @@
 //! inside [`run_step`], which takes the step lock, opens the state DB and records the run.
 
 pub mod atomic;
+#[cfg(feature = "duckdb")]
+pub mod duckdb_config;
 pub mod exit;
 pub mod glob;
 pub mod lakehouse;

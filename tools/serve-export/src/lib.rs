@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow};
 use clap::Parser;
 use duckdb::Connection;
+use materia_common::duckdb_config;
 use materia_common::exit::Integrity;
 use materia_common::lakehouse;
 use materia_common::layout::{self, Layout};
@@ -24,6 +25,9 @@ use sha2::{Digest as _, Sha256};
 
 /// The tool's name: binary, step lock and `runs.tool`.
 pub const TOOL: &str = "serve-export";
+
+/// A development build's DuckDB extension directory (none in a release build).
+const DEV_EXTENSIONS: Option<&str> = option_env!("MATERIA_DEV_DUCKDB_EXTENSIONS");
 
 /// Temp files beside analytics.duckdb start with this (DuckDB adds `.wal` to its own).
 const TMP_PREFIX: &str = ".analytics.duckdb.";
@@ -74,7 +78,7 @@ fn publish(common: &CommonArgs) -> anyhow::Result<Outcome> {
         if !lakehouse.exists() {
             anyhow::bail!("{} does not exist yet: run lake-transform first", lakehouse.display());
         }
-        let db = Connection::open_in_memory()?;
+        let db = Connection::open_in_memory_with_flags(duckdb_config::config(DEV_EXTENSIONS)?)?;
         db.execute_batch(&format!("ATTACH {} AS lakehouse (READ_ONLY)", sql_str(&lakehouse)))
             .with_context(|| format!("attaching {} read-only", lakehouse.display()))?;
         let state = lakehouse_state(&db)?;
@@ -238,7 +242,7 @@ fn verify(tmp: &Path, want: &[Table], export_id: &str) -> anyhow::Result<()> {
     if wal(tmp).exists() {
         return Err(Integrity(format!("{} was left with a WAL after its checkpoint", tmp.display())).into());
     }
-    let cfg = duckdb::Config::default().access_mode(duckdb::AccessMode::ReadOnly)?;
+    let cfg = duckdb_config::config(DEV_EXTENSIONS)?.access_mode(duckdb::AccessMode::ReadOnly)?;
     let db = Connection::open_with_flags(tmp, cfg).with_context(|| format!("reopening {} to verify it", tmp.display()))?;
     let catalog: String = db.query_row("SELECT current_database()", [], |r| r.get(0))?;
     let mut st = db.prepare("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'serving' ORDER BY 1")?;
@@ -291,7 +295,7 @@ fn published_meta(path: &Path) -> Option<Meta> {
         return None;
     }
     let read = || -> anyhow::Result<Meta> {
-        let cfg = duckdb::Config::default().access_mode(duckdb::AccessMode::ReadOnly)?;
+        let cfg = duckdb_config::config(DEV_EXTENSIONS)?.access_mode(duckdb::AccessMode::ReadOnly)?;
         let db = Connection::open_with_flags(path, cfg)?;
         Ok(db.query_row("SELECT export_id, lakehouse_state FROM _meta", [], |r| Ok(Meta { export_id: r.get(0)?, lakehouse_state: r.get(1)? }))?)
     };

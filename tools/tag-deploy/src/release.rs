@@ -116,8 +116,9 @@ impl App {
     }
 
     /// Copy the built binaries into the release's bin/, and libduckdb.so from
-    /// DUCKDB_LIB_DIR into its lib/ (where their rpath, `$ORIGIN/../lib`, looks). A
-    /// build that did not produce every tool is refused: a release is complete.
+    /// DUCKDB_LIB_DIR into its lib/ (where their rpath, `$ORIGIN/../lib`, looks), with
+    /// DuckDB's extensions from DUCKDB_LIB_DIR/extensions into lib/extensions. A build
+    /// that did not produce every tool is refused: a release is complete.
     pub fn install(&self, release: &Path) -> anyhow::Result<()> {
         let built = self.target().join("release");
         let missing: Vec<&str> = TOOLS.iter().copied().filter(|t| !built.join(t).is_file()).collect();
@@ -133,9 +134,17 @@ impl App {
             let src = built.join(t);
             std::fs::copy(&src, bin.join(t)).with_context(|| format!("installing {}", src.display()))?;
         }
-        if let Some(lib) = std::env::var_os("DUCKDB_LIB_DIR").map(|d| PathBuf::from(d).join("libduckdb.so")).filter(|p| p.is_file()) {
-            std::fs::create_dir_all(release.join("lib"))?;
-            std::fs::copy(&lib, release.join("lib/libduckdb.so")).with_context(|| format!("installing {}", lib.display()))?;
+        if let Some(dir) = std::env::var_os("DUCKDB_LIB_DIR").map(PathBuf::from) {
+            let lib = dir.join("libduckdb.so");
+            if lib.is_file() {
+                std::fs::create_dir_all(release.join("lib"))?;
+                std::fs::copy(&lib, release.join("lib/libduckdb.so")).with_context(|| format!("installing {}", lib.display()))?;
+            }
+            // DuckDB's extensions (the tools load them from here, never download them).
+            let extensions = dir.join("extensions");
+            if extensions.is_dir() {
+                link_tree(&extensions, &release.join("lib/extensions"))?;
+            }
         }
         Ok(())
     }
@@ -156,6 +165,23 @@ impl App {
         }
         Ok(())
     }
+}
+
+/// Recreate the tree `src` at `dst`, hard-linking each file (the extensions are ~100 MB
+/// and never change under their version's name), or copying it where a link is refused
+/// (another file system, another owner).
+fn link_tree(src: &Path, dst: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dst).with_context(|| format!("creating {}", dst.display()))?;
+    for e in std::fs::read_dir(src).with_context(|| format!("listing {}", src.display()))? {
+        let e = e?;
+        let (from, to) = (e.path(), dst.join(e.file_name()));
+        if e.file_type()?.is_dir() {
+            link_tree(&from, &to)?;
+        } else if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to).with_context(|| format!("installing {}", from.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// fsync every file and directory under `dir` (the release, before `current` may point

@@ -882,6 +882,31 @@ fn a_run_is_bounded_by_its_memory_limit_and_removes_what_a_killed_run_spilled() 
 }
 
 #[test]
+fn duckdb_extensions_load_offline_and_a_missing_one_names_the_fix() {
+    let env = Env::new();
+    let run = env.run(&["extensions"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.iter().map(|l| l.split('\t').next().unwrap()).collect::<Vec<_>>(), ["ducklake", "postgres_scanner", "httpfs"]);
+    // From the build's own copy (scripts/duckdb-lib.sh laid it out): nothing downloaded.
+    assert!(lines.iter().all(|l| l.contains("/.duckdb/") && l.ends_with(".duckdb_extension")), "{}", run.stdout);
+
+    let empty = env.root.join("no-extensions");
+    std::fs::create_dir_all(&empty).unwrap();
+    let run = Run::from(env.cmd().arg("extensions").env(materia_common::layout::ENV_DUCKDB_EXTENSIONS, &empty).output().unwrap());
+    assert_eq!(run.code, 1, "{run:?}");
+    let version = duckdb::Connection::open_in_memory()
+        .unwrap()
+        .query_row("SELECT library_version FROM pragma_version()", [], |r| r.get::<_, String>(0))
+        .unwrap();
+    let want = format!(
+        "DuckDB extension ducklake is not in {}/{version}/linux_amd64 (no tool downloads extensions): run scripts/setup-dev.sh",
+        empty.display()
+    );
+    assert!(run.error_line().contains(&want), "{}", run.error_line());
+}
+
+#[test]
 fn a_model_whose_file_is_gone_is_dropped_with_its_state() {
     // A release that removes a model (as one removed staging.psd_changes) must not leave its
     // table behind: space, and a serving table the export would still publish.

@@ -1,0 +1,60 @@
+//! How every tool opens DuckDB (feature `duckdb`): extensions come only from an offline
+//! directory, never from DuckDB's server at run time (a hardened unit cannot reach it,
+//! and a tool must not depend on it). scripts/duckdb-lib.sh lays the pinned, signed
+//! builds out in DuckDB's own layout (`DIR/v<version>/linux_amd64/<name>.duckdb_extension`,
+//! under the library's dir as `extensions/`); tag-deploy ships them in a release's
+//! `lib/extensions/`, beside `libduckdb.so`.
+
+use std::path::PathBuf;
+
+use crate::layout::ENV_DUCKDB_EXTENSIONS;
+
+/// The extensions a lakehouse on DuckLake loads (a PostgreSQL catalog, S3/R2 data).
+pub const EXTENSIONS: &[&str] = &["ducklake", "postgres_scanner", "httpfs"];
+
+/// The offline extension directory: `MATERIA_DUCKDB_EXTENSIONS`; else the release's
+/// `lib/extensions`, beside the `bin/` this binary is in; else `dev`, a development
+/// build's own copy (the tools' build script passes it to non-release builds only, so
+/// no path of the build machine is in a release).
+pub fn extension_dir(dev: Option<&str>) -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os(ENV_DUCKDB_EXTENSIONS).filter(|d| !d.is_empty()) {
+        return Some(dir.into());
+    }
+    let exe = std::env::current_exe().ok()?;
+    let release = exe.parent()?.parent()?.join("lib/extensions");
+    if release.is_dir() {
+        return Some(release);
+    }
+    dev.map(PathBuf::from)
+}
+
+/// A DuckDB config for every connection a tool opens: extensions load (automatically,
+/// when a statement needs one) from [`extension_dir`] and are never downloaded; no
+/// community extensions. DuckDB reads the directory from the config at open: a later
+/// `SET` is not seen by every extension (shared/notes/ducklake.md).
+pub fn config(dev: Option<&str>) -> duckdb::Result<duckdb::Config> {
+    let mut cfg = duckdb::Config::default()
+        .with("autoinstall_known_extensions", "false")?
+        .with("autoload_known_extensions", "true")?
+        .with("allow_community_extensions", "false")?;
+    if let Some(dir) = extension_dir(dev) {
+        cfg = cfg.with("extension_directory", dir.display().to_string())?;
+    }
+    Ok(cfg)
+}
+
+/// Load `name` from the offline directory, or fail with one line naming the fix.
+pub fn load(conn: &duckdb::Connection, name: &str, dev: Option<&str>) -> anyhow::Result<()> {
+    conn.execute_batch(&format!("LOAD {name}")).map_err(|e| {
+        let version: String = conn.query_row("SELECT library_version FROM pragma_version()", [], |r| r.get(0)).unwrap_or_default();
+        let place = match extension_dir(dev) {
+            Some(dir) => format!("{}/{version}/linux_amd64", dir.display()),
+            None => format!("any extension directory (set {ENV_DUCKDB_EXTENSIONS})"),
+        };
+        let cause = e.to_string();
+        anyhow::anyhow!(
+            "DuckDB extension {name} is not in {place} (no tool downloads extensions): run scripts/setup-dev.sh, or on a server infra/setup_server.sh ({})",
+            cause.lines().next().unwrap_or_default()
+        )
+    })
+}
