@@ -19,9 +19,11 @@ tests=
 if [[ ${1:-} == --tests ]]; then
     # python3-venv: the test tools' venv; git: tag-deploy's tests; age: keys for the sops
     # tests; openssh-server: the sshd of tag-deploy's SSH test; shellcheck: every shell
-    # script is checked by tests/it/house.rs; rsync: gitlab-ci-local runs jobs with it.
+    # script is checked by tests/it/house.rs; rsync: gitlab-ci-local runs jobs with it;
+    # postgresql: the DuckLake catalog of the lakehouse tests (the tests start their own
+    # server on 127.0.0.1; the package's own is not used).
     tests=1
-    packages+=(python3-venv git age openssh-server shellcheck rsync)
+    packages+=(python3-venv git age openssh-server shellcheck rsync postgresql)
 fi
 
 missing=()

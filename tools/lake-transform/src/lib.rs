@@ -17,6 +17,7 @@ pub mod project;
 pub mod quarantine;
 pub mod run;
 pub mod sql;
+pub mod target;
 pub mod unittest;
 mod write;
 
@@ -64,8 +65,31 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR", env = layout::ENV_SPILL_DIR)]
     spill_dir: Option<PathBuf>,
 
+    /// Where the lakehouse is: unset, the local DATA_DIR/lakehouse.duckdb; or
+    /// `ducklake:postgres:CONNINFO`, a DuckLake whose catalog is that PostgreSQL
+    /// database (libpq's `dbname=… host=… user=…`; the password from PGPASSWORD).
+    #[arg(long, global = true, value_name = "URL", env = layout::ENV_LAKEHOUSE)]
+    lakehouse: Option<String>,
+
+    /// A DuckLake's data files: `s3://BUCKET/PREFIX/` (endpoint and credentials from
+    /// MATERIA_LAKE_S3_*) or a directory.
+    #[arg(long, global = true, value_name = "PATH", env = layout::ENV_LAKE_DATA_PATH)]
+    lake_data_path: Option<String>,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where the lakehouse is, as the flags say.
+struct Where {
+    url: Option<String>,
+    data_path: Option<String>,
+}
+
+impl Where {
+    fn target(&self, layout: &Layout) -> anyhow::Result<target::Target> {
+        target::Target::new(self.url.as_deref(), self.data_path.as_deref(), layout.lakehouse())
+    }
 }
 
 /// How much memory a run's DuckDB may use, and where it spills past that.
@@ -113,6 +137,7 @@ enum Command {
 /// Run the tool.
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     materia_common::init_logging(&cli.common);
+    let where_ = Where { url: cli.lakehouse.clone(), data_path: cli.lake_data_path.clone() };
     let models = || match cli.models.clone() {
         Some(dir) => Ok(dir),
         None => release_models_dir(),
@@ -120,9 +145,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Run { rebuild } => {
             let memory = Memory { limit: cli.memory_limit.clone(), spill_dir: cli.spill_dir.clone() };
-            run_models(&cli.common, models, rebuild, &memory)
+            run_models(&cli.common, models, rebuild, &memory, &where_)
         }
-        Command::Plan { rebuild } => plan(&cli.common, &models()?, rebuild),
+        Command::Plan { rebuild } => plan(&cli.common, &models()?, rebuild, &where_),
         Command::Test { filter } => test(&models()?, filter.as_deref()),
         Command::Quarantine { file, reason, undo } => quarantine_cmd(&cli.common, file.as_deref(), reason.as_deref(), undo),
         Command::Extensions => extensions(),
@@ -233,17 +258,12 @@ fn release_models_dir() -> anyhow::Result<PathBuf> {
     .into())
 }
 
-fn plan(common: &CommonArgs, models: &Path, rebuild: bool) -> anyhow::Result<Outcome> {
+fn plan(common: &CommonArgs, models: &Path, rebuild: bool, where_: &Where) -> anyhow::Result<Outcome> {
     let project = Project::load(models)?;
     let layout = common.layout();
     let _lock = materia_common::lock::lakehouse(&layout, Duration::from_secs(common.wait_lock))?;
-    let lakehouse = layout.lakehouse();
-    let conn = if lakehouse.exists() {
-        let cfg = duckdb_config::config(DEV_EXTENSIONS)?.access_mode(duckdb::AccessMode::ReadOnly)?;
-        Some(Connection::open_with_flags(&lakehouse, cfg).with_context(|| format!("opening {} read-only", lakehouse.display()))?)
-    } else {
-        None
-    };
+    let target = where_.target(&layout)?;
+    let conn = target.open_existing()?;
     let aside = quarantined(&layout)?;
     let steps = plan::plan(&project, conn.as_ref(), &layout.landing(), rebuild, &aside.keys().cloned().collect())?;
     for (path, e) in &aside {
@@ -259,22 +279,27 @@ fn plan(common: &CommonArgs, models: &Path, rebuild: bool) -> anyhow::Result<Out
     Ok(if steps.iter().all(|s| s.action == Action::Skip) { Outcome::Unchanged } else { Outcome::Changed })
 }
 
-fn run_models(common: &CommonArgs, models: impl FnOnce() -> anyhow::Result<PathBuf>, rebuild: bool, memory: &Memory) -> anyhow::Result<Outcome> {
+fn run_models(
+    common: &CommonArgs,
+    models: impl FnOnce() -> anyhow::Result<PathBuf>,
+    rebuild: bool,
+    memory: &Memory,
+    where_: &Where,
+) -> anyhow::Result<Outcome> {
     materia_common::run_step(TOOL, common, |step| {
         // Missing or bad models fail the run, recorded, before the lakehouse is opened.
         let models = models()?;
         let project = Project::load(&models)?;
         log::info!("models from {}", models.display());
+        let target = where_.target(&step.layout)?;
         let _lock = materia_common::lock::lakehouse(&step.layout, Duration::from_secs(common.wait_lock))?;
-        let lakehouse = step.layout.lakehouse();
         let t = std::time::Instant::now();
-        let conn = Connection::open_with_flags(&lakehouse, duckdb_config::config(DEV_EXTENSIONS)?)
-            .with_context(|| format!("opening {}", lakehouse.display()))?;
-        log::debug!("opened {} in {:?}", lakehouse.display(), t.elapsed());
+        let conn = target.open(false)?;
+        log::debug!("opened {} in {:?}", target.describe(), t.elapsed());
         let spill_dir = memory.spill_dir.clone().unwrap_or_else(|| step.layout.spill_dir(TOOL));
         run::bound_memory(&conn, &memory.limit, &std::path::absolute(spill_dir)?)?;
         let landing = std::path::absolute(step.layout.landing())?;
-        run::sandbox(&conn, &landing)?;
+        run::sandbox(&conn, &landing, &target.data_paths())?;
         let t = std::time::Instant::now();
         let aside = quarantine::active(&step.db)?;
         let steps = plan::plan(&project, Some(&conn), &landing, rebuild, &aside.keys().cloned().collect())?;
@@ -289,7 +314,7 @@ fn run_models(common: &CommonArgs, models: impl FnOnce() -> anyhow::Result<PathB
                 failure: None,
             });
         }
-        let out = run::run(&project, &conn, &steps, step.run_id);
+        let out = run::run(&project, &conn, &steps, step.run_id, !target.is_ducklake());
         drop(conn);
         record(&step.db, step.run_id, &out)?;
         let ran: Vec<_> = out.models.iter().filter(|m| m.action != "skip").collect();

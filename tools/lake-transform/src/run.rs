@@ -59,7 +59,9 @@ pub struct RunOutcome {
 }
 
 /// Run `steps` in one transaction on `conn`.
-pub fn run(project: &Project, conn: &Connection, steps: &[PlannedModel], run_id: i64) -> RunOutcome {
+/// `checkpoint`: fold the WAL into the database file after the commit (a local file;
+/// a DuckLake has no WAL, and its CHECKPOINT is the maintenance, not for every run).
+pub fn run(project: &Project, conn: &Connection, steps: &[PlannedModel], run_id: i64, checkpoint: bool) -> RunOutcome {
     let mut out = RunOutcome::default();
     if let Err(e) = conn.execute_batch("BEGIN TRANSACTION") {
         out.failure = Some(anyhow!(e).context("starting the transaction"));
@@ -76,6 +78,7 @@ pub fn run(project: &Project, conn: &Connection, steps: &[PlannedModel], run_id:
     };
     log::debug!("commit or rollback: {:?}", t.elapsed());
     match end {
+        Ok(()) if !checkpoint => {}
         Ok(()) => {
             let t = Instant::now();
             if let Err(e) = conn.execute_batch("CHECKPOINT") {
@@ -220,13 +223,17 @@ pub fn bound_memory(conn: &Connection, limit: &str, spill_dir: &Path) -> anyhow:
 }
 
 /// Close the connection to the outside before any model runs: DuckDB may then read
-/// files only under `readable` (the landing dir), and write none but its own database
-/// (no COPY TO, ATTACH, extension install or read of another file). A running database
+/// files only under `readable` (the landing dir, and a DuckLake's data path, where
+/// DuckDB keeps that lakehouse's own files), and write none but its own database (no
+/// COPY TO, ATTACH, extension install or read of another file). A running database
 /// cannot turn either setting back, and a model is one query (model.rs), so no model
 /// SQL can widen it.
-pub fn sandbox(conn: &Connection, readable: &Path) -> anyhow::Result<()> {
-    let dir = format!("{}/", readable.display()).replace('\'', "''");
-    conn.execute_batch(&format!("SET allowed_directories = ['{dir}']; SET enable_external_access = false;"))
+pub fn sandbox(conn: &Connection, readable: &Path, data_paths: &[String]) -> anyhow::Result<()> {
+    let dirs: Vec<String> = std::iter::once(format!("{}/", readable.display()))
+        .chain(data_paths.iter().cloned())
+        .map(|d| format!("'{}'", d.replace('\'', "''")))
+        .collect();
+    conn.execute_batch(&format!("SET allowed_directories = [{}]; SET enable_external_access = false;", dirs.join(", ")))
         .context("closing DuckDB's access to files outside the landing dir")
 }
 

@@ -102,7 +102,7 @@ pub fn load(dir: &Path, project: &Project) -> anyhow::Result<Vec<Case>> {
 pub fn run_case(project: &Project, case: &Case, scratch: &Path) -> anyhow::Result<()> {
     let m = project.model(&case.model).ok_or_else(|| anyhow!("no model {}", case.model))?;
     let conn = Connection::open_in_memory_with_flags(materia_common::duckdb_config::config(crate::DEV_EXTENSIONS)?)?;
-    crate::run::sandbox(&conn, &std::path::absolute(scratch)?)?;
+    crate::run::sandbox(&conn, &std::path::absolute(scratch)?, &[])?;
     for (table, rows) in &case.inputs {
         let (schema, _) = table.split_once('.').ok_or_else(|| anyhow!("input {table}: expected schema.table"))?;
         conn.execute_batch(&format!("CREATE SCHEMA IF NOT EXISTS {schema}; CREATE TABLE {table} AS {}", values_sql(rows)?))

@@ -31,6 +31,10 @@
 //! | `MATERIA_MODELS` | lake-transform | the models folder (default: the release's `models/`) |
 //! | `MATERIA_MEMORY_LIMIT` | lake-transform | DuckDB's memory limit, past which it spills to disk (default `4GB`) |
 //! | `MATERIA_SPILL_DIR` | lake-transform | where DuckDB spills (default `DATA_DIR/spill/lake-transform`) |
+//! | `MATERIA_LAKEHOUSE` | lake-transform | where the lakehouse is: unset, the local `DATA_DIR/lakehouse.duckdb`; `ducklake:postgres:CONNINFO`, a DuckLake |
+//! | `MATERIA_LAKE_DATA_PATH` | lake-transform | a DuckLake's data files, e.g. `s3://BUCKET/PREFIX/` |
+//! | `MATERIA_LAKE_S3_ENDPOINT`, `MATERIA_LAKE_S3_KEY_ID`, `MATERIA_LAKE_S3_SECRET` | lake-transform | the S3 (R2) endpoint URL and credentials of the DuckLake's data path (the secret is never logged) |
+//! | `PGPASSWORD` | lake-transform | the DuckLake catalog's PostgreSQL password (libpq reads it; never in the URL) |
 //! | `BACKUP_TARGET` | landing-backup | `s3://BUCKET[/PREFIX]` (R2) or `fs:/PATH` |
 //! | `R2_ENDPOINT` | landing-backup | R2 (S3) endpoint URL, e.g. `https://ACCOUNT.r2.cloudflarestorage.com` |
 //! | `R2_ACCESS_KEY_ID` | landing-backup | R2 access key id |
@@ -107,6 +111,16 @@ pub const ENV_MODELS: &str = "MATERIA_MODELS";
 pub const ENV_MEMORY_LIMIT: &str = "MATERIA_MEMORY_LIMIT";
 /// lake-transform: where DuckDB spills past its memory limit.
 pub const ENV_SPILL_DIR: &str = "MATERIA_SPILL_DIR";
+/// lake-transform: where the lakehouse is (unset: the local file).
+pub const ENV_LAKEHOUSE: &str = "MATERIA_LAKEHOUSE";
+/// lake-transform: a DuckLake's data path.
+pub const ENV_LAKE_DATA_PATH: &str = "MATERIA_LAKE_DATA_PATH";
+/// lake-transform: the S3 endpoint of a DuckLake's data path.
+pub const ENV_LAKE_S3_ENDPOINT: &str = "MATERIA_LAKE_S3_ENDPOINT";
+/// lake-transform: the S3 key id of a DuckLake's data path.
+pub const ENV_LAKE_S3_KEY_ID: &str = "MATERIA_LAKE_S3_KEY_ID";
+/// lake-transform: the S3 secret of a DuckLake's data path.
+pub const ENV_LAKE_S3_SECRET: &str = "MATERIA_LAKE_S3_SECRET";
 /// The tools that link DuckDB: its offline extension directory.
 pub const ENV_DUCKDB_EXTENSIONS: &str = "MATERIA_DUCKDB_EXTENSIONS";
 
@@ -122,6 +136,12 @@ pub const ENV_VARS: &[&str] = &[
     ENV_MODELS,
     ENV_MEMORY_LIMIT,
     ENV_SPILL_DIR,
+    ENV_LAKEHOUSE,
+    ENV_LAKE_DATA_PATH,
+    ENV_LAKE_S3_ENDPOINT,
+    ENV_LAKE_S3_KEY_ID,
+    ENV_LAKE_S3_SECRET,
+    "PGPASSWORD",
     ENV_BACKUP_TARGET,
     ENV_R2_ENDPOINT,
     ENV_R2_ACCESS_KEY_ID,

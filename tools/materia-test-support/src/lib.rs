@@ -1,6 +1,7 @@
 //! What the tests of every tool and of `tests/` share, in one crate (a dev-dependency
 //! of each): a finished [`Run`], the test servers on 127.0.0.1 ([`psd_server`] for
-//! PSD Online, [`moto`] for S3, [`sshd`] for a git remote over SSH), the hermetic
+//! PSD Online, [`moto`] for S3, [`postgres`] for a DuckLake catalog, [`sshd`] for a git
+//! remote over SSH), the hermetic
 //! command every test runs a tool with ([`tool`]), each test's own directory
 //! ([`temp_dir`], kept when the test fails) and [`wait_until`].
 //!
@@ -9,6 +10,7 @@
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 pub mod moto;
+pub mod postgres;
 pub mod psd_server;
 mod run;
 pub mod sshd;

@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use materia_common::layout::{ENV_LAKE_S3_ENDPOINT, ENV_LAKE_S3_KEY_ID, ENV_LAKE_S3_SECRET};
 use materia_test_support::Run;
+use materia_test_support::moto::Moto;
+use materia_test_support::postgres::Postgres;
 
 const HEADER: &str = "Commodity_Code,Commodity_Description,Country_Code,Country_Name,Market_Year,\
 Calendar_Year,Month,Attribute_ID,Attribute_Description,Unit_ID,Unit_Description,Value";
@@ -604,6 +607,11 @@ fn an_incremental_by_unique_key_model_merges_new_rows_by_key() {
 
 /// Every serving table and the incremental staging state, without load times and run ids.
 fn serving_state(env: &Env) -> Vec<String> {
+    state_of(|sql| env.rows(sql))
+}
+
+/// [`serving_state`] of any lakehouse, given how to query it.
+fn state_of(rows: impl Fn(&str) -> Vec<String>) -> Vec<String> {
     let mut out = Vec::new();
     for t in [
         "serving.releases",
@@ -620,7 +628,7 @@ fn serving_state(env: &Env) -> Vec<String> {
             _ => "*",
         };
         out.push(format!("-- {t}"));
-        out.extend(env.rows(&format!("SELECT {cols} FROM {t} ORDER BY ALL")));
+        out.extend(rows(&format!("SELECT {cols} FROM {t} ORDER BY ALL")));
     }
     out
 }
@@ -971,4 +979,101 @@ fn a_model_turned_from_a_table_into_a_view_and_back_rebuilds_in_place() {
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(kind(&env), ["BASE TABLE"]);
     assert_eq!(serving_state(&env), before);
+}
+
+/// A DuckLake for the tests: a real PostgreSQL as its catalog (database `lake`), moto as
+/// the S3 its data goes to (`s3://bkt/lake/`).
+struct Lake {
+    pg: Postgres,
+    moto: Moto,
+}
+
+impl Lake {
+    /// None (the test skips, saying so) where no PostgreSQL server is installed.
+    fn start() -> Option<Lake> {
+        let pg = Postgres::start()?;
+        pg.create_db("lake");
+        Some(Lake { pg, moto: Moto::start() })
+    }
+
+    /// lake-transform on this lake, with `env`'s data dir (landing, state DB, locks).
+    fn run(&self, env: &Env, args: &[&str]) -> Run {
+        let mut c = env.cmd();
+        c.arg("--lakehouse").arg(format!("ducklake:postgres:{}", self.pg.conninfo("lake"))).arg("--lake-data-path").arg("s3://bkt/lake/");
+        c.env(ENV_LAKE_S3_ENDPOINT, self.moto.endpoint()).env(ENV_LAKE_S3_KEY_ID, "test-key-id").env(ENV_LAKE_S3_SECRET, "test-secret");
+        Run::from(c.args(args).output().unwrap())
+    }
+
+    /// A query's rows, as another process reading the lake would see them.
+    fn rows(&self, sql: &str) -> Vec<String> {
+        let cfg = materia_common::duckdb_config::config(option_env!("MATERIA_DEV_DUCKDB_EXTENSIONS")).unwrap();
+        let c = duckdb::Connection::open_in_memory_with_flags(cfg).unwrap();
+        c.execute_batch(&format!(
+            "CREATE SECRET (TYPE s3, KEY_ID 'test-key-id', SECRET 'test-secret', REGION 'auto', ENDPOINT '127.0.0.1:{}', URL_STYLE 'path', USE_SSL false);
+             ATTACH 'ducklake:postgres:{}' AS lakehouse (READ_ONLY); USE lakehouse;",
+            self.moto.port,
+            self.pg.conninfo("lake")
+        ))
+        .unwrap();
+        let mut st = c.prepare(&format!("SELECT concat_ws('|', *COLUMNS(*)) FROM ({sql})")).unwrap();
+        st.query_map([], |r| r.get::<_, String>(0)).unwrap().map(Result::unwrap).collect()
+    }
+
+    /// The catalog's snapshots (one per committed transaction).
+    fn snapshots(&self) -> i64 {
+        self.pg.query("lake", "SELECT count(*) FROM ducklake_snapshot").parse().unwrap()
+    }
+}
+
+#[test]
+fn the_models_run_on_ducklake_as_on_the_local_file_one_snapshot_a_run() {
+    let Some(lake) = Lake::start() else { return };
+    let (local, on_lake) = (Env::new(), Env::new());
+    let coffee = |p: f64, extra: &'static str| [balance("BR", 2023, p), balance(extra, 2023, p / 2.0), balance("CO", 2022, 7.0)].concat();
+    let releases = [
+        ("psd/2024/01/a.csv.gzip", with_wheat(&coffee(100.0, "VN"), &balance("US", 2023, 50.0))),
+        ("psd/2024/03/c.csv.gzip", with_wheat(&coffee(130.0, "VN"), &balance("US", 2023, 55.0))),
+        // A backfilled month between the two.
+        ("psd/2024/02/b.csv.gzip", csv(&coffee(120.0, "ET"))),
+    ];
+    for (i, (rel, data)) in releases.iter().enumerate() {
+        local.land(rel, data);
+        on_lake.land(rel, data);
+        if i == 0 {
+            let plan = lake.run(&on_lake, &["plan"]);
+            assert!(plan.code == 0 && plan.stdout.contains("raw.psd\tbuild\tnew model: loading 1 file"), "a plan on a new lake: {plan:?}");
+        }
+        assert_eq!(local.run(&["run"]).code, 0);
+        let before = if i == 0 { None } else { Some(lake.snapshots()) };
+        let run = lake.run(&on_lake, &["run"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        if let Some(before) = before {
+            assert_eq!(lake.snapshots(), before + 1, "one run, one snapshot");
+        }
+        assert_eq!(state_of(|sql| lake.rows(sql)), serving_state(&local), "after {rel}");
+    }
+    assert!(lake.moto.objects().iter().any(|(k, _, _)| k.starts_with("lake/") && k.ends_with(".parquet")), "data files on S3");
+    let before = lake.snapshots();
+    assert_eq!(lake.run(&on_lake, &["run"]).code, 3, "nothing to do");
+    assert_eq!(lake.snapshots(), before);
+
+    // A failing blocking audit leaves the catalog at its last good snapshot.
+    let good = state_of(|sql| lake.rows(sql));
+    let text = String::from_utf8(releases[1].1.clone()).unwrap();
+    let last = text.trim_end().lines().last().unwrap().to_owned();
+    on_lake.land("psd/2024/04/bad.csv.gzip", format!("{}\r\n{last}\r\n", text.trim_end()).as_bytes());
+    let plan = lake.run(&on_lake, &["plan"]);
+    assert!(plan.stdout.contains("raw.psd\tappend psd/2024/04/bad.csv.gzip"), "{plan:?}");
+    let run = lake.run(&on_lake, &["run"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    assert_eq!(lake.snapshots(), before, "rolled back: no snapshot");
+    assert_eq!(state_of(|sql| lake.rows(sql)), good);
+
+    // Set aside, and a --rebuild on the lake equals the incremental runs.
+    assert_eq!(lake.run(&on_lake, &["quarantine", "psd/2024/04/bad.csv.gzip", "--reason", "test"]).code, 0);
+    assert_eq!(lake.run(&on_lake, &["run"]).code, 3);
+    let run = lake.run(&on_lake, &["run", "--rebuild"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(state_of(|sql| lake.rows(sql)), good, "a rebuild on DuckLake gives what the incremental runs built");
+    assert!(!run.stderr.contains("test-secret"), "the S3 secret is never logged");
 }
