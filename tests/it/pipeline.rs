@@ -259,3 +259,130 @@ fn the_disaster_recovery_drill_on_s3() {
     let endpoint = format!("http://127.0.0.1:{}", moto.port);
     drill("s3://bkt", &[("R2_ENDPOINT", endpoint.as_str()), ("R2_ACCESS_KEY_ID", "test-key-id"), ("R2_SECRET_ACCESS_KEY", "test-secret-value")]);
 }
+
+/// The tools' flags and environment for a DuckLake on `pg` and `moto`.
+fn lake_env(pg: &materia_test_support::postgres::Postgres, moto: &materia_test_support::moto::Moto) -> (Vec<String>, Vec<(&'static str, String)>) {
+    let args = vec![
+        "--lakehouse".to_owned(),
+        format!("ducklake:postgres:{}", pg.conninfo("lake")),
+        "--lake-data-path".to_owned(),
+        "s3://bkt/lake/".to_owned(),
+    ];
+    let env = vec![
+        (materia_common::layout::ENV_LAKE_S3_ENDPOINT, moto.endpoint()),
+        (materia_common::layout::ENV_LAKE_S3_KEY_ID, "test-key-id".to_owned()),
+        (materia_common::layout::ENV_LAKE_S3_SECRET, "test-secret-value".to_owned()),
+    ];
+    (args, env)
+}
+
+/// A reader on another machine, in Python as the web app's would be: attaches the lake
+/// read-only afresh every round and reads two serving tables in one transaction, until
+/// `stop` exists; prints each round's (latest release of serving.releases, latest
+/// release of serving.attribute_values).
+const LAKE_READER: &str = r#"
+import duckdb, os, sys, time
+ext, conninfo, port, stop = sys.argv[1:5]
+while not os.path.exists(stop):
+    c = duckdb.connect(config={"extension_directory": ext, "autoinstall_known_extensions": "false"})
+    c.execute(f"CREATE SECRET (TYPE s3, KEY_ID 'test-key-id', SECRET 'test-secret-value', REGION 'auto', ENDPOINT '127.0.0.1:{port}', URL_STYLE 'path', USE_SSL false)")
+    c.execute(f"ATTACH 'ducklake:postgres:{conninfo}' AS lake (READ_ONLY)")
+    c.execute("BEGIN")
+    a = c.execute("SELECT max(release) FROM lake.serving.releases").fetchone()[0]
+    b = c.execute("SELECT max(release) FROM lake.serving.attribute_values").fetchone()[0]
+    c.execute("COMMIT")
+    c.close()
+    print(a, b, flush=True)
+    time.sleep(0.05)
+"#;
+
+#[test]
+fn the_pipeline_on_ducklake_publishes_what_the_local_file_does_and_readers_see_whole_snapshots() {
+    let Some(zip) = fixture() else { return };
+    let Some(pg) = materia_test_support::postgres::Postgres::start() else { return };
+    pg.create_db("lake");
+    let moto = materia_test_support::moto::Moto::start();
+    let (lake_args, lake_env) = lake_env(&pg, &moto);
+    let lake_env: Vec<(&str, &str)> = lake_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let tmp = materia_test_support::temp_dir();
+    let (local, on_lake) = (tmp.path().join("local"), tmp.path().join("lake"));
+    let real = String::from_utf8(Command::new("unzip").arg("-p").arg(&zip).output().unwrap().stdout).unwrap();
+    let later = tmp.path().join("later.zip");
+    zip_csv(real.replacen(".0000\r\n", ".5000\r\n", 300).as_bytes(), &later);
+    let models = repo().join("models").display().to_string();
+    let with_lake = |args: &[&str]| -> Vec<String> { lake_args.iter().cloned().chain(args.iter().map(|a| (*a).to_owned())).collect() };
+    let run = |data: &Path, name: &str, args: Vec<String>, env: &[(&str, &str)]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, err) = tool(data, name, &args, env);
+        assert_eq!(code, 0, "{name} {args:?}: {err}");
+    };
+    for data in [&local, &on_lake] {
+        run(data, "psd-extract", vec!["import".into(), zip.display().to_string(), "--release".into(), "2022-12".into()], &[]);
+    }
+    run(&local, "lake-transform", vec!["--models".into(), models.clone(), "run".into()], &[]);
+    run(&on_lake, "lake-transform", with_lake(&["--models", &models, "run"]), &lake_env);
+
+    // Another machine reads the lake while the next release is transformed there.
+    let stop = tmp.path().join("stop-reader");
+    let ext = repo().join(".duckdb/1.5.5/extensions");
+    let mut reader = Command::new(materia_test_support::test_venv().join("bin/python"))
+        .args(["-c", LAKE_READER])
+        .arg(&ext)
+        .arg(pg.conninfo("lake"))
+        .arg(moto.port.to_string())
+        .arg(&stop)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let out = reader.stdout.take().unwrap();
+    let collect = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(out)) {
+                seen.lock().unwrap().push(line.unwrap());
+            }
+        })
+    };
+    let has = |state: &str| seen.lock().unwrap().iter().any(|l| l == state);
+    let wait = std::time::Duration::from_secs(60);
+    materia_test_support::wait_until("the reader to read the first release", wait, || has("2022-12-01 2022-12-01"));
+    for data in [&local, &on_lake] {
+        run(data, "psd-extract", vec!["import".into(), later.display().to_string(), "--release".into(), "2023-01".into()], &[]);
+    }
+    run(&on_lake, "lake-transform", with_lake(&["--models", &models, "run"]), &lake_env);
+    materia_test_support::wait_until("the reader to read the next release", wait, || has("2023-01-01 2023-01-01"));
+    std::fs::write(&stop, "").unwrap();
+    let status = reader.wait().unwrap();
+    collect.join().unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut reader.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{err}");
+    assert!(seen.iter().all(|l| l == "2022-12-01 2022-12-01" || l == "2023-01-01 2023-01-01"), "a snapshot mixed: {seen:?}");
+    assert_eq!(seen.first().map(String::as_str), Some("2022-12-01 2022-12-01"));
+    assert_eq!(seen.last().map(String::as_str), Some("2023-01-01 2023-01-01"), "{seen:?}");
+
+    // serve-export publishes from the lake what it publishes from the local file.
+    run(&local, "lake-transform", vec!["--models".into(), models.clone(), "run".into()], &[]);
+    run(&local, "serve-export", vec![], &[]);
+    run(&on_lake, "serve-export", with_lake(&[]), &lake_env);
+    assert_eq!(serving_rows(&on_lake), serving_rows(&local), "the same analytics.duckdb, row for row");
+    let snapshot = |data: &Path| -> String {
+        let o = Command::new(materia_test_support::test_venv().join("bin/python"))
+            .arg("-c")
+            .arg("import duckdb, sys; print(duckdb.connect(sys.argv[1], read_only=True).execute('SELECT lakehouse_snapshot FROM _meta').fetchone()[0])")
+            .arg(data.join("analytics.duckdb"))
+            .output()
+            .unwrap();
+        String::from_utf8(o.stdout).unwrap().trim().to_owned()
+    };
+    assert_eq!(snapshot(&local), "None", "a local file has no snapshot");
+    let pinned = snapshot(&on_lake);
+    assert!(pinned.parse::<i64>().is_ok_and(|s| s > 0), "{pinned}");
+    assert_eq!(pinned, pg.query("lake", "SELECT max(snapshot_id) FROM ducklake_snapshot"), "the lake's latest snapshot, recorded");
+    // Unchanged since: nothing to do.
+    let (code, _) = tool(&on_lake, "serve-export", &with_lake(&[]).iter().map(String::as_str).collect::<Vec<_>>(), &lake_env);
+    assert_eq!(code, 3);
+}

@@ -17,7 +17,6 @@ pub mod project;
 pub mod quarantine;
 pub mod run;
 pub mod sql;
-pub mod target;
 pub mod unittest;
 mod write;
 
@@ -28,6 +27,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use duckdb::Connection;
 use materia_common::duckdb_config;
+use materia_common::lakehouse_target::LakehouseArgs;
 use materia_common::layout::{self, Layout};
 use materia_common::{CommonArgs, Outcome, Report};
 
@@ -65,31 +65,11 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR", env = layout::ENV_SPILL_DIR)]
     spill_dir: Option<PathBuf>,
 
-    /// Where the lakehouse is: unset, the local DATA_DIR/lakehouse.duckdb; or
-    /// `ducklake:postgres:CONNINFO`, a DuckLake whose catalog is that PostgreSQL
-    /// database (libpq's `dbname=… host=… user=…`; the password from PGPASSWORD).
-    #[arg(long, global = true, value_name = "URL", env = layout::ENV_LAKEHOUSE)]
-    lakehouse: Option<String>,
-
-    /// A DuckLake's data files: `s3://BUCKET/PREFIX/` (endpoint and credentials from
-    /// MATERIA_LAKE_S3_*) or a directory.
-    #[arg(long, global = true, value_name = "PATH", env = layout::ENV_LAKE_DATA_PATH)]
-    lake_data_path: Option<String>,
+    #[command(flatten)]
+    lakehouse: LakehouseArgs,
 
     #[command(subcommand)]
     command: Command,
-}
-
-/// Where the lakehouse is, as the flags say.
-struct Where {
-    url: Option<String>,
-    data_path: Option<String>,
-}
-
-impl Where {
-    fn target(&self, layout: &Layout) -> anyhow::Result<target::Target> {
-        target::Target::new(self.url.as_deref(), self.data_path.as_deref(), layout.lakehouse())
-    }
 }
 
 /// How much memory a run's DuckDB may use, and where it spills past that.
@@ -137,7 +117,6 @@ enum Command {
 /// Run the tool.
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     materia_common::init_logging(&cli.common);
-    let where_ = Where { url: cli.lakehouse.clone(), data_path: cli.lake_data_path.clone() };
     let models = || match cli.models.clone() {
         Some(dir) => Ok(dir),
         None => release_models_dir(),
@@ -145,9 +124,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Run { rebuild } => {
             let memory = Memory { limit: cli.memory_limit.clone(), spill_dir: cli.spill_dir.clone() };
-            run_models(&cli.common, models, rebuild, &memory, &where_)
+            run_models(&cli.common, models, rebuild, &memory, &cli.lakehouse)
         }
-        Command::Plan { rebuild } => plan(&cli.common, &models()?, rebuild, &where_),
+        Command::Plan { rebuild } => plan(&cli.common, &models()?, rebuild, &cli.lakehouse),
         Command::Test { filter } => test(&models()?, filter.as_deref()),
         Command::Quarantine { file, reason, undo } => quarantine_cmd(&cli.common, file.as_deref(), reason.as_deref(), undo),
         Command::Extensions => extensions(),
@@ -258,11 +237,11 @@ fn release_models_dir() -> anyhow::Result<PathBuf> {
     .into())
 }
 
-fn plan(common: &CommonArgs, models: &Path, rebuild: bool, where_: &Where) -> anyhow::Result<Outcome> {
+fn plan(common: &CommonArgs, models: &Path, rebuild: bool, lakehouse: &LakehouseArgs) -> anyhow::Result<Outcome> {
     let project = Project::load(models)?;
     let layout = common.layout();
     let _lock = materia_common::lock::lakehouse(&layout, Duration::from_secs(common.wait_lock))?;
-    let target = where_.target(&layout)?;
+    let target = lakehouse.lakehouse(layout.lakehouse(), DEV_EXTENSIONS)?;
     let conn = target.open_existing()?;
     let aside = quarantined(&layout)?;
     let steps = plan::plan(&project, conn.as_ref(), &layout.landing(), rebuild, &aside.keys().cloned().collect())?;
@@ -284,15 +263,17 @@ fn run_models(
     models: impl FnOnce() -> anyhow::Result<PathBuf>,
     rebuild: bool,
     memory: &Memory,
-    where_: &Where,
+    lakehouse: &LakehouseArgs,
 ) -> anyhow::Result<Outcome> {
     materia_common::run_step(TOOL, common, |step| {
         // Missing or bad models fail the run, recorded, before the lakehouse is opened.
         let models = models()?;
         let project = Project::load(&models)?;
         log::info!("models from {}", models.display());
-        let target = where_.target(&step.layout)?;
+        let target = lakehouse.lakehouse(step.layout.lakehouse(), DEV_EXTENSIONS)?;
         let _lock = materia_common::lock::lakehouse(&step.layout, Duration::from_secs(common.wait_lock))?;
+        // A DuckLake's writers may be on other machines: its own lock, seen by all.
+        let _lake_lock = target.writer_lock(Duration::from_secs(common.wait_lock))?;
         let t = std::time::Instant::now();
         let conn = target.open(false)?;
         log::debug!("opened {} in {:?}", target.describe(), t.elapsed());

@@ -13,6 +13,8 @@ pub mod duckdb_config;
 pub mod exit;
 pub mod glob;
 pub mod lakehouse;
+#[cfg(feature = "duckdb")]
+pub mod lakehouse_target;
 pub mod landing;
 pub mod layout;
 pub mod lock;

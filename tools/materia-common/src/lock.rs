@@ -22,6 +22,15 @@ pub enum LockError {
         /// How long we waited.
         waited: Duration,
     },
+    /// Another writer, possibly on another machine, holds a lock kept elsewhere (a
+    /// DuckLake's writer lock, in its PostgreSQL catalog).
+    #[error("{what} is held by another writer{}", waited_msg(*.waited))]
+    HeldElsewhere {
+        /// Which lock.
+        what: String,
+        /// How long we waited.
+        waited: Duration,
+    },
     /// The lock file could not be created or locked.
     #[error("cannot lock {}: {source}", path.display())]
     Io {
@@ -39,7 +48,7 @@ fn waited_msg(waited: Duration) -> String {
 impl LockError {
     /// True when another process holds the lock.
     pub fn is_held(&self) -> bool {
-        matches!(self, LockError::Held { .. })
+        matches!(self, LockError::Held { .. } | LockError::HeldElsewhere { .. })
     }
 }
 

@@ -19,6 +19,7 @@ use duckdb::Connection;
 use materia_common::duckdb_config;
 use materia_common::exit::Integrity;
 use materia_common::lakehouse;
+use materia_common::lakehouse_target::{LakehouseArgs, Target};
 use materia_common::layout::{self, Layout};
 use materia_common::{CommonArgs, Outcome, Report, Step};
 use sha2::{Digest as _, Sha256};
@@ -43,6 +44,9 @@ pub struct Cli {
     #[command(flatten)]
     common: CommonArgs,
 
+    #[command(flatten)]
+    lakehouse: LakehouseArgs,
+
     /// Swap the published export with the previous one (analytics.duckdb.prev).
     #[arg(long)]
     rollback: bool,
@@ -51,7 +55,7 @@ pub struct Cli {
 /// Run the tool.
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     materia_common::init_logging(&cli.common);
-    if cli.rollback { rollback(&cli.common) } else { publish(&cli.common) }
+    if cli.rollback { rollback(&cli.common) } else { publish(&cli.common, &cli.lakehouse) }
 }
 
 /// A serving table as the lakehouse has it.
@@ -69,18 +73,28 @@ struct Meta {
     lakehouse_state: String,
 }
 
-fn publish(common: &CommonArgs) -> anyhow::Result<Outcome> {
+fn publish(common: &CommonArgs, lakehouse: &LakehouseArgs) -> anyhow::Result<Outcome> {
     materia_common::run_step(TOOL, common, |step| {
         let layout = step.layout.clone();
         sweep(layout.data_dir())?;
-        let lock = materia_common::lock::lakehouse(&layout, Duration::from_secs(common.wait_lock))?;
-        let lakehouse = layout.lakehouse();
-        if !lakehouse.exists() {
-            anyhow::bail!("{} does not exist yet: run lake-transform first", lakehouse.display());
-        }
+        let lakehouse = lakehouse.lakehouse(layout.lakehouse(), DEV_EXTENSIONS)?;
+        // The local file is read under its lock (lake-transform writes it in place); a
+        // DuckLake is read at one snapshot, pinned, whatever commits meanwhile.
+        let lock = match &lakehouse.target {
+            Target::File(path) => {
+                let lock = materia_common::lock::lakehouse(&layout, Duration::from_secs(common.wait_lock))?;
+                if !path.exists() {
+                    anyhow::bail!("{} does not exist yet: run lake-transform first", path.display());
+                }
+                Some(lock)
+            }
+            Target::DuckLake { .. } => None,
+        };
         let db = Connection::open_in_memory_with_flags(duckdb_config::config(DEV_EXTENSIONS)?)?;
-        db.execute_batch(&format!("ATTACH {} AS lakehouse (READ_ONLY)", sql_str(&lakehouse)))
-            .with_context(|| format!("attaching {} read-only", lakehouse.display()))?;
+        let snapshot = lakehouse.attach_read(&db)?;
+        if let Some(id) = snapshot {
+            log::info!("reading {} at snapshot {id}", lakehouse.describe());
+        }
         let state = lakehouse_state(&db)?;
         if let Some(meta) = published_meta(&layout.analytics())
             && meta.lakehouse_state == state
@@ -97,7 +111,7 @@ fn publish(common: &CommonArgs) -> anyhow::Result<Outcome> {
         let export_id = format!("{}-{}", step.run_id, &state[..12]);
         let tmp = layout.data_dir().join(format!("{TMP_PREFIX}tmp-{}", std::process::id()));
         let guard = TempGuard(tmp.clone());
-        copy(&db, &tmp, &tables, &export_id, &state)?;
+        copy(&db, &tmp, &tables, &export_id, &state, snapshot)?;
         drop(db);
         drop(lock); // the lakehouse is not needed any more
         verify(&tmp, &tables, &export_id)?;
@@ -214,7 +228,8 @@ fn describe(db: &Connection, catalog: &str, table: &str) -> anyhow::Result<Table
     Ok(Table { name: table.to_owned(), columns, rows })
 }
 
-fn copy(db: &Connection, tmp: &Path, tables: &[Table], export_id: &str, state: &str) -> anyhow::Result<()> {
+/// `snapshot`: the DuckLake snapshot read (`_meta.lakehouse_snapshot`; NULL for the file).
+fn copy(db: &Connection, tmp: &Path, tables: &[Table], export_id: &str, state: &str, snapshot: Option<i64>) -> anyhow::Result<()> {
     let contents = serde_json::Value::Object(tables.iter().map(|t| (t.name.clone(), serde_json::Value::from(t.rows))).collect());
     let mut sql = format!("ATTACH {} AS export_target; CREATE SCHEMA export_target.serving;", sql_str(tmp));
     for t in tables {
@@ -222,11 +237,12 @@ fn copy(db: &Connection, tmp: &Path, tables: &[Table], export_id: &str, state: &
     }
     sql.push_str(&format!(
         "CREATE TABLE export_target.main._meta AS SELECT {} AS export_id, now()::TIMESTAMP AS exported_at,
-            {} AS lakehouse_state, {} AS tables, {} AS row_counts;",
+            {} AS lakehouse_state, {} AS tables, {} AS row_counts, CAST({} AS BIGINT) AS lakehouse_snapshot;",
         sql_str(Path::new(export_id)),
         sql_str(Path::new(state)),
         tables.len(),
-        sql_str(Path::new(&contents.to_string()))
+        sql_str(Path::new(&contents.to_string())),
+        snapshot.map_or("NULL".to_owned(), |s| s.to_string())
     ));
     if std::env::var(layout::ENV_SERVE_EXPORT_FAULT).as_deref() == Ok("alter-copy") {
         // Tests only: make the copy differ from its source, as a failing disk or bug would.

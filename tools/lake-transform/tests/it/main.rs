@@ -1077,3 +1077,32 @@ fn the_models_run_on_ducklake_as_on_the_local_file_one_snapshot_a_run() {
     assert_eq!(state_of(|sql| lake.rows(sql)), good, "a rebuild on DuckLake gives what the incremental runs built");
     assert!(!run.stderr.contains("test-secret"), "the S3 secret is never logged");
 }
+
+#[test]
+fn a_second_writer_on_another_machine_is_refused_or_waits_for_the_lakes_lock() {
+    let Some(lake) = Lake::start() else { return };
+    let machine_b = Env::new(); // its own data dir: the local lock file does not meet ours
+    machine_b.land("psd/2024/01/a.csv.gzip", &csv(&balance("BR", 2023, 1.0)));
+    // Machine A's writer lock, taken as lake-transform takes it.
+    let url = format!("ducklake:postgres:{}", lake.pg.conninfo("lake"));
+    let a = materia_common::lakehouse_target::Lakehouse::new(
+        Some(&url),
+        Some("/unused/"),
+        PathBuf::from("/unused"),
+        option_env!("MATERIA_DEV_DUCKDB_EXTENSIONS"),
+    )
+    .unwrap();
+    let held = a.writer_lock(Duration::ZERO).unwrap().expect("a DuckLake has a writer lock");
+    let run = lake.run(&machine_b, &["run"]);
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(run.error_line().contains("the DuckLake's writer lock (PostgreSQL advisory lock"), "{}", run.error_line());
+    // Waiting: the other writer finishes a moment later.
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        drop(held);
+    });
+    let run = lake.run(&machine_b, &["--wait-lock", "30", "run"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    release.join().unwrap();
+    assert_eq!(lake.rows("SELECT count(*) FROM raw.psd"), ["8"]);
+}
