@@ -18,6 +18,7 @@ pub mod quarantine;
 pub mod run;
 pub mod sql;
 pub mod unittest;
+mod upkeep;
 mod write;
 
 use std::path::{Path, PathBuf};
@@ -25,8 +26,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use duckdb::Connection;
-use materia_common::duckdb_config;
 use materia_common::lakehouse_target::LakehouseArgs;
 use materia_common::layout::{self, Layout};
 use materia_common::{CommonArgs, Outcome, Report};
@@ -112,6 +111,15 @@ enum Command {
     /// Check that the DuckDB extensions a lakehouse on DuckLake needs load offline
     /// (ducklake, postgres_scanner, httpfs): one line each, with its version and file.
     Extensions,
+    /// Keep a DuckLake small: flush data inlined in the catalog to Parquet, merge small
+    /// files, expire snapshots older than --keep-days and delete the files only they
+    /// used. Every landed vintage stays (they are rows of raw.psd, not snapshots). On the
+    /// local file: a checkpoint. One line per step on stdout.
+    Maintain {
+        /// Keep the snapshots of the last DAYS days (time travel, and readers pinned to one).
+        #[arg(long, value_name = "DAYS", default_value_t = 7)]
+        keep_days: u32,
+    },
 }
 
 /// Run the tool.
@@ -129,24 +137,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Plan { rebuild } => plan(&cli.common, &models()?, rebuild, &cli.lakehouse),
         Command::Test { filter } => test(&models()?, filter.as_deref()),
         Command::Quarantine { file, reason, undo } => quarantine_cmd(&cli.common, file.as_deref(), reason.as_deref(), undo),
-        Command::Extensions => extensions(),
+        Command::Extensions => upkeep::extensions(),
+        Command::Maintain { keep_days } => upkeep::maintain(&cli.common, &cli.lakehouse, keep_days),
     }
-}
-
-/// Load each extension from the offline directory (never downloaded); the first that
-/// does not load fails the check, naming the fix.
-fn extensions() -> anyhow::Result<Outcome> {
-    let conn = Connection::open_in_memory_with_flags(duckdb_config::config(DEV_EXTENSIONS)?)?;
-    for name in duckdb_config::EXTENSIONS {
-        duckdb_config::load(&conn, name, DEV_EXTENSIONS)?;
-        let (version, path): (String, String) = conn.query_row(
-            "SELECT coalesce(extension_version, ''), coalesce(install_path, '') FROM duckdb_extensions() WHERE extension_name = ?",
-            [name],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        println!("{name}\t{version}\t{path}");
-    }
-    Ok(Outcome::Changed)
 }
 
 fn quarantine_cmd(common: &CommonArgs, file: Option<&str>, reason: Option<&str>, undo: bool) -> anyhow::Result<Outcome> {

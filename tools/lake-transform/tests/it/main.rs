@@ -1076,6 +1076,29 @@ fn the_models_run_on_ducklake_as_on_the_local_file_one_snapshot_a_run() {
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(state_of(|sql| lake.rows(sql)), good, "a rebuild on DuckLake gives what the incremental runs built");
     assert!(!run.stderr.contains("test-secret"), "the S3 secret is never logged");
+
+    // Maintenance keeps the lake small and every vintage in it.
+    let vintages = lake.rows("SELECT DISTINCT file FROM raw.psd ORDER BY 1");
+    let (objects, snapshots) = (lake.moto.objects().len(), lake.snapshots());
+    let run = lake.run(&on_lake, &["maintain", "--keep-days", "0"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("expired_snapshots\t") && run.stdout.contains("removed_files\t"), "{}", run.stdout);
+    assert_eq!(lake.snapshots(), 1, "from {snapshots}, only the current snapshot kept");
+    assert!(lake.moto.objects().len() < objects, "files of expired snapshots removed: {objects} before");
+    assert_eq!(lake.rows("SELECT DISTINCT file FROM raw.psd ORDER BY 1"), vintages, "every landed vintage kept");
+    assert_eq!(state_of(|sql| lake.rows(sql)), good);
+    // And the lake goes on: a new release, incrementally.
+    let later = with_wheat(&coffee(140.0, "VN"), &balance("US", 2023, 60.0));
+    on_lake.land("psd/2024/05/e.csv.gzip", &later);
+    local.land("psd/2024/05/e.csv.gzip", &later);
+    let run = lake.run(&on_lake, &["run"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("raw.psd\tappend"), "{}", run.stdout);
+    assert_eq!(local.run(&["run"]).code, 0);
+    assert_eq!(state_of(|sql| lake.rows(sql)), serving_state(&local));
+    // On the local file, maintain is a checkpoint.
+    let run = local.run(&["maintain"]);
+    assert_eq!(run.code, 0, "{run:?}");
 }
 
 #[test]
