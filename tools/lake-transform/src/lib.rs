@@ -112,8 +112,8 @@ enum Command {
     /// (ducklake, postgres_scanner, httpfs): one line each, with its version and file.
     Extensions,
     /// Keep a DuckLake small: flush data inlined in the catalog to Parquet, merge small
-    /// files, expire snapshots older than --keep-days and delete the files only they
-    /// used. Every landed vintage stays (they are rows of raw.psd, not snapshots). On the
+    /// files, expire snapshots older than --keep-days, delete the files only they used
+    /// and those a killed run left uncommitted. Every landed vintage stays (they are rows of raw.psd, not snapshots). On the
     /// local file: a checkpoint. One line per step on stdout.
     Maintain {
         /// Keep the snapshots of the last DAYS days (time travel, and readers pinned to one).

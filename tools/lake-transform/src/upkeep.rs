@@ -43,11 +43,14 @@ pub(crate) fn maintain(common: &CommonArgs, lakehouse: &LakehouseArgs, keep_days
             return Ok(Report { outcome: Outcome::Changed, summary: "checkpointed".into(), stats: serde_json::json!({}), failure: None });
         }
         // Each call commits on its own: the lake is whole between any two.
-        let steps: [(&str, String); 4] = [
+        let steps: [(&str, String); 5] = [
             ("flushed_tables", "CALL ducklake_flush_inlined_data('lakehouse')".into()),
             ("merged_tables", "CALL ducklake_merge_adjacent_files('lakehouse')".into()),
             ("expired_snapshots", format!("CALL ducklake_expire_snapshots('lakehouse', older_than => now() - INTERVAL {keep_days} DAY)")),
             ("removed_files", "CALL ducklake_cleanup_old_files('lakehouse', cleanup_all => true)".into()),
+            // Files a killed run wrote and never committed (no writer is running: we hold
+            // the lake's lock), past the same age.
+            ("removed_orphans", format!("CALL ducklake_delete_orphaned_files('lakehouse', older_than => now() - INTERVAL {keep_days} DAY)")),
         ];
         for (what, sql) in steps {
             let mut st = conn.prepare(&sql)?;

@@ -1129,3 +1129,49 @@ fn a_second_writer_on_another_machine_is_refused_or_waits_for_the_lakes_lock() {
     release.join().unwrap();
     assert_eq!(lake.rows("SELECT count(*) FROM raw.psd"), ["8"]);
 }
+
+#[test]
+fn kill_9_mid_run_on_ducklake_leaves_the_last_snapshot_and_frees_the_lock() {
+    let Some(lake) = Lake::start() else { return };
+    let (a, _) = two_releases();
+    let env = Env::new();
+    env.land("psd/2024/01/a.csv.gzip", &a);
+    assert_eq!(lake.run(&env, &["run"]).code, 0);
+    let (before, snapshots) = (state_of(|sql| lake.rows(sql)), lake.snapshots());
+    let objects = lake.moto.objects().len();
+    let before_keys: std::collections::BTreeSet<String> = lake.moto.objects().into_iter().map(|(k, _, _)| k).collect();
+
+    // A big second release; the run is killed once it has written data files (uncommitted).
+    let mut rows: Vec<Row> = Vec::new();
+    for i in 0..1000 {
+        let c: &'static str = Box::leak(format!("X{i:03}").into_boxed_str());
+        for y in 1960..2024 {
+            rows.extend(balance(c, y, 1.0));
+        }
+    }
+    env.land("psd/2024/02/big.csv.gzip", &csv(&rows));
+    let mut c = env.cmd();
+    c.arg("--lakehouse").arg(format!("ducklake:postgres:{}", lake.pg.conninfo("lake"))).arg("--lake-data-path").arg("s3://bkt/lake/");
+    c.env(ENV_LAKE_S3_ENDPOINT, lake.moto.endpoint()).env(ENV_LAKE_S3_KEY_ID, "test-key-id").env(ENV_LAKE_S3_SECRET, "test-secret");
+    let mut child = c.arg("run").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    materia_test_support::wait_until("the run to write data files", Duration::from_secs(60), || lake.moto.objects().len() > objects);
+    assert!(child.try_wait().unwrap().is_none(), "the run finished before it could be killed");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(lake.snapshots(), snapshots, "no snapshot from a killed run");
+    assert_eq!(state_of(|sql| lake.rows(sql)), before, "the catalog at its last good snapshot");
+    let keys = |lake: &Lake| -> std::collections::BTreeSet<String> { lake.moto.objects().into_iter().map(|(k, _, _)| k).collect() };
+    let orphans: Vec<String> = keys(&lake).into_iter().filter(|k| !before_keys.contains(k)).collect();
+    assert!(!orphans.is_empty());
+
+    // PostgreSQL ended the dead run's session, and its lock: the next run proceeds.
+    let run = lake.run(&env, &["run"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(lake.rows("SELECT count(*) FROM serving.commodity_balance"), [(1000 * 64).to_string()]);
+    // maintain removes what the killed run left.
+    let run = lake.run(&env, &["maintain", "--keep-days", "0"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let left = keys(&lake);
+    assert!(orphans.iter().all(|k| !left.contains(k)), "the killed run's files are removed: {orphans:?} / {}", run.stdout);
+    assert_eq!(lake.rows("SELECT count(*) FROM serving.commodity_balance"), [(1000 * 64).to_string()]);
+}
