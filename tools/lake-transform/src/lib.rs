@@ -95,6 +95,11 @@ enum Command {
     Test {
         /// Only the tests whose name contains this.
         filter: Option<String>,
+        /// Run each test in a DuckLake catalog (its metadata in a DuckDB file, its data
+        /// in Parquet, both in a scratch dir) instead of a plain in-memory DuckDB: the
+        /// models' SQL on the lake's tables.
+        #[arg(long)]
+        ducklake: bool,
     },
     /// Set a landed file aside: every run and rebuild leave it out (it stays in the
     /// landing dir) until `--undo`. Without FILE: list the files set aside.
@@ -135,7 +140,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             run_models(&cli.common, models, rebuild, &memory, &cli.lakehouse)
         }
         Command::Plan { rebuild } => plan(&cli.common, &models()?, rebuild, &cli.lakehouse),
-        Command::Test { filter } => test(&models()?, filter.as_deref()),
+        Command::Test { filter, ducklake } => test(&models()?, filter.as_deref(), ducklake),
         Command::Quarantine { file, reason, undo } => quarantine_cmd(&cli.common, file.as_deref(), reason.as_deref(), undo),
         Command::Extensions => upkeep::extensions(),
         Command::Maintain { keep_days } => upkeep::maintain(&cli.common, &cli.lakehouse, keep_days),
@@ -187,7 +192,7 @@ fn quarantined(layout: &Layout) -> anyhow::Result<std::collections::BTreeMap<Str
     quarantine::active(&materia_common::StateDb::open_read_only(layout.state_db())?)
 }
 
-fn test(models: &Path, filter: Option<&str>) -> anyhow::Result<Outcome> {
+fn test(models: &Path, filter: Option<&str>, ducklake: bool) -> anyhow::Result<Outcome> {
     let project = Project::load(models)?;
     let cases = unittest::load(models, &project)?;
     let cases: Vec<_> = cases.iter().filter(|c| filter.is_none_or(|f| c.name.contains(f))).collect();
@@ -197,7 +202,7 @@ fn test(models: &Path, filter: Option<&str>) -> anyhow::Result<Outcome> {
     let scratch = tempfile::tempdir().context("creating a scratch dir")?;
     let mut failed = 0;
     for case in &cases {
-        match unittest::run_case(&project, case, scratch.path()) {
+        match unittest::run_case(&project, case, scratch.path(), ducklake) {
             Ok(()) => println!("ok\t{}", case.name),
             Err(e) => {
                 failed += 1;

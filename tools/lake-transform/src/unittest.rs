@@ -99,10 +99,24 @@ pub fn load(dir: &Path, project: &Project) -> anyhow::Result<Vec<Case>> {
 }
 
 /// Run one case; `Err` says why it failed.
-pub fn run_case(project: &Project, case: &Case, scratch: &Path) -> anyhow::Result<()> {
+/// `ducklake`: in a DuckLake catalog of its own (metadata in a DuckDB file, data as
+/// Parquet, both under `scratch`).
+pub fn run_case(project: &Project, case: &Case, scratch: &Path, ducklake: bool) -> anyhow::Result<()> {
     let m = project.model(&case.model).ok_or_else(|| anyhow!("no model {}", case.model))?;
     let conn = Connection::open_in_memory_with_flags(materia_common::duckdb_config::config(crate::DEV_EXTENSIONS)?)?;
-    crate::run::sandbox(&conn, &std::path::absolute(scratch)?, &[])?;
+    let scratch = std::path::absolute(scratch)?;
+    if ducklake {
+        materia_common::duckdb_config::load(&conn, "ducklake", crate::DEV_EXTENSIONS)?;
+        let quote = |s: String| format!("'{}'", s.replace('\'', "''"));
+        let (meta, data) = (scratch.join(format!("{}.ducklake", case.name)), scratch.join(format!("{}.data/", case.name)));
+        conn.execute_batch(&format!(
+            "ATTACH {} AS lakehouse (DATA_PATH {}); USE lakehouse;",
+            quote(format!("ducklake:{}", meta.display())),
+            quote(data.display().to_string())
+        ))
+        .context("creating the test's DuckLake")?;
+    }
+    crate::run::sandbox(&conn, &scratch, &[])?;
     for (table, rows) in &case.inputs {
         let (schema, _) = table.split_once('.').ok_or_else(|| anyhow!("input {table}: expected schema.table"))?;
         conn.execute_batch(&format!("CREATE SCHEMA IF NOT EXISTS {schema}; CREATE TABLE {table} AS {}", values_sql(rows)?))
@@ -117,7 +131,7 @@ pub fn run_case(project: &Project, case: &Case, scratch: &Path) -> anyhow::Resul
     if let Kind::LandingIngest { .. } = m.kind {
         let csv = case.landing_csv.as_deref().ok_or_else(|| anyhow!("an ingest model's test needs landing_csv"))?;
         let file = scratch.join(format!("{}/psd/2024/01/test.csv.gzip", case.name));
-        std::fs::create_dir_all(file.parent().unwrap_or(scratch))?;
+        std::fs::create_dir_all(file.parent().unwrap_or(&scratch))?;
         let mut gz = flate2::write::GzEncoder::new(std::fs::File::create(&file)?, flate2::Compression::fast());
         gz.write_all(csv.as_bytes())?;
         gz.finish()?;

@@ -553,6 +553,10 @@ fn every_shipped_model_has_a_passing_unit_test() {
         }
     }
     assert_eq!(models, 10);
+    // And on a DuckLake catalog: the models' SQL on the lake's tables.
+    let run = env.run(&["test", "--ducklake"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.ends_with("18 passed, 0 failed\n"), "{}", run.stdout);
     assert!(!env.data.exists(), "unit tests never touch the data dir");
 }
 
