@@ -324,7 +324,8 @@ fn the_pipeline_on_ducklake_publishes_what_the_local_file_does_and_readers_see_w
 
     // Another machine reads the lake while the next release is transformed there.
     let stop = tmp.path().join("stop-reader");
-    let ext = repo().join(".duckdb/1.5.5/extensions");
+    let version = Command::new(repo().join("scripts/duckdb-lib.sh")).arg("--version").output().unwrap().stdout;
+    let ext = repo().join(format!(".duckdb/{}/extensions", String::from_utf8(version).unwrap().trim()));
     let mut reader = Command::new(materia_test_support::test_venv().join("bin/python"))
         .args(["-c", LAKE_READER])
         .arg(&ext)

@@ -32,10 +32,11 @@ pub(crate) fn maintain(common: &CommonArgs, lakehouse: &LakehouseArgs, keep_days
         let target = lakehouse.lakehouse(step.layout.lakehouse(), DEV_EXTENSIONS)?;
         let _lock = materia_common::lock::lakehouse(&step.layout, Duration::from_secs(common.wait_lock))?;
         let _lake_lock = target.writer_lock(Duration::from_secs(common.wait_lock))?;
-        let conn = match target.open_existing()? {
-            Some(_) => target.open(false)?,
-            None => anyhow::bail!("{} does not exist yet: run lake-transform first", target.describe()),
-        };
+        // Never creates one: a lake that does not exist yet is an error, as a missing file.
+        if target.open_existing()?.is_none() {
+            anyhow::bail!("{} does not exist yet: run lake-transform first", target.describe());
+        }
+        let conn = target.open(false)?;
         let mut done = serde_json::Map::new();
         if !target.is_ducklake() {
             conn.execute_batch("CHECKPOINT")?;
