@@ -7,12 +7,15 @@
 #   2. trusts the remote's host key (SSH remotes), as the service user;
 #   3. when no release is deployed yet: builds the tools from this checkout as the
 #      service user, in tag-deploy's build dir, and points `current` at that deployer;
-#   4. installs the units as shipped, then lets tag-deploy.service deploy the newest
-#      release tag (under its unit, with the unit's environment, as every later deploy);
+#   4. installs the units as shipped (and, while config.env selects a DuckLake, the
+#      drop-in units/ducklake.conf for the lakehouse's three units), then lets
+#      tag-deploy.service deploy the newest release tag (under its unit, with the unit's
+#      environment, as every later deploy);
 #   5. enables the timers and path units (the backup timer only when the R2 variables
 #      are set in the configuration or the deployed secrets).
 # Idempotent: a second run deploys nothing that is deployed and changes no file. Rerun
-# it from a checkout of a release whose units/ changed, to install them.
+# it from a checkout of a release whose units/ changed, to install them, and after
+# switching MATERIA_LAKEHOUSE in config.env.
 #
 # Root never writes inside /opt/materia (the service user's tree): everything there is
 # done as the service user.
@@ -95,6 +98,22 @@ for f in "$here"/units/*.service "$here"/units/*.timer "$here"/units/*.path; do
         changed=1
     fi
 done
+# On a DuckLake (config.env's MATERIA_LAKEHOUSE=ducklake:...), the lakehouse's three
+# units get the network and the lake's secrets by a drop-in; otherwise they have neither.
+for u in lake-transform.service serve-export.service lake-maintain.service; do
+    dropin=$units/$u.d/ducklake.conf
+    if grep -qE "^MATERIA_LAKEHOUSE=[\"']?ducklake:" "$config"; then
+        if ! cmp -s "$here/units/ducklake.conf" "$dropin"; then
+            install -D -m 0644 "$here/units/ducklake.conf" "$dropin"
+            say "DuckLake: $u gets the network and $app/lake.env"
+            changed=1
+        fi
+    elif [[ -e $dropin ]]; then
+        rm -f "$dropin"
+        say "no DuckLake: $u keeps no network"
+        changed=1
+    fi
+done
 ((changed)) && systemctl daemon-reload
 if ! systemctl start tag-deploy.service; then
     journalctl --unit tag-deploy.service --lines 20 --no-pager >&2 || true
@@ -105,7 +124,7 @@ deployed=$(readlink "$app/current" || true)
 as_user rm -rf "$app/bootstrap"
 
 # 5. Enable the timers and path units.
-enable=(psd-extract.timer lake-transform.path lake-transform.timer serve-export.path serve-export.timer tag-deploy.timer)
+enable=(psd-extract.timer lake-transform.path lake-transform.timer serve-export.path serve-export.timer lake-maintain.timer tag-deploy.timer)
 r2=0
 for key in R2_ENDPOINT R2_ACCESS_KEY_ID R2_SECRET_ACCESS_KEY; do
     grep -q "^$key=." "$config" || as_user grep -q "^$key=." "$app/secrets.env" 2>/dev/null || r2=1

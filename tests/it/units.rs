@@ -76,6 +76,16 @@ fn systemd_analyze_verify_is_clean() {
     let names: Vec<&String> = units.keys().collect();
     let out = verify(&root, &names);
     assert!(out.trim().is_empty(), "systemd-analyze verify:\n{out}");
+    // With the DuckLake drop-in, as bootstrap.sh installs it.
+    let dropin = std::fs::read_to_string(units_dir().join("ducklake.conf")).unwrap();
+    for u in ["lake-transform.service", "serve-export.service", "lake-maintain.service"] {
+        let dir = root.join(format!("etc/systemd/system/{u}.d"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ducklake.conf"), &dropin).unwrap();
+    }
+    assert!(Command::new("chmod").args(["-R", "a+rX"]).arg(tmp.path()).status().unwrap().success());
+    let out = verify(&root, &names);
+    assert!(out.trim().is_empty(), "systemd-analyze verify with ducklake.conf:\n{out}");
 
     // And it would say so: a broken copy is reported.
     let broken = units["psd-extract.service"].replace("Type=oneshot", "Type=sometimes");
@@ -185,9 +195,24 @@ fn units_follow_the_house_rules() {
     }
     // tag-deploy builds with the service user's toolchain, which systemd's PATH lacks.
     assert!(values(&units["tag-deploy.service"], "Environment").iter().any(|e| e.starts_with("PATH=/opt/materia/.cargo/bin:")));
-    // Steps that need no network have none.
-    for s in ["lake-transform.service", "serve-export.service"] {
+    // Steps that need no network have none: the lakehouse's, until a DuckLake's drop-in
+    // (which bootstrap.sh installs for exactly these) opens it and adds the lake's
+    // secrets, and nothing else.
+    let dropin = std::fs::read_to_string(units_dir().join("ducklake.conf")).unwrap();
+    let bootstrap = std::fs::read_to_string(units_dir().join("../infra/bootstrap.sh")).unwrap();
+    let lake_units = ["lake-transform.service", "serve-export.service", "lake-maintain.service"];
+    assert!(bootstrap.contains(&format!("for u in {}; do", lake_units.join(" "))), "bootstrap.sh installs the drop-in for {lake_units:?}");
+    for s in lake_units {
         assert_eq!(values(&units[s], "PrivateNetwork"), ["yes"], "{s}");
+        assert_eq!(values(&units[s], "RestrictAddressFamilies"), ["AF_UNIX"], "{s}");
+    }
+    assert_eq!(values(&dropin, "EnvironmentFile"), [format!("-/opt/materia/{}", materia_common::layout::LAKE_ENV_FILE)]);
+    assert_eq!(values(&dropin, "PrivateNetwork"), ["no"]);
+    assert_eq!(values(&dropin, "RestrictAddressFamilies"), ["", "AF_UNIX AF_INET AF_INET6"], "replaces the list");
+    let keys: Vec<&str> = dropin.lines().filter(|l| !l.starts_with('#') && l.contains('=')).map(|l| l.split('=').next().unwrap()).collect();
+    assert_eq!(keys, ["Wants", "After", "EnvironmentFile", "PrivateNetwork", "RestrictAddressFamilies", "RestrictAddressFamilies"], "nothing else");
+    for secret in materia_common::layout::LAKE_SECRETS {
+        assert!(dropin.contains(secret), "the drop-in names {secret}");
     }
     // Every directory the units write is created by tmpfiles.d.
     let tmpfiles = std::fs::read_to_string(units_dir().join("materia.tmpfiles.conf")).unwrap();

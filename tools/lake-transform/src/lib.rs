@@ -267,8 +267,8 @@ fn run_models(
         // Missing or bad models fail the run, recorded, before the lakehouse is opened.
         let models = models()?;
         let project = Project::load(&models)?;
-        log::info!("models from {}", models.display());
         let target = lakehouse.lakehouse(step.layout.lakehouse(), DEV_EXTENSIONS)?;
+        log::info!("models from {} into {}", models.display(), target.describe());
         let _lock = materia_common::lock::lakehouse(&step.layout, Duration::from_secs(common.wait_lock))?;
         // A DuckLake's writers may be on other machines: its own lock, seen by all.
         let _lake_lock = target.writer_lock(Duration::from_secs(common.wait_lock))?;

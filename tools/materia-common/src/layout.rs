@@ -45,7 +45,7 @@
 //! | `DEPLOY_HEALTH_CMD` | tag-deploy | health check after a switch, `sh -c`, exit 0 = healthy |
 //! | `DEPLOY_SSH_KEY` | tag-deploy | private key for an SSH remote (default `~/.ssh/materia_deploy`) |
 //! | `DEPLOY_KNOWN_HOSTS` | tag-deploy | the SSH remote's host key must be in this file (default `~/.ssh/known_hosts`) |
-//! | `DEPLOY_ENV_FILE` | tag-deploy | where `.env.prod.sops` is decrypted to (default `APP_DIR/secrets.env`) |
+//! | `DEPLOY_ENV_FILE` | tag-deploy | where `.env.prod.sops` is decrypted to (default `APP_DIR/secrets.env`); its lake secrets (`MATERIA_LAKE_S3_KEY_ID`, `MATERIA_LAKE_S3_SECRET`, `PGPASSWORD`) go to `lake.env` beside it |
 //! | `DUCKDB_LIB_DIR` | builds, tag-deploy | the prebuilt `libduckdb.so` to link, and to ship in a release's `lib/` (with its `extensions/`) |
 //! | `MATERIA_DUCKDB_EXTENSIONS` | lake-transform, serve-export | DuckDB's offline extension directory (default: the release's `lib/extensions`) |
 //! | `MATERIA_TAG`, `MATERIA_RELEASE_DIR` | tag-deploy → build, hooks | the tag being deployed and its release dir |
@@ -121,6 +121,12 @@ pub const ENV_LAKE_S3_ENDPOINT: &str = "MATERIA_LAKE_S3_ENDPOINT";
 pub const ENV_LAKE_S3_KEY_ID: &str = "MATERIA_LAKE_S3_KEY_ID";
 /// lake-transform: the S3 secret of a DuckLake's data path.
 pub const ENV_LAKE_S3_SECRET: &str = "MATERIA_LAKE_S3_SECRET";
+/// The secrets only the lakehouse's readers and writer get (lake-transform, serve-export
+/// and their maintenance): tag-deploy puts these keys of `.env.prod.sops` in
+/// [`LAKE_ENV_FILE`], every other key in the secrets file landing-backup reads.
+pub const LAKE_SECRETS: &[&str] = &[ENV_LAKE_S3_KEY_ID, ENV_LAKE_S3_SECRET, "PGPASSWORD"];
+/// The file, beside the secrets file (`APP_DIR/secrets.env`), with [`LAKE_SECRETS`].
+pub const LAKE_ENV_FILE: &str = "lake.env";
 /// The tools that link DuckDB: its offline extension directory.
 pub const ENV_DUCKDB_EXTENSIONS: &str = "MATERIA_DUCKDB_EXTENSIONS";
 

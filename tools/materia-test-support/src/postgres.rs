@@ -14,6 +14,8 @@ pub struct Postgres {
     bin: PathBuf,
     data: PathBuf,
     as_postgres: bool,
+    /// The `postgres` user's password over TCP, when it has one (else trust).
+    password: Option<String>,
     /// Its port on 127.0.0.1.
     pub port: u16,
 }
@@ -31,8 +33,19 @@ fn server_bin() -> Option<PathBuf> {
 }
 
 impl Postgres {
-    /// Start one; None, with a SKIPPED line, when no server is installed.
+    /// Start one, trusting every connection; None, with a SKIPPED line, when no server
+    /// is installed.
     pub fn start() -> Option<Postgres> {
+        Postgres::start_with(None)
+    }
+
+    /// Start one whose TCP connections must give `password` (scram-sha-256), as a real
+    /// catalog's would: what proves a client got its password.
+    pub fn start_with_password(password: &str) -> Option<Postgres> {
+        Postgres::start_with(Some(password))
+    }
+
+    fn start_with(password: Option<&str>) -> Option<Postgres> {
         let Some(bin) = server_bin() else {
             eprintln!("SKIPPED: no PostgreSQL server here (/usr/lib/postgresql/*/bin; scripts/setup-dev.sh --tests installs it)");
             return None;
@@ -45,8 +58,19 @@ impl Postgres {
             assert!(ok, "chown postgres {}", dir.display());
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
-        let pg = Postgres { _dir: tmp, bin, data: dir.join("data"), as_postgres, port }; // stopped on every way out
-        let out = pg.run("initdb", &["-D", &pg.data.display().to_string(), "--auth=trust", "-U", "postgres", "--no-sync"]);
+        let pg = Postgres { _dir: tmp, bin, data: dir.join("data"), as_postgres, password: password.map(str::to_owned), port }; // stopped on every way out
+        let mut initdb = vec!["-D".to_owned(), pg.data.display().to_string(), "-U".into(), "postgres".into(), "--no-sync".into()];
+        if let Some(pw) = password {
+            let file = dir.join("pwfile");
+            std::fs::write(&file, pw).unwrap();
+            if as_postgres {
+                assert!(Command::new("chown").arg("postgres:").arg(&file).status().is_ok_and(|s| s.success()));
+            }
+            initdb.extend(["--auth-local=trust".into(), "--auth-host=scram-sha-256".into(), format!("--pwfile={}", file.display())]);
+        } else {
+            initdb.push("--auth=trust".into());
+        }
+        let out = pg.run("initdb", &initdb.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
         let options = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", dir.display());
         let log = dir.join("server.log").display().to_string();
@@ -66,6 +90,9 @@ impl Postgres {
         } else {
             Command::new(&path)
         };
+        if let Some(pw) = &self.password {
+            c.env("PGPASSWORD", pw);
+        }
         c.args(args).current_dir("/").output().unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 

@@ -12,14 +12,14 @@
 //!
 //! Whatever step of a deploy fails (the tag does not peel to a commit, the checkout,
 //! the build, the install, the secrets, the hook, the health check), `current` stays
-//! or is switched back on the previous release, the secrets file is restored, the tag
+//! or is switched back on the previous release, the secrets files are restored, the tag
 //! is recorded as failed once and not tried again until `--clear-failed`, and the run
 //! exits 1. Listing and fetching the remote, the build, the hook and the health check
 //! each run under a deadline.
 //!
 //! When the release has `.env.prod.sops`, it is decrypted with `sops` into the secrets
-//! file ([`secrets`]), mode 0600, on every deploy so rotations take effect; its content
-//! is never logged. The configuration (`/etc/materia/config.env`) is never touched.
+//! file and, for the lake's keys, `lake.env` beside it ([`secrets`]), mode 0600, on
+//! every deploy so rotations take effect; its content is never logged. The configuration (`/etc/materia/config.env`) is never touched.
 //!
 //! Tag names come from a remote and are never trusted: only names of the form `v<N>`
 //! or `vX.Y.Z` (digits only) are considered at all, so no other name ever reaches a
@@ -130,7 +130,8 @@ struct PollArgs {
     known_hosts: Option<PathBuf>,
 
     /// Where a release's `.env.prod.sops` is decrypted to (mode 0600) on every deploy
-    /// [default: APP_DIR/secrets.env].
+    /// [default: APP_DIR/secrets.env]; its lake secrets (MATERIA_LAKE_S3_KEY_ID,
+    /// MATERIA_LAKE_S3_SECRET, PGPASSWORD) go to lake.env beside it instead.
     #[arg(long, value_name = "FILE", env = layout::ENV_DEPLOY_ENV_FILE)]
     env_file: Option<PathBuf>,
 }
@@ -205,8 +206,8 @@ struct Done {
     tmp: Option<PathBuf>,
     /// `releases/<tag>`, once renamed.
     release: Option<PathBuf>,
-    /// The secrets file before this deploy wrote it (`Some(None)`: there was none).
-    secrets_before: Option<Option<Vec<u8>>>,
+    /// The secrets files before this deploy wrote them (`None` in one: there was none).
+    secrets_before: Option<[Option<Vec<u8>>; 2]>,
     /// `current` before the switch (`Some(None)`: there was none).
     switched_from: Option<Option<PathBuf>>,
 }
@@ -288,10 +289,10 @@ fn attempt(app: &App, tag: &str, previous: Option<&str>, args: &PollArgs, done: 
 
     let sops_file = dir.join(secrets::SOPS_FILE);
     if sops_file.exists() {
-        let env_file = env_file(app, args);
-        done.secrets_before = Some(std::fs::read(&env_file).ok());
-        secrets::decrypt(&sops_file, &env_file, tag)?;
-        log::info!("secrets decrypted to {}", env_file.display());
+        let files = secret_files(app, args);
+        done.secrets_before = Some(files.read());
+        secrets::decrypt(&sops_file, &files, tag)?;
+        log::info!("secrets decrypted to {} (the lake's to {})", files.general.display(), files.lake.display());
     }
     let web_changed = git::changed(&repo, previous, &commit, "web/")?;
     if previous.is_some() && git::changed(&repo, previous, &commit, "units/")? {
@@ -321,13 +322,7 @@ fn undo(app: &App, args: &PollArgs, done: Done) -> anyhow::Result<Option<String>
         back = Some(before.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "nothing".into()));
     }
     if let Some(before) = done.secrets_before {
-        let env_file = env_file(app, args);
-        match before {
-            Some(bytes) => secrets::write(&env_file, &bytes)?,
-            None => {
-                let _ = std::fs::remove_file(&env_file);
-            }
-        }
+        secret_files(app, args).restore(before)?;
     }
     for dir in [done.tmp, done.release].into_iter().flatten() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
@@ -335,8 +330,8 @@ fn undo(app: &App, args: &PollArgs, done: Done) -> anyhow::Result<Option<String>
     Ok(back)
 }
 
-fn env_file(app: &App, args: &PollArgs) -> PathBuf {
-    args.env_file.clone().unwrap_or_else(|| app.dir.join("secrets.env"))
+fn secret_files(app: &App, args: &PollArgs) -> secrets::Files {
+    secrets::Files::beside(args.env_file.clone().unwrap_or_else(|| app.dir.join("secrets.env")))
 }
 
 fn status(cli: &Cli) -> anyhow::Result<Outcome> {

@@ -336,15 +336,28 @@ fn secrets_are_decrypted_on_every_deploy_owner_only_and_never_logged() {
     assert_eq!(poll().status.code(), Some(0));
     assert_eq!(std::fs::read_to_string(&env_file).unwrap(), "API_KEY=second-s3cret\n");
 
-    // A release whose health check fails gets its secrets taken back with it.
+    // The lake's secrets go to lake.env beside it, which only the lakehouse's units
+    // read; the backup's stay in secrets.env.
+    let lake_file = env.app.join("lake.env");
+    assert_eq!(std::fs::read_to_string(&lake_file).unwrap(), "", "no lake secret yet");
+    encrypt(&env, &path, &public, "API_KEY=second-s3cret\nPGPASSWORD=pg-s3cret\nMATERIA_LAKE_S3_SECRET=lake-s3cret\n");
+    env.commit("lake");
+    env.tag("v3");
+    assert_eq!(poll().status.code(), Some(0));
+    assert_eq!(std::fs::read_to_string(&env_file).unwrap(), "API_KEY=second-s3cret\n");
+    assert_eq!(std::fs::read_to_string(&lake_file).unwrap(), "PGPASSWORD=pg-s3cret\nMATERIA_LAKE_S3_SECRET=lake-s3cret\n");
+    assert_eq!(std::fs::metadata(&lake_file).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // A release whose health check fails gets its secrets taken back with it, both files.
     encrypt(&env, &path, &public, "API_KEY=third-s3cret\n");
     env.commit("bad");
-    env.tag("v3");
+    env.tag("v4");
     let o =
         env.cmd(&["--remote", &src, "--build-cmd", "sh build.sh", "--health-cmd", "false"]).env("PATH", &path).env("HOME", &home).output().unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(std::fs::read_to_string(&env_file).unwrap(), "API_KEY=second-s3cret\n");
-    assert_eq!(env.deployed_binary(), "v2");
+    assert_eq!(std::fs::read_to_string(&lake_file).unwrap(), "PGPASSWORD=pg-s3cret\nMATERIA_LAKE_S3_SECRET=lake-s3cret\n");
+    assert_eq!(env.deployed_binary(), "v3");
 }
 
 #[test]
