@@ -95,11 +95,13 @@ enum Command {
     Test {
         /// Only the tests whose name contains this.
         filter: Option<String>,
-        /// Run each test in a DuckLake catalog (its metadata in a DuckDB file, its data
-        /// in Parquet, both in a scratch dir) instead of a plain in-memory DuckDB: the
-        /// models' SQL on the lake's tables.
-        #[arg(long)]
-        ducklake: bool,
+        /// Run each test in a DuckLake catalog of its own instead of a plain in-memory
+        /// DuckDB: the models' SQL on the lake's tables. `duckdb` (the default): its
+        /// metadata in a DuckDB file; `postgres:CONNINFO`: in that PostgreSQL database,
+        /// in a schema of its own dropped after the test (the password from PGPASSWORD).
+        /// The data as Parquet in a scratch dir.
+        #[arg(long, value_name = "CATALOG", num_args = 0..=1, require_equals = true, default_missing_value = "duckdb")]
+        ducklake: Option<String>,
     },
     /// Set a landed file aside: every run and rebuild leave it out (it stays in the
     /// landing dir) until `--undo`. Without FILE: list the files set aside.
@@ -140,7 +142,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             run_models(&cli.common, models, rebuild, &memory, &cli.lakehouse)
         }
         Command::Plan { rebuild } => plan(&cli.common, &models()?, rebuild, &cli.lakehouse),
-        Command::Test { filter, ducklake } => test(&models()?, filter.as_deref(), ducklake),
+        Command::Test { filter, ducklake } => test(&models()?, filter.as_deref(), ducklake.as_deref()),
         Command::Quarantine { file, reason, undo } => quarantine_cmd(&cli.common, file.as_deref(), reason.as_deref(), undo),
         Command::Extensions => upkeep::extensions(),
         Command::Maintain { keep_days } => upkeep::maintain(&cli.common, &cli.lakehouse, keep_days),
@@ -192,7 +194,11 @@ fn quarantined(layout: &Layout) -> anyhow::Result<std::collections::BTreeMap<Str
     quarantine::active(&materia_common::StateDb::open_read_only(layout.state_db())?)
 }
 
-fn test(models: &Path, filter: Option<&str>, ducklake: bool) -> anyhow::Result<Outcome> {
+fn test(models: &Path, filter: Option<&str>, ducklake: Option<&str>) -> anyhow::Result<Outcome> {
+    // Parsed here, not by clap: its error would echo the value, password and all.
+    let ducklake =
+        ducklake.map(|d| d.parse::<unittest::TestLake>().map_err(|e| materia_common::exit::Usage(format!("--ducklake: {e}")))).transpose()?;
+    let ducklake = ducklake.as_ref();
     let project = Project::load(models)?;
     let cases = unittest::load(models, &project)?;
     let cases: Vec<_> = cases.iter().filter(|c| filter.is_none_or(|f| c.name.contains(f))).collect();

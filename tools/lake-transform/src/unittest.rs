@@ -98,23 +98,73 @@ pub fn load(dir: &Path, project: &Project) -> anyhow::Result<Vec<Case>> {
     Ok(cases)
 }
 
-/// Run one case; `Err` says why it failed.
-/// `ducklake`: in a DuckLake catalog of its own (metadata in a DuckDB file, data as
-/// Parquet, both under `scratch`).
-pub fn run_case(project: &Project, case: &Case, scratch: &Path, ducklake: bool) -> anyhow::Result<()> {
+/// Where `test --ducklake` puts each test's DuckLake catalog.
+#[derive(Debug, Clone)]
+pub enum TestLake {
+    /// In a DuckDB file in the scratch dir.
+    DuckDb,
+    /// In a PostgreSQL database (a libpq conninfo; the password from PGPASSWORD), each
+    /// test in a metadata schema of its own, dropped after it.
+    Postgres(String),
+}
+
+impl std::str::FromStr for TestLake {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.strip_prefix("postgres:") {
+            None if s == "duckdb" => Ok(TestLake::DuckDb),
+            None => Err(format!("expected duckdb or postgres:CONNINFO, not {s:?}")),
+            Some(c) if c.split_whitespace().any(|kv| kv.starts_with("password=")) => {
+                Err("a password does not belong on the command line (it would show in ps): set PGPASSWORD".into())
+            }
+            Some(c) => Ok(TestLake::Postgres(c.to_owned())),
+        }
+    }
+}
+
+/// Run one case; `Err` says why it failed. With `lake`, in a DuckLake catalog of its own
+/// (data as Parquet under `scratch`).
+pub fn run_case(project: &Project, case: &Case, scratch: &Path, lake: Option<&TestLake>) -> anyhow::Result<()> {
+    static CASES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let Some(TestLake::Postgres(conninfo)) = lake else { return run_in(project, case, scratch, lake, None) };
+    let schema = format!("materia_test_{}_{}", std::process::id(), CASES.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let result = run_in(project, case, scratch, lake, Some(&schema));
+    // Dropped whatever the test did: by a connection of its own (the test's is sandboxed).
+    let drop = || -> anyhow::Result<()> {
+        let conn = Connection::open_in_memory_with_flags(materia_common::duckdb_config::config(crate::DEV_EXTENSIONS)?)?;
+        materia_common::duckdb_config::load(&conn, "postgres_scanner", crate::DEV_EXTENSIONS)?;
+        conn.execute_batch(&format!(
+            "ATTACH {} AS catalog (TYPE postgres); CALL postgres_execute('catalog', 'DROP SCHEMA IF EXISTS {schema} CASCADE')",
+            quote(conninfo)
+        ))?;
+        Ok(())
+    };
+    let dropped = drop().with_context(|| format!("dropping the test's metadata schema {schema}"));
+    result.and(dropped)
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn run_in(project: &Project, case: &Case, scratch: &Path, lake: Option<&TestLake>, schema: Option<&str>) -> anyhow::Result<()> {
     let m = project.model(&case.model).ok_or_else(|| anyhow!("no model {}", case.model))?;
     let conn = Connection::open_in_memory_with_flags(materia_common::duckdb_config::config(crate::DEV_EXTENSIONS)?)?;
     let scratch = std::path::absolute(scratch)?;
-    if ducklake {
+    if let Some(lake) = lake {
         materia_common::duckdb_config::load(&conn, "ducklake", crate::DEV_EXTENSIONS)?;
-        let quote = |s: String| format!("'{}'", s.replace('\'', "''"));
-        let (meta, data) = (scratch.join(format!("{}.ducklake", case.name)), scratch.join(format!("{}.data/", case.name)));
-        conn.execute_batch(&format!(
-            "ATTACH {} AS lakehouse (DATA_PATH {}); USE lakehouse;",
-            quote(format!("ducklake:{}", meta.display())),
-            quote(data.display().to_string())
-        ))
-        .context("creating the test's DuckLake")?;
+        let data = quote(&scratch.join(format!("{}.data/", case.name)).display().to_string());
+        let attach = match (lake, schema) {
+            (TestLake::Postgres(conninfo), Some(schema)) => {
+                materia_common::duckdb_config::load(&conn, "postgres_scanner", crate::DEV_EXTENSIONS)?;
+                format!("ATTACH {} AS lakehouse (DATA_PATH {data}, METADATA_SCHEMA '{schema}')", quote(&format!("ducklake:postgres:{conninfo}")))
+            }
+            _ => format!(
+                "ATTACH {} AS lakehouse (DATA_PATH {data})",
+                quote(&format!("ducklake:{}", scratch.join(format!("{}.ducklake", case.name)).display()))
+            ),
+        };
+        conn.execute_batch(&format!("{attach}; USE lakehouse;")).context("creating the test's DuckLake")?;
     }
     crate::run::sandbox(&conn, &scratch, &[])?;
     for (table, rows) in &case.inputs {
