@@ -5,6 +5,7 @@ MODEL (
   column_descriptions (
     release = 'first day of the release month (the landing folder psd/yyyy/mm)',
     file = 'the landed file, relative to the landing dir',
+    landed_order = 'the file''s place in landing order (psd-extract''s landed_files.file_id); NULL for a file psd-extract did not record',
     _run_id = 'state DB run that loaded the file'
   ),
   grain (file, commodity_code, country_code, market_year, attribute_id),
@@ -27,12 +28,14 @@ WITH landed AS (
       CAST(regexp_extract(path, '/psd/(\d{4})/(\d{2})/[^/]+$', 1) AS INTEGER),
       CAST(regexp_extract(path, '/psd/(\d{4})/(\d{2})/[^/]+$', 2) AS INTEGER),
       1) AS release,
-    regexp_extract(path, 'psd/\d{4}/\d{2}/[^/]+$') AS file
-  FROM (SELECT unnest(@landing_files) AS path)
+    regexp_extract(path, 'psd/\d{4}/\d{2}/[^/]+$') AS file,
+    landed_order
+  FROM (SELECT unnest(@landing_files) AS path, unnest(@landing_order) AS landed_order)
 )
 SELECT
   l.release,
   l.file,
+  l.landed_order,
   Commodity_Code AS commodity_code,
   Commodity_Description AS commodity,
   Country_Code AS country_code,

@@ -3,7 +3,7 @@ MODEL (
   kind INCREMENTAL_BY_PARTITION,
   partitioned_by (release, commodity_code),
   grain (release, commodity_code),
-  description 'For each release and commodity, the landed file whose rows count: the one loaded last (then the last by file name). A run replaces the (release, commodity) partitions of the files it loaded, so when a release month holds several landed files for a commodity, the one loaded last wins (a --rebuild, loading all at once, picks the last by file name).',
+  description 'For each release and commodity, the landed file whose rows count: the one landed last (psd-extract''s landing order; files it did not record count before, by file name). A run recomputes the (release, commodity) partitions of the files it loaded, choosing among every file of those partitions, so a run and a --rebuild choose alike whatever order the files were loaded in.',
   column_descriptions (_run_id = 'the run that loaded the file'),
   audits (
     unique_combination_of_columns(columns := (release, commodity_code)),
@@ -11,12 +11,14 @@ MODEL (
   )
 );
 
--- A merge picks among the files this run loaded; a build among them all. An aggregate:
--- 3x faster than ranking the rows with a window.
+-- A merge recomputes the partitions this run loaded files for, among all their files (a
+-- file taken back from quarantine may have landed before one loaded earlier); a build
+-- all partitions. An aggregate: 3x faster than ranking the rows with a window.
 WITH chosen AS (
-  SELECT release, commodity_code, max({'run_id': _run_id, 'file': file}) AS pick
+  SELECT release, commodity_code, max({'landed': coalesce(landed_order, 0), 'file': file, 'run_id': _run_id}) AS pick
   FROM raw.psd
-  WHERE NOT @is_incremental OR _run_id = @run_id
+  WHERE NOT @is_incremental
+     OR (release, commodity_code) IN (SELECT DISTINCT release, commodity_code FROM raw.psd WHERE _run_id = @run_id)
   GROUP BY release, commodity_code
 )
 SELECT release, commodity_code, pick.file AS file, pick.run_id AS _run_id

@@ -8,7 +8,7 @@ own: LANDING_INGEST and INCREMENTAL_BY_PARTITION (a merge of only the rows a run
 loaded) become FULL, as a SQLMesh user would write them (re-reading every file on each
 build) and lake-transform's session_properties (a DuckDB setting for its merges) and
 partitions_from are dropped; @landing_files becomes a glob of every landed file, @run_id
-0, @is_incremental FALSE (raw.psd's list of the files becomes glob()'s), and @this_model (read only by the merge branch, dead in a
+0, @is_incremental FALSE (raw.psd's list of the files becomes glob()'s, with no landing order), and @this_model (read only by the merge branch, dead in a
 build) an empty relation of the model's declared columns.
 """
 import os
@@ -38,7 +38,11 @@ def main():
             sql = sql.replace("@this_model", f"(SELECT {empty} WHERE FALSE)")
         sql = re.sub(r",(\n\s*--[^\n]*)*\n\s*session_properties \([^)]*\)", "", sql)
         # raw.psd lists the files it reads (per-file columns); a glob's listing here.
-        sql = sql.replace("(SELECT unnest(@landing_files) AS path)", f"(SELECT file AS path FROM glob('{glob}'))")
+        # (The landing order is psd-extract's state DB's; the bench's files are one a month.)
+        sql = sql.replace(
+            "(SELECT unnest(@landing_files) AS path, unnest(@landing_order) AS landed_order)",
+            f"(SELECT file AS path, NULL::BIGINT AS landed_order FROM glob('{glob}'))",
+        )
         sql = sql.replace("@landing_files", f"'{glob}'").replace("@run_id", "0").replace("@is_incremental", "FALSE")
         open(os.path.join(out, "models", name), "w").write(sql)
     for name in sorted(os.listdir(os.path.join(models, "audits"))):

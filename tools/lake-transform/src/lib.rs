@@ -11,6 +11,7 @@
 pub mod audit;
 pub mod engine_state;
 mod header;
+pub mod landing_order;
 pub mod model;
 pub mod plan;
 pub mod project;
@@ -287,6 +288,7 @@ fn run_models(
         run::sandbox(&conn, &landing, &target.data_paths())?;
         let t = std::time::Instant::now();
         let aside = quarantine::active(&step.db)?;
+        let order = landing_order::read(&step.db)?;
         let steps = plan::plan(&project, Some(&conn), &landing, rebuild, &aside.keys().cloned().collect())?;
         log::debug!("planned in {:?}", t.elapsed());
         if steps.iter().all(|s| s.action == Action::Skip) {
@@ -299,7 +301,7 @@ fn run_models(
                 failure: None,
             });
         }
-        let out = run::run(&project, &conn, &steps, step.run_id, !target.is_ducklake());
+        let out = run::run(&project, &conn, &steps, step.run_id, &order, !target.is_ducklake());
         drop(conn);
         record(&step.db, step.run_id, &out)?;
         let ran: Vec<_> = out.models.iter().filter(|m| m.action != "skip").collect();

@@ -12,6 +12,7 @@ use materia_common::exit::BadInput;
 
 use crate::audit;
 use crate::engine_state::{STATE_DDL, record_model};
+use crate::landing_order::LandingOrder;
 use crate::model::{Kind, Model};
 use crate::plan::{Action, PlannedModel};
 use crate::project::Project;
@@ -61,13 +62,13 @@ pub struct RunOutcome {
 /// Run `steps` in one transaction on `conn`.
 /// `checkpoint`: fold the WAL into the database file after the commit (a local file;
 /// a DuckLake has no WAL, and its CHECKPOINT is the maintenance, not for every run).
-pub fn run(project: &Project, conn: &Connection, steps: &[PlannedModel], run_id: i64, checkpoint: bool) -> RunOutcome {
+pub fn run(project: &Project, conn: &Connection, steps: &[PlannedModel], run_id: i64, order: &LandingOrder, checkpoint: bool) -> RunOutcome {
     let mut out = RunOutcome::default();
     if let Err(e) = conn.execute_batch("BEGIN TRANSACTION") {
         out.failure = Some(anyhow!(e).context("starting the transaction"));
         return out;
     }
-    let result = run_in_tx(project, conn, steps, run_id, &mut out);
+    let result = run_in_tx(project, conn, steps, run_id, order, &mut out);
     let t = Instant::now();
     let end = match result {
         Ok(()) => conn.execute_batch("COMMIT").context("committing the run"),
@@ -93,7 +94,14 @@ pub fn run(project: &Project, conn: &Connection, steps: &[PlannedModel], run_id:
     out
 }
 
-fn run_in_tx(project: &Project, conn: &Connection, steps: &[PlannedModel], run_id: i64, out: &mut RunOutcome) -> anyhow::Result<()> {
+fn run_in_tx(
+    project: &Project,
+    conn: &Connection,
+    steps: &[PlannedModel],
+    run_id: i64,
+    order: &LandingOrder,
+    out: &mut RunOutcome,
+) -> anyhow::Result<()> {
     conn.execute_batch(STATE_DDL).context("creating the _materia state tables")?;
     let mut loaded_now: Vec<String> = Vec::new(); // landing files this run loaded
     for step in steps {
@@ -111,7 +119,7 @@ fn run_in_tx(project: &Project, conn: &Connection, steps: &[PlannedModel], run_i
             continue;
         }
         let start = Instant::now();
-        let (loaded, new_rows) = with_session_properties(conn, m, || execute(m, conn, step, run_id))
+        let (loaded, new_rows) = with_session_properties(conn, m, || execute(m, conn, step, run_id, order))
             .map_err(first_line)
             .with_context(|| format!("building {} ({})", m.name, m.path.display()))?;
         log::debug!("{}: {} executed in {:?}", m.name, step.action.label(), start.elapsed());

@@ -15,7 +15,7 @@
 //! rows (`@this_model`) takes them from `inputs."<the model>"` then (an empty table of its
 //! declared columns in a build). An ingest model takes
 //! `landing_csv = """..."""` (the CSV of one landed file,
-//! landed as `psd/2024/01/test.csv.gzip`) instead of `inputs`. Each test runs in its own
+//! landed as `psd/2024/01/test.csv.gzip`, first in landing order) instead of `inputs`. Each test runs in its own
 //! in-memory DuckDB. Outputs are compared as a multiset of rows on the columns the
 //! expected rows name; floats within 1e-9 (relative); TOML dates are DATEs.
 
@@ -185,7 +185,9 @@ fn run_in(project: &Project, case: &Case, scratch: &Path, lake: Option<&TestLake
         let mut gz = flate2::write::GzEncoder::new(std::fs::File::create(&file)?, flate2::Compression::fast());
         gz.write_all(csv.as_bytes())?;
         gz.finish()?;
-        sql = sql.replace("@landing_files", &format!("['{}']", file.display().to_string().replace('\'', "''")));
+        sql = sql
+            .replace("@landing_files", &format!("['{}']", file.display().to_string().replace('\'', "''")))
+            .replace("@landing_order", "[1]::BIGINT[]");
     }
     let mut st = conn.prepare(&format!("SELECT to_json(sub)::VARCHAR FROM ({sql}) sub")).context("running the model")?;
     let actual: Vec<serde_json::Map<String, serde_json::Value>> = st

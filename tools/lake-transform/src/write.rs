@@ -9,6 +9,7 @@ use materia_common::exit::BadInput;
 use materia_common::landing::LandingFile;
 
 use crate::engine_state::sha256_file;
+use crate::landing_order::LandingOrder;
 use crate::model::{Kind, Model};
 use crate::plan::{Action, PlannedModel};
 
@@ -65,7 +66,13 @@ type Loaded = Vec<(LandingFile, String)>;
 
 /// Run the model's step; returns the landing files it loaded (with their sha256) and,
 /// for an append or a merge, where its new rows are for the audits.
-pub(crate) fn execute(m: &Model, conn: &Connection, step: &PlannedModel, run_id: i64) -> anyhow::Result<(Loaded, Option<NewRows>)> {
+pub(crate) fn execute(
+    m: &Model,
+    conn: &Connection,
+    step: &PlannedModel,
+    run_id: i64,
+    order: &LandingOrder,
+) -> anyhow::Result<(Loaded, Option<NewRows>)> {
     conn.execute_batch(&format!("CREATE SCHEMA IF NOT EXISTS {}", m.schema()))?;
     let sql = m.render(run_id, step.action == Action::Merge);
     if step.action == Action::Build
@@ -85,6 +92,7 @@ pub(crate) fn execute(m: &Model, conn: &Connection, step: &PlannedModel, run_id:
     let sql = if matches!(m.kind, Kind::LandingIngest { .. }) {
         let list = files.iter().map(|f| format!("'{}'", f.abs.display().to_string().replace('\'', "''"))).collect::<Vec<_>>();
         sql.replace("@landing_files", &format!("[{}]", list.join(", ")))
+            .replace("@landing_order", &crate::landing_order::sql_list(order, files.iter().map(|f| f.rel.as_str())))
     } else {
         sql
     };

@@ -3,12 +3,14 @@
 //! PSD Online, [`moto`] for S3, [`postgres`] for a DuckLake catalog, [`sshd`] for a git
 //! remote over SSH), the hermetic
 //! command every test runs a tool with ([`tool`]), each test's own directory
-//! ([`temp_dir`], kept when the test fails) and [`wait_until`].
+//! ([`temp_dir`], kept when the test fails), [`wait_until`], and [`landing`]: landed
+//! files made by psd-extract itself.
 //!
 //! Real parts only: the servers are real servers (ours speaks HTTP/1.1 over a real
 //! socket; moto and sshd are the real programs), nothing is mocked in-process.
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
+pub mod landing;
 pub mod moto;
 pub mod postgres;
 pub mod psd_server;

@@ -101,8 +101,15 @@ impl Env {
         Run::from(self.cmd().args(args).output().unwrap())
     }
 
-    /// Write a landing file as psd-extract does (gzip'd CSV under psd/yyyy/mm/).
-    fn land(&self, rel: &str, csv: &[u8]) {
+    /// psd-extract lands `csv` as the release of `month` (`YYYY-MM`), under the name it
+    /// gives it: that path, relative to the landing dir.
+    fn land(&self, month: &str, csv: &[u8]) -> String {
+        materia_test_support::landing::land(&self.data, month, csv).unwrap_or_else(|| panic!("psd-extract had {month}'s content landed already"))
+    }
+
+    /// Write a landing file by hand, as psd-extract never would (a landed file rewritten
+    /// in place): what the engine must detect.
+    fn land_by_hand(&self, rel: &str, csv: &[u8]) {
         let path = self.data.join("landing").join(rel);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         let mut gz = flate2::write::GzEncoder::new(std::fs::File::create(path).unwrap(), flate2::Compression::fast());
@@ -198,7 +205,7 @@ fn two_releases() -> (Vec<u8>, Vec<u8>) {
 fn the_real_release_builds_every_serving_table_with_the_contract_columns() {
     let Some(real) = real_csv() else { return };
     let env = Env::new();
-    env.land("psd/2022/12/8068a3b6e14d91_0.csv.gzip", &real);
+    env.land("2022-12", &real);
     let run = env.run(&["run"]);
     assert_eq!(run.code, 0, "{run:?}");
 
@@ -274,14 +281,14 @@ fn the_real_release_builds_every_serving_table_with_the_contract_columns() {
 fn a_new_release_is_ingested_incrementally_and_revisions_are_tracked() {
     let (a, b) = two_releases();
     let env = Env::new();
-    env.land("psd/2024/01/a.csv.gzip", &a);
+    let a_path = env.land("2024-01", &a);
     assert_eq!(env.run(&["run"]).code, 0);
     let before = std::fs::metadata(env.data.join("triggers/lakehouse.updated")).unwrap().modified().unwrap();
 
-    env.land("psd/2024/02/b.csv.gzip", &b);
+    let b_path = env.land("2024-02", &b);
     let plan = env.run(&["plan"]);
     assert_eq!(plan.code, 0);
-    assert!(plan.stdout.contains("raw.psd\tappend psd/2024/02/b.csv.gzip\t1 new landing file"), "{}", plan.stdout);
+    assert!(plan.stdout.contains(&format!("raw.psd\tappend {b_path}\t1 new landing file")), "{}", plan.stdout);
     assert!(plan.stdout.contains("serving.revisions\tmerge\tupstream staging.psd_latest changed"), "{}", plan.stdout);
     let run = env.run(&["run"]);
     assert_eq!(run.code, 0, "{run:?}");
@@ -289,7 +296,7 @@ fn a_new_release_is_ingested_incrementally_and_revisions_are_tracked() {
     // raw.psd appended only the new file; the ledger has both.
     let actions = env.state_rows("SELECT model, action FROM model_runs WHERE run_id = (SELECT max(run_id) FROM runs) ORDER BY model");
     assert!(actions.contains(&"Text(\"raw.psd\")|Text(\"append\")".to_owned()), "{actions:?}");
-    assert_eq!(env.rows("SELECT path FROM _materia.landing_ledger ORDER BY path"), ["psd/2024/01/a.csv.gzip", "psd/2024/02/b.csv.gzip"]);
+    assert_eq!(env.rows("SELECT path FROM _materia.landing_ledger ORDER BY path"), [a_path, b_path]);
     assert_eq!(env.rows("SELECT release, rows FROM serving.releases ORDER BY release"), ["2024-01-01|32", "2024-02-01|47"]);
 
     // Latest release only: VN is there, CO 2022 exports are not.
@@ -321,7 +328,7 @@ fn a_new_release_is_ingested_incrementally_and_revisions_are_tracked() {
 fn a_blocking_audit_failure_rolls_the_whole_run_back() {
     let (a, _) = two_releases();
     let env = Env::new();
-    env.land("psd/2024/01/a.csv.gzip", &a);
+    env.land("2024-01", &a);
     assert_eq!(env.run(&["run"]).code, 0);
     let before = env.snapshot();
 
@@ -329,7 +336,7 @@ fn a_blocking_audit_failure_rolls_the_whole_run_back() {
     // file) must stop it.
     let mut rows = balance("BR", 2022, 50.0);
     rows.push(("BR", 2022, "028", 51.0));
-    env.land("psd/2024/02/dup.csv.gzip", &csv(&rows));
+    env.land("2024-02", &csv(&rows));
     let run = env.run(&["run"]);
     assert_eq!(run.code, 5, "{run:?}");
     let line = run.error_line();
@@ -348,7 +355,7 @@ fn a_blocking_audit_failure_rolls_the_whole_run_back() {
 fn kill_9_mid_run_leaves_the_previous_state() {
     let (a, _) = two_releases();
     let env = Env::new();
-    env.land("psd/2024/01/a.csv.gzip", &a);
+    env.land("2024-01", &a);
     assert_eq!(env.run(&["run"]).code, 0);
     let before = env.snapshot();
 
@@ -360,7 +367,7 @@ fn kill_9_mid_run_leaves_the_previous_state() {
             rows.extend(balance(c, y, 1.0));
         }
     }
-    env.land("psd/2024/02/big.csv.gzip", &csv(&rows));
+    env.land("2024-02", &csv(&rows));
     let mut child = env.cmd().arg("run").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(150));
     let finished_early = child.try_wait().unwrap().is_some();
@@ -372,14 +379,17 @@ fn kill_9_mid_run_leaves_the_previous_state() {
     let run = env.run(&["run"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(env.rows("SELECT count(*) FROM serving.commodity_balance"), [(1000 * 64).to_string()], "the latest release only");
-    assert_eq!(env.state_rows("SELECT status FROM runs ORDER BY run_id"), ["Text(\"success\")", "Text(\"aborted\")", "Text(\"success\")"]);
+    assert_eq!(
+        env.state_rows("SELECT status FROM runs WHERE tool = 'lake-transform' ORDER BY run_id"),
+        ["Text(\"success\")", "Text(\"aborted\")", "Text(\"success\")"]
+    );
 }
 
 #[test]
 fn a_second_writer_is_refused_or_waits() {
     let (a, _) = two_releases();
     let env = Env::new();
-    env.land("psd/2024/01/a.csv.gzip", &a);
+    env.land("2024-01", &a);
     let lock = materia_common::lock::Lock::acquire(&env.data.join("lakehouse.duckdb.lock"), Duration::ZERO).unwrap();
     let run = env.run(&["run"]);
     assert_eq!(run.code, 4, "{run:?}");
@@ -397,23 +407,23 @@ fn a_second_writer_is_refused_or_waits() {
 fn a_changed_or_missing_landing_file_is_an_integrity_error_until_rebuild() {
     let (a, b) = two_releases();
     let env = Env::new();
-    env.land("psd/2024/01/a.csv.gzip", &a);
-    env.land("psd/2024/02/b.csv.gzip", &b);
+    let a_path = env.land("2024-01", &a);
+    let b_path = env.land("2024-02", &b);
     assert_eq!(env.run(&["run"]).code, 0);
 
-    env.land("psd/2024/01/a.csv.gzip", &b); // rewritten in place
+    env.land_by_hand(&a_path, &b); // rewritten in place
     let run = env.run(&["run"]);
     assert_eq!(run.code, 6, "{run:?}");
-    assert!(run.error_line().contains("landing file psd/2024/01/a.csv.gzip changed after it was loaded into raw.psd"), "{}", run.error_line());
+    assert!(run.error_line().contains(&format!("landing file {a_path} changed after it was loaded into raw.psd")), "{}", run.error_line());
 
-    std::fs::remove_file(env.data.join("landing/psd/2024/01/a.csv.gzip")).unwrap();
+    std::fs::remove_file(env.data.join("landing").join(&a_path)).unwrap();
     let run = env.run(&["run"]);
     assert_eq!(run.code, 6);
-    assert!(run.error_line().contains("landing file psd/2024/01/a.csv.gzip was loaded into raw.psd but is gone"), "{}", run.error_line());
+    assert!(run.error_line().contains(&format!("landing file {a_path} was loaded into raw.psd but is gone")), "{}", run.error_line());
 
     let run = env.run(&["run", "--rebuild"]);
     assert_eq!(run.code, 0, "{run:?}");
-    assert_eq!(env.rows("SELECT path FROM _materia.landing_ledger"), ["psd/2024/02/b.csv.gzip"]);
+    assert_eq!(env.rows("SELECT path FROM _materia.landing_ledger"), [b_path]);
     assert_eq!(env.run(&["run"]).code, 3);
 }
 
@@ -422,7 +432,7 @@ fn an_edited_model_rebuilds_itself_and_what_is_downstream_only() {
     let (a, _) = two_releases();
     let mut env = Env::new();
     let models = env.own_models();
-    env.land("psd/2024/01/a.csv.gzip", &a);
+    env.land("2024-01", &a);
     assert_eq!(env.run(&["run"]).code, 0);
 
     // A comment or whitespace is not a change.
@@ -518,7 +528,7 @@ fn self_reading_models_and_partitions_from_are_checked() {
     }
     // Declared columns are checked against what the model returns, and the run rolls back.
     std::fs::write(models.join("z.sql"), "MODEL (name staging.z, kind FULL, columns (release DATE, n BIGINT));\nSELECT release, count(*) AS rows FROM staging.psd_values GROUP BY release").unwrap();
-    env.land("psd/2024/01/a.csv.gzip", &csv(&balance("BR", 2023, 1.0)));
+    env.land("2024-01", &csv(&balance("BR", 2023, 1.0)));
     let run = env.run(&["run"]);
     assert_eq!(run.code, 5, "{run:?}");
     assert!(run.error_line().contains("staging.z returned columns (release, rows) but its header declares (release, n)"), "{}", run.error_line());
@@ -638,11 +648,11 @@ fn unique_key_merge(run: impl Fn(&Env, &[&str]) -> Run, rows: impl Fn(&Env, &str
          WHERE attribute_id = '028' AND market_year = 2023 AND release = (SELECT max(release) FROM staging.psd_values)",
     )
     .unwrap();
-    env.land("psd/2024/01/a.csv.gzip", &csv(&[balance("BR", 2023, 100.0), balance("CO", 2023, 50.0)].concat()));
+    env.land("2024-01", &csv(&[balance("BR", 2023, 100.0), balance("CO", 2023, 50.0)].concat()));
     let first = run(&env, &["run"]);
     assert_eq!(first.code, 0, "{first:?}");
     // The next release revises BR, adds VN and has no CO at all.
-    env.land("psd/2024/02/b.csv.gzip", &csv(&[balance("BR", 2023, 120.0), balance("VN", 2023, 80.0)].concat()));
+    env.land("2024-02", &csv(&[balance("BR", 2023, 120.0), balance("VN", 2023, 80.0)].concat()));
     let out = run(&env, &["run"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("staging.last_production\tmerge\t3\tupstream staging.psd_values changed"), "{}", out.stdout);
@@ -696,12 +706,12 @@ fn incremental_runs_match_a_full_rebuild_even_with_backfills_and_relandings() {
     let coffee = |p: f64, extra: &'static str| [balance("BR", 2023, p), balance(extra, 2023, p / 2.0), balance("CO", 2022, 7.0)].concat();
     let rel = |p: f64, extra: &'static str| csv(&coffee(p, extra));
     // Wheat is in January and March only: the coffee months after never touch it.
-    env.land("psd/2024/01/a.csv.gzip", &with_wheat(&coffee(100.0, "VN"), &balance("US", 2023, 50.0)));
+    env.land("2024-01", &with_wheat(&coffee(100.0, "VN"), &balance("US", 2023, 50.0)));
     assert_eq!(env.run(&["run"]).code, 0);
-    env.land("psd/2024/03/c.csv.gzip", &with_wheat(&coffee(130.0, "VN"), &balance("US", 2023, 55.0)));
+    env.land("2024-03", &with_wheat(&coffee(130.0, "VN"), &balance("US", 2023, 55.0)));
     assert_eq!(env.run(&["run"]).code, 0);
     // A backfilled month between the two: its successor's revisions change.
-    env.land("psd/2024/02/b.csv.gzip", &rel(120.0, "ET"));
+    env.land("2024-02", &rel(120.0, "ET"));
     let run = env.run(&["run"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("staging.psd_months\tmerge"), "{}", run.stdout);
@@ -711,21 +721,22 @@ fn incremental_runs_match_a_full_rebuild_even_with_backfills_and_relandings() {
         ["2024-02-01|2024-01-01|120.0|100.0", "2024-03-01|2024-02-01|130.0|120.0"]
     );
     // March landed again the same month, without CO: the later file replaces the earlier.
-    env.land("psd/2024/03/d.csv.gzip", &csv(&[balance("BR", 2023, 140.0), balance("VN", 2023, 65.0)].concat()));
+    env.land("2024-03", &csv(&[balance("BR", 2023, 140.0), balance("VN", 2023, 65.0)].concat()));
     assert_eq!(env.run(&["run"]).code, 0);
     assert_eq!(env.rows("SELECT count(*) FROM serving.commodity_balance WHERE country_code = 'CO'"), ["0"]);
     assert_eq!(env.rows("SELECT value FROM serving.attribute_values WHERE country_code = 'BR' AND attribute_id = '028'"), ["140.0"]);
     // Two newer months in one run.
-    env.land("psd/2024/04/e.csv.gzip", &rel(150.0, "VN"));
-    env.land("psd/2024/05/f.csv.gzip", &rel(160.0, "ET"));
+    env.land("2024-04", &rel(150.0, "VN"));
+    env.land("2024-05", &rel(160.0, "ET"));
     assert_eq!(env.run(&["run"]).code, 0);
     assert_eq!(
         env.rows("SELECT release, previous_release, previous_value FROM serving.revisions WHERE country_code = 'BR' AND attribute_id = '028' AND release >= '2024-04-01' ORDER BY release"),
         ["2024-04-01|2024-03-01|140.0", "2024-05-01|2024-04-01|150.0"]
     );
-    // May landed again, now equal to April and without ET: May has no revisions left, and
-    // ET's latest value goes back to February's.
-    env.land("psd/2024/05/g.csv.gzip", &rel(150.0, "VN"));
+    // May landed again, now April's values (and one new row: psd-extract lands no content
+    // twice) and without ET: May has no revisions left, and ET's latest value goes back to
+    // February's.
+    env.land("2024-05", &csv(&[coffee(150.0, "VN"), balance("KE", 2023, 1.0)].concat()));
     assert_eq!(env.run(&["run"]).code, 0);
     assert_eq!(env.rows("SELECT count(*) FROM serving.revisions WHERE release = '2024-05-01'"), ["0"]);
     assert_eq!(env.rows("SELECT release FROM staging.psd_latest WHERE country_code = 'ET' AND attribute_id = '028'"), ["2024-02-01"]);
@@ -737,7 +748,7 @@ fn incremental_runs_match_a_full_rebuild_even_with_backfills_and_relandings() {
     );
     // Wheat's February backfilled with March's values: February has the revision now, and
     // March, recomputed, has none left (a month replaced although no rows replace it).
-    env.land("psd/2024/02/h.csv.gzip", &with_wheat(&[], &balance("US", 2023, 55.0)));
+    env.land("2024-02", &with_wheat(&[], &balance("US", 2023, 55.0)));
     let run = env.run(&["run"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("staging.psd_months\tmerge"), "{}", run.stdout);
@@ -767,7 +778,7 @@ fn session_properties_apply_to_their_model_only() {
         "MODEL (name staging.after, kind FULL);\nSELECT current_setting('threads') AS threads, current_setting('memory_limit') AS mem FROM staging.one_thread",
     )
     .unwrap();
-    env.land("psd/2024/01/a.csv.gzip", &csv(&balance("BR", 2023, 1.0)));
+    env.land("2024-01", &csv(&balance("BR", 2023, 1.0)));
     let run = env.run(&["--memory-limit", "300MB", "run"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(env.rows("SELECT threads FROM staging.one_thread"), ["7"]);
@@ -785,7 +796,7 @@ fn session_properties_apply_to_their_model_only() {
 fn model_sql_is_sandboxed() {
     let (a, _) = two_releases();
     let mut env = Env::new();
-    env.land("psd/2024/01/a.csv.gzip", &a);
+    env.land("2024-01", &a);
     let models = env.own_models();
     assert_eq!(env.run(&["run"]).code, 0);
     let before = env.snapshot();
@@ -834,57 +845,57 @@ fn model_sql_is_sandboxed() {
 fn a_quarantined_file_is_left_out_of_every_run_until_taken_back() {
     let (a, b) = two_releases();
     let env = Env::new();
-    env.land("psd/2024/01/a.csv.gzip", &a);
+    let a_path = env.land("2024-01", &a);
     assert_eq!(env.run(&["run"]).code, 0);
     // USDA ships duplicate keys: a blocking audit fails and names the file to set aside.
     let text = String::from_utf8(a.clone()).unwrap();
     let last = text.trim_end().lines().last().unwrap().to_owned();
     let eol = if text.contains("\r\n") { "\r\n" } else { "\n" };
     let bad = format!("{}{eol}{last}{eol}", text.trim_end());
-    env.land("psd/2024/02/bad.csv.gzip", bad.as_bytes());
+    let bad_path = env.land("2024-02", bad.as_bytes());
     let run = env.run(&["run"]);
     assert_eq!(run.code, 5, "{run:?}");
     let line = run.error_line();
-    assert!(line.contains("its rows come from psd/2024/02/bad.csv.gzip (set it aside: lake-transform quarantine psd/2024/02/bad.csv.gzip"), "{line}");
+    assert!(line.contains(&format!("its rows come from {bad_path} (set it aside: lake-transform quarantine {bad_path}")), "{line}");
     // A newer, good release queues behind it.
-    env.land("psd/2024/03/b.csv.gzip", &b);
+    let b_path = env.land("2024-03", &b);
     assert_eq!(env.run(&["run"]).code, 5);
 
     // Set aside, with a reason: the next run proceeds with the rest.
-    let no_reason = env.run(&["quarantine", "psd/2024/02/bad.csv.gzip"]);
+    let no_reason = env.run(&["quarantine", &bad_path]);
     assert_eq!(no_reason.code, 2, "{no_reason:?}");
     assert_eq!(env.run(&["quarantine", "../outside.csv.gzip", "--reason", "x"]).code, 2);
-    let q = env.run(&["quarantine", "psd/2024/02/bad.csv.gzip", "--reason", "USDA shipped duplicate keys"]);
+    let q = env.run(&["quarantine", &bad_path, "--reason", "USDA shipped duplicate keys"]);
     assert_eq!(q.code, 0, "{q:?}");
     let plan = env.run(&["plan"]);
-    assert!(plan.stdout.contains("quarantined\tpsd/2024/02/bad.csv.gzip\tUSDA shipped duplicate keys by "), "{}", plan.stdout);
-    assert!(plan.stdout.contains("raw.psd\tappend psd/2024/03/b.csv.gzip\t1 new landing file (1 quarantined)"), "{}", plan.stdout);
+    assert!(plan.stdout.contains(&format!("quarantined\t{bad_path}\tUSDA shipped duplicate keys by ")), "{}", plan.stdout);
+    assert!(plan.stdout.contains(&format!("raw.psd\tappend {b_path}\t1 new landing file (1 quarantined)")), "{}", plan.stdout);
     assert_eq!(env.run(&["run"]).code, 0);
-    assert_eq!(env.rows("SELECT DISTINCT file FROM raw.psd ORDER BY 1"), ["psd/2024/01/a.csv.gzip", "psd/2024/03/b.csv.gzip"]);
-    assert!(env.data.join("landing/psd/2024/02/bad.csv.gzip").exists(), "landing stays immutable");
+    assert_eq!(env.rows("SELECT DISTINCT file FROM raw.psd ORDER BY 1"), [a_path.as_str(), b_path.as_str()]);
+    assert!(env.data.join("landing").join(&bad_path).exists(), "landing stays immutable");
     let listed = env.run(&["quarantine"]);
-    assert!(listed.stdout.starts_with("psd/2024/02/bad.csv.gzip\t") && listed.stdout.contains("USDA shipped duplicate keys"), "{}", listed.stdout);
+    assert!(listed.stdout.starts_with(&format!("{bad_path}\t")) && listed.stdout.contains("USDA shipped duplicate keys"), "{}", listed.stdout);
 
     // A file loaded before and set aside after: the next run rebuilds without it, and
     // equals a rebuild from the files left.
-    assert_eq!(env.run(&["quarantine", "psd/2024/03/b.csv.gzip", "--reason", "revised by mistake"]).code, 0);
+    assert_eq!(env.run(&["quarantine", &b_path, "--reason", "revised by mistake"]).code, 0);
     let run = env.run(&["run"]);
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.contains("quarantined since loaded: psd/2024/03/b.csv.gzip"), "{}", run.stdout);
-    assert_eq!(env.rows("SELECT DISTINCT file FROM raw.psd ORDER BY 1"), ["psd/2024/01/a.csv.gzip"]);
+    assert!(run.stdout.contains(&format!("quarantined since loaded: {b_path}")), "{}", run.stdout);
+    assert_eq!(env.rows("SELECT DISTINCT file FROM raw.psd ORDER BY 1"), [a_path.as_str()]);
     let incremental = serving_state(&env);
     assert_eq!(env.run(&["run", "--rebuild"]).code, 0);
     assert_eq!(serving_state(&env), incremental, "the same as a rebuild");
 
     // Taken back: the next run loads it again.
-    let undo = env.run(&["quarantine", "--undo", "psd/2024/03/b.csv.gzip"]);
+    let undo = env.run(&["quarantine", "--undo", &b_path]);
     assert_eq!(undo.code, 0, "{undo:?}");
     assert_eq!(env.run(&["run"]).code, 0);
-    assert_eq!(env.rows("SELECT DISTINCT file FROM raw.psd ORDER BY 1"), ["psd/2024/01/a.csv.gzip", "psd/2024/03/b.csv.gzip"]);
+    assert_eq!(env.rows("SELECT DISTINCT file FROM raw.psd ORDER BY 1"), [a_path.as_str(), b_path.as_str()]);
     let recorded = env.state_rows("SELECT path, reason, released_at IS NOT NULL FROM quarantine ORDER BY rowid");
     assert_eq!(recorded.len(), 2);
-    assert!(recorded[0].contains("bad.csv.gzip") && recorded[0].ends_with("Integer(0)"), "{recorded:?}");
-    assert!(recorded[1].contains("b.csv.gzip") && recorded[1].ends_with("Integer(1)"), "{recorded:?}");
+    assert!(recorded[0].contains(&bad_path) && recorded[0].ends_with("Integer(0)"), "{recorded:?}");
+    assert!(recorded[1].contains(&b_path) && recorded[1].ends_with("Integer(1)"), "{recorded:?}");
 }
 
 #[test]
@@ -893,7 +904,7 @@ fn the_lakehouse_keeps_its_contract() {
     // change marker that moves exactly when a run changed something.
     let (a, b) = two_releases();
     let env = Env::new();
-    env.land("psd/2024/01/a.csv.gzip", &a);
+    env.land("2024-01", &a);
     assert_eq!(env.run(&["run"]).code, 0);
     let marker = || env.rows(&materia_common::lakehouse::change_marker_sql("lakehouse"));
     let first = marker();
@@ -905,7 +916,7 @@ fn the_lakehouse_keeps_its_contract() {
     assert_eq!(env.run(&["run"]).code, 3, "nothing new");
     assert_eq!(marker(), first, "a run that changed nothing leaves the marker");
 
-    env.land("psd/2024/02/b.csv.gzip", &b);
+    env.land("2024-02", &b);
     assert_eq!(env.run(&["run"]).code, 0);
     assert_ne!(marker(), first, "a run that changed tables moves the marker");
 }
@@ -914,8 +925,10 @@ fn the_lakehouse_keeps_its_contract() {
 fn a_run_is_bounded_by_its_memory_limit_and_removes_what_a_killed_run_spilled() {
     let Some(real) = real_csv() else { return };
     let env = Env::new();
-    for month in ["01", "02", "03", "04"] {
-        env.land(&format!("psd/2023/{month}/r.csv.gzip"), &real);
+    let real = String::from_utf8(real).unwrap();
+    for (i, month) in ["2023-01", "2023-02", "2023-03", "2023-04"].into_iter().enumerate() {
+        // Each month revises a few values (psd-extract lands no content twice).
+        env.land(month, real.replacen(".0000\r\n", ".5000\r\n", i + 1).as_bytes());
     }
     // A limit DuckDB does not take is a usage error, before any model runs.
     let run = env.run(&["--memory-limit", "lots", "run"]);
@@ -978,7 +991,7 @@ fn a_model_whose_file_is_gone_is_dropped_with_its_state() {
     let mut env = Env::new();
     let models = env.own_models();
     std::fs::write(models.join("staging_extra.sql"), "MODEL (name staging.extra, kind FULL);\nSELECT count(*) AS n FROM raw.psd").unwrap();
-    env.land("psd/2024/01/a.csv.gzip", &csv(&balance("BR", 2023, 1.0)));
+    env.land("2024-01", &csv(&balance("BR", 2023, 1.0)));
     assert_eq!(env.run(&["run"]).code, 0);
     let stored = |env: &Env| {
         env.rows("SELECT schema_name || '.' || table_name FROM duckdb_tables() WHERE table_name IN ('world_balance', 'extra') ORDER BY 1")
@@ -1018,7 +1031,7 @@ fn a_model_turned_from_a_table_into_a_view_and_back_rebuilds_in_place() {
     let view = std::fs::read_to_string(models.join("staging_psd_values.sql")).unwrap();
     let table = view.replace("kind VIEW", "kind FULL");
     assert_ne!(table, view);
-    env.land("psd/2024/01/a.csv.gzip", &csv(&balance("BR", 2023, 1.0)));
+    env.land("2024-01", &csv(&balance("BR", 2023, 1.0)));
     std::fs::write(models.join("staging_psd_values.sql"), &table).unwrap();
     assert_eq!(env.run(&["run"]).code, 0);
     let kind = |env: &Env| env.rows("SELECT table_type FROM information_schema.tables WHERE table_schema = 'staging' AND table_name = 'psd_values'");
@@ -1088,10 +1101,10 @@ fn the_models_run_on_ducklake_as_on_the_local_file_one_snapshot_a_run() {
     let (local, on_lake) = (Env::new(), Env::new());
     let coffee = |p: f64, extra: &'static str| [balance("BR", 2023, p), balance(extra, 2023, p / 2.0), balance("CO", 2022, 7.0)].concat();
     let releases = [
-        ("psd/2024/01/a.csv.gzip", with_wheat(&coffee(100.0, "VN"), &balance("US", 2023, 50.0))),
-        ("psd/2024/03/c.csv.gzip", with_wheat(&coffee(130.0, "VN"), &balance("US", 2023, 55.0))),
+        ("2024-01", with_wheat(&coffee(100.0, "VN"), &balance("US", 2023, 50.0))),
+        ("2024-03", with_wheat(&coffee(130.0, "VN"), &balance("US", 2023, 55.0))),
         // A backfilled month between the two.
-        ("psd/2024/02/b.csv.gzip", csv(&coffee(120.0, "ET"))),
+        ("2024-02", csv(&coffee(120.0, "ET"))),
     ];
     for (i, (rel, data)) in releases.iter().enumerate() {
         local.land(rel, data);
@@ -1118,16 +1131,16 @@ fn the_models_run_on_ducklake_as_on_the_local_file_one_snapshot_a_run() {
     let good = state_of(|sql| lake.rows(sql));
     let text = String::from_utf8(releases[1].1.clone()).unwrap();
     let last = text.trim_end().lines().last().unwrap().to_owned();
-    on_lake.land("psd/2024/04/bad.csv.gzip", format!("{}\r\n{last}\r\n", text.trim_end()).as_bytes());
+    let bad = on_lake.land("2024-04", format!("{}\r\n{last}\r\n", text.trim_end()).as_bytes());
     let plan = lake.run(&on_lake, &["plan"]);
-    assert!(plan.stdout.contains("raw.psd\tappend psd/2024/04/bad.csv.gzip"), "{plan:?}");
+    assert!(plan.stdout.contains(&format!("raw.psd\tappend {bad}")), "{plan:?}");
     let run = lake.run(&on_lake, &["run"]);
     assert_eq!(run.code, 5, "{run:?}");
     assert_eq!(lake.snapshots(), before, "rolled back: no snapshot");
     assert_eq!(state_of(|sql| lake.rows(sql)), good);
 
     // Set aside, and a --rebuild on the lake equals the incremental runs.
-    assert_eq!(lake.run(&on_lake, &["quarantine", "psd/2024/04/bad.csv.gzip", "--reason", "test"]).code, 0);
+    assert_eq!(lake.run(&on_lake, &["quarantine", &bad, "--reason", "test"]).code, 0);
     assert_eq!(lake.run(&on_lake, &["run"]).code, 3);
     let run = lake.run(&on_lake, &["run", "--rebuild"]);
     assert_eq!(run.code, 0, "{run:?}");
@@ -1146,8 +1159,8 @@ fn the_models_run_on_ducklake_as_on_the_local_file_one_snapshot_a_run() {
     assert_eq!(state_of(|sql| lake.rows(sql)), good);
     // And the lake goes on: a new release, incrementally.
     let later = with_wheat(&coffee(140.0, "VN"), &balance("US", 2023, 60.0));
-    on_lake.land("psd/2024/05/e.csv.gzip", &later);
-    local.land("psd/2024/05/e.csv.gzip", &later);
+    on_lake.land("2024-05", &later);
+    local.land("2024-05", &later);
     let run = lake.run(&on_lake, &["run"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("raw.psd\tappend"), "{}", run.stdout);
@@ -1162,7 +1175,7 @@ fn the_models_run_on_ducklake_as_on_the_local_file_one_snapshot_a_run() {
 fn a_second_writer_on_another_machine_is_refused_or_waits_for_the_lakes_lock() {
     let Some(lake) = Lake::start() else { return };
     let machine_b = Env::new(); // its own data dir: the local lock file does not meet ours
-    machine_b.land("psd/2024/01/a.csv.gzip", &csv(&balance("BR", 2023, 1.0)));
+    machine_b.land("2024-01", &csv(&balance("BR", 2023, 1.0)));
     // Machine A's writer lock, taken as lake-transform takes it.
     let url = format!("ducklake:postgres:{}", lake.pg.conninfo("lake"));
     let a = materia_common::lakehouse_target::Lakehouse::new(
@@ -1192,7 +1205,7 @@ fn kill_9_mid_run_on_ducklake_leaves_the_last_snapshot_and_frees_the_lock() {
     let Some(lake) = Lake::start() else { return };
     let (a, _) = two_releases();
     let env = Env::new();
-    env.land("psd/2024/01/a.csv.gzip", &a);
+    env.land("2024-01", &a);
     assert_eq!(lake.run(&env, &["run"]).code, 0);
     let (before, snapshots) = (state_of(|sql| lake.rows(sql)), lake.snapshots());
     let objects = lake.moto.objects().len();
@@ -1206,7 +1219,7 @@ fn kill_9_mid_run_on_ducklake_leaves_the_last_snapshot_and_frees_the_lock() {
             rows.extend(balance(c, y, 1.0));
         }
     }
-    env.land("psd/2024/02/big.csv.gzip", &csv(&rows));
+    env.land("2024-02", &csv(&rows));
     let mut c = env.cmd();
     c.arg("--lakehouse").arg(format!("ducklake:postgres:{}", lake.pg.conninfo("lake"))).arg("--lake-data-path").arg("s3://bkt/lake/");
     c.env(ENV_LAKE_S3_ENDPOINT, lake.moto.endpoint()).env(ENV_LAKE_S3_KEY_ID, "test-key-id").env(ENV_LAKE_S3_SECRET, "test-secret");
