@@ -250,10 +250,17 @@ fn run_audits(project: &Project, conn: &Connection, m: &Model, table: &str, load
         let a = audit::resolve(call, table, project.audits.get(&call.name))
             .map_err(|e| materia_common::exit::Usage(format!("{}:{}: {e}", m.path.display(), call.line)))?;
         // One query for the count and the sample (a failing audit used to run twice; the
-        // real releases fail the non-blocking identity audits every run).
+        // real releases fail the non-blocking identity audits every run). The count is a
+        // scalar subquery over the materialized rows, not `count(*) OVER ()`: DuckDB 1.5.5's
+        // parallel window races on small inputs ("Attempted to access index 0 within
+        // vector of size 0", then the database is invalidated; duckdb/duckdb#25713), which
+        // failed a run here once.
         let (mut failing, mut sample) = (0_i64, Vec::new());
         let mut st = conn
-            .prepare(&format!("SELECT count(*) OVER (), CAST(sub AS VARCHAR) FROM ({}) sub LIMIT 5", a.sql))
+            .prepare(&format!(
+                "WITH failing AS MATERIALIZED ({}) SELECT (SELECT count(*) FROM failing), CAST(sub AS VARCHAR) FROM failing sub LIMIT 5",
+                a.sql
+            ))
             .map_err(|e| first_line(e.into()))
             .with_context(|| format!("running audit {} on {}", a.name, m.name))?;
         let rows = st
