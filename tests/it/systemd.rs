@@ -650,6 +650,12 @@ fn the_release_lifecycle_under_a_real_systemd() {
         c.journal("lake-maintain.service")
     );
     assert!(c.journal("lake-maintain.service").contains("maintained DuckLake (catalog"), "{}", c.journal("lake-maintain.service"));
+    assert_eq!(c.state("SELECT status FROM runs WHERE tool = 'lake-maintain'"), "success", "recorded as its own step");
+    let status: serde_json::Value =
+        serde_json::from_str(&c.ok(&["/opt/materia/current/bin/materia-status", "--data-dir", "/data/materia", "--json"])).unwrap();
+    let maintain = status["steps"].as_array().unwrap().iter().find(|s| s["step"] == "lake-maintain").unwrap().clone();
+    assert_eq!(maintain["last_run"]["status"], "success", "{status}");
+    assert!(maintain["next_run"].as_str().is_some_and(|n| n.contains("UTC")), "its timer's next firing: {status}");
 
     // No planted secret anywhere: the journal of every unit, the state DB, what the
     // webhook received, any process's command line.

@@ -8,7 +8,7 @@ use materia_common::duckdb_config;
 use materia_common::lakehouse_target::LakehouseArgs;
 use materia_common::{CommonArgs, Outcome, Report};
 
-use crate::{DEV_EXTENSIONS, TOOL};
+use crate::DEV_EXTENSIONS;
 
 /// Load each extension from the offline directory (never downloaded); the first that
 /// does not load fails the check, naming the fix.
@@ -26,9 +26,11 @@ pub(crate) fn extensions() -> anyhow::Result<Outcome> {
     Ok(Outcome::Changed)
 }
 
-/// `maintain`: recorded as a run, under both writer locks (it rewrites the lake's files).
+/// `maintain`: recorded as a run of its own step (`lake-maintain`), under both writer
+/// locks (it rewrites the lake's files), which also keep it from running beside a
+/// transform.
 pub(crate) fn maintain(common: &CommonArgs, lakehouse: &LakehouseArgs, keep_days: u32) -> anyhow::Result<Outcome> {
-    materia_common::run_step(TOOL, common, |step| {
+    materia_common::run_step(materia_common::layout::MAINTAIN_STEP, common, |step| {
         let target = lakehouse.lakehouse(step.layout.lakehouse(), DEV_EXTENSIONS)?;
         let _lock = materia_common::lock::lakehouse(&step.layout, Duration::from_secs(common.wait_lock))?;
         let _lake_lock = target.writer_lock(Duration::from_secs(common.wait_lock))?;

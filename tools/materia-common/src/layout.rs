@@ -178,7 +178,8 @@ pub const ENV_VARS: &[&str] = &[
 /// transform's and the export's are catch-up timers; path units start them on triggers).
 #[derive(Debug, Clone, Copy)]
 pub struct StepInfo {
-    /// The tool (binary, step lock, `runs.tool`).
+    /// The step's name: its `runs.tool`, its step lock and, but for `lake-maintain`
+    /// (which is `lake-transform maintain`), its binary.
     pub tool: &'static str,
     /// Its timer unit.
     pub timer: &'static str,
@@ -190,9 +191,14 @@ pub const STEPS: &[StepInfo] = &[
     StepInfo { tool: "psd-extract", timer: "psd-extract.timer" },
     StepInfo { tool: "lake-transform", timer: "lake-transform.timer" },
     StepInfo { tool: "serve-export", timer: "serve-export.timer" },
+    StepInfo { tool: MAINTAIN_STEP, timer: "lake-maintain.timer" },
     StepInfo { tool: "landing-backup", timer: "landing-backup.timer" },
     StepInfo { tool: "tag-deploy", timer: "tag-deploy.timer" },
 ];
+
+/// `lake-transform maintain`'s step: recorded under its own name, so the weekly upkeep
+/// neither hides nor is hidden by the transform's last run (materia-status shows both).
+pub const MAINTAIN_STEP: &str = "lake-maintain";
 
 /// Every binary a release ships in `bin/`: the steps' tools and materia-status.
 pub const TOOLS: &[&str] = &["psd-extract", "lake-transform", "serve-export", "landing-backup", "tag-deploy", "materia-status"];

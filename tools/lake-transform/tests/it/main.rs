@@ -1169,6 +1169,9 @@ fn the_models_run_on_ducklake_as_on_the_local_file_one_snapshot_a_run() {
     // On the local file, maintain is a checkpoint.
     let run = local.run(&["maintain"]);
     assert_eq!(run.code, 0, "{run:?}");
+    // Each recorded as a step of its own: the transform's last run stays the transform's.
+    assert_eq!(local.state_rows("SELECT tool, status FROM runs ORDER BY run_id DESC LIMIT 1"), ["Text(\"lake-maintain\")|Text(\"success\")"]);
+    assert_eq!(on_lake.state_rows("SELECT status FROM runs WHERE tool = 'lake-maintain'"), ["Text(\"success\")"]);
 }
 
 #[test]
