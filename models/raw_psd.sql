@@ -5,7 +5,7 @@ MODEL (
   column_descriptions (
     release = 'first day of the release month (the landing folder psd/yyyy/mm)',
     file = 'the landed file, relative to the landing dir',
-    landed_order = 'the file''s place in landing order (psd-extract''s landed_files.file_id); NULL for a file psd-extract did not record',
+    landed_order = 'the file''s place in landing order (psd-extract''s landed_files.file_id); NULL for a file the state DB has no record of (landed after the snapshot a restore brought back)',
     _run_id = 'state DB run that loaded the file'
   ),
   grain (file, commodity_code, country_code, market_year, attribute_id),

@@ -3,7 +3,7 @@ MODEL (
   kind INCREMENTAL_BY_PARTITION,
   partitioned_by (release, commodity_code),
   grain (release, commodity_code),
-  description 'For each release and commodity, the landed file whose rows count: the one landed last (psd-extract''s landing order; files it did not record count before, by file name). A run recomputes the (release, commodity) partitions of the files it loaded, choosing among every file of those partitions, so a run and a --rebuild choose alike whatever order the files were loaded in.',
+  description 'For each release and commodity, the landed file whose rows count: the one landed last (psd-extract''s landing order; a file it has no record of, one landed after the state DB snapshot a restore brought back, counts after every recorded one; among those, the last by file name). A run recomputes the (release, commodity) partitions of the files it loaded, choosing among every file of those partitions, so a run and a --rebuild choose alike whatever order the files were loaded in.',
   column_descriptions (_run_id = 'the run that loaded the file'),
   audits (
     unique_combination_of_columns(columns := (release, commodity_code)),
@@ -15,7 +15,7 @@ MODEL (
 -- file taken back from quarantine may have landed before one loaded earlier); a build
 -- all partitions. An aggregate: 3x faster than ranking the rows with a window.
 WITH chosen AS (
-  SELECT release, commodity_code, max({'landed': coalesce(landed_order, 0), 'file': file, 'run_id': _run_id}) AS pick
+  SELECT release, commodity_code, max({'landed': coalesce(landed_order, 9223372036854775807), 'file': file, 'run_id': _run_id}) AS pick
   FROM raw.psd
   WHERE NOT @is_incremental
      OR (release, commodity_code) IN (SELECT DISTINCT release, commodity_code FROM raw.psd WHERE _run_id = @run_id)

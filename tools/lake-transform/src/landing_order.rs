@@ -5,7 +5,8 @@
 //! `landed_files` (a documented contract: `file_id` increases with each landing, and a
 //! restore from R2 brings the table back with the files). An ingest model reads it as
 //! `@landing_order`, a list in the order of `@landing_files`: each file's `file_id`, NULL
-//! for a file psd-extract did not record (put there by hand; it counts before any it did).
+//! for a file the state DB has no record of. After a restore that is a file landed after
+//! the newest state snapshot, so `staging.psd_picks` counts it after every recorded one.
 
 use std::collections::HashMap;
 

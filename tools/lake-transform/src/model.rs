@@ -117,7 +117,7 @@ impl Arg {
     pub fn sql(&self) -> String {
         match self {
             Arg::Ident(s) | Arg::Num(s) => s.clone(),
-            Arg::Str(s) => format!("'{}'", s.replace('\'', "''")),
+            Arg::Str(s) => materia_common::duckdb_config::sql_string(s),
             Arg::Tuple(items) => format!("({})", items.iter().map(Arg::sql).collect::<Vec<_>>().join(", ")),
         }
     }

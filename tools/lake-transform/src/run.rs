@@ -239,7 +239,7 @@ pub fn bound_memory(conn: &Connection, limit: &str, spill_dir: &Path) -> anyhow:
 pub fn sandbox(conn: &Connection, readable: &Path, data_paths: &[String]) -> anyhow::Result<()> {
     let dirs: Vec<String> = std::iter::once(format!("{}/", readable.display()))
         .chain(data_paths.iter().cloned())
-        .map(|d| format!("'{}'", d.replace('\'', "''")))
+        .map(|d| materia_common::duckdb_config::sql_string(&d))
         .collect();
     conn.execute_batch(&format!("SET allowed_directories = [{}]; SET enable_external_access = false;", dirs.join(", ")))
         .context("closing DuckDB's access to files outside the landing dir")

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, anyhow};
 use duckdb::Connection;
+use materia_common::duckdb_config::sql_string as quote;
 use materia_common::exit::Usage;
 
 use crate::model::Kind;
@@ -143,10 +144,6 @@ pub fn run_case(project: &Project, case: &Case, scratch: &Path, lake: Option<&Te
     result.and(dropped)
 }
 
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
 fn run_in(project: &Project, case: &Case, scratch: &Path, lake: Option<&TestLake>, schema: Option<&str>) -> anyhow::Result<()> {
     let m = project.model(&case.model).ok_or_else(|| anyhow!("no model {}", case.model))?;
     let conn = Connection::open_in_memory_with_flags(materia_common::duckdb_config::config(crate::DEV_EXTENSIONS)?)?;
@@ -185,9 +182,7 @@ fn run_in(project: &Project, case: &Case, scratch: &Path, lake: Option<&TestLake
         let mut gz = flate2::write::GzEncoder::new(std::fs::File::create(&file)?, flate2::Compression::fast());
         gz.write_all(csv.as_bytes())?;
         gz.finish()?;
-        sql = sql
-            .replace("@landing_files", &format!("['{}']", file.display().to_string().replace('\'', "''")))
-            .replace("@landing_order", "[1]::BIGINT[]");
+        sql = sql.replace("@landing_files", &format!("[{}]", quote(&file.display().to_string()))).replace("@landing_order", "[1]::BIGINT[]");
     }
     let mut st = conn.prepare(&format!("SELECT to_json(sub)::VARCHAR FROM ({sql}) sub")).context("running the model")?;
     let actual: Vec<serde_json::Map<String, serde_json::Value>> = st
@@ -269,7 +264,7 @@ fn values_sql(rows: &[toml::Table]) -> anyhow::Result<String> {
 
 fn literal(v: &toml::Value) -> anyhow::Result<String> {
     Ok(match v {
-        toml::Value::String(s) => format!("'{}'", s.replace('\'', "''")),
+        toml::Value::String(s) => quote(s),
         toml::Value::Integer(i) => i.to_string(),
         toml::Value::Float(f) => format!("CAST({f:?} AS DOUBLE)"),
         toml::Value::Boolean(b) => b.to_string(),

@@ -90,7 +90,7 @@ pub(crate) fn execute(
         loaded.push((f.clone(), sha256_file(&f.abs)?));
     }
     let sql = if matches!(m.kind, Kind::LandingIngest { .. }) {
-        let list = files.iter().map(|f| format!("'{}'", f.abs.display().to_string().replace('\'', "''"))).collect::<Vec<_>>();
+        let list = files.iter().map(|f| materia_common::duckdb_config::sql_string(&f.abs.display().to_string())).collect::<Vec<_>>();
         sql.replace("@landing_files", &format!("[{}]", list.join(", ")))
             .replace("@landing_order", &crate::landing_order::sql_list(order, files.iter().map(|f| f.rel.as_str())))
     } else {

@@ -10,6 +10,12 @@ use std::path::PathBuf;
 use crate::layout::ENV_DUCKDB_EXTENSIONS;
 
 /// The extensions a lakehouse on DuckLake loads (a PostgreSQL catalog, S3/R2 data).
+/// `s` as a SQL string literal (single quotes doubled), for the paths and settings the
+/// tools splice into DuckDB statements.
+pub fn sql_string(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
 pub const EXTENSIONS: &[&str] = &["ducklake", "postgres_scanner", "httpfs"];
 
 /// The offline extension directory: `MATERIA_DUCKDB_EXTENSIONS`; else the release's

@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use duckdb::Connection;
 
 use crate::duckdb_config;
+use crate::duckdb_config::sql_string as quote;
 use crate::exit::Usage;
 use crate::layout;
 
@@ -290,10 +291,6 @@ impl Lakehouse {
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
     }
-}
-
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! A real PostgreSQL (Debian's `postgresql` package, as `scripts/setup-dev.sh --tests`
 //! installs it) for the DuckLake catalog: `initdb` into a directory of its own (a test's
-//! directory is root's alone), trust authentication, listening on 127.0.0.1 at a free
+//! directory is root's alone), trust authentication (or, with a password, scram over TCP),
+//! listening on 127.0.0.1 at a free
 //! port, stopped and removed on drop. The package starts no server of its own here; as
 //! root, the server runs as the `postgres` user (PostgreSQL refuses root).
 

@@ -188,7 +188,7 @@ fn wal(path: &Path) -> PathBuf {
 }
 
 fn sql_str(p: &Path) -> String {
-    format!("'{}'", p.display().to_string().replace('\'', "''"))
+    duckdb_config::sql_string(&p.display().to_string())
 }
 
 fn ident(s: &str) -> String {
