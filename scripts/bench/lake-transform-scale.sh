@@ -5,8 +5,9 @@
 # release's gzip CSV into a table. A realistic series (gen_series.py: a base release of
 # ROWS rows, then releases revising MATERIA_BENCH_REVISED_SHARE of the values, default
 # 0.02, and adding 1,000 rows) is landed; for each HISTORY size N: a first build of N
-# releases, then +1 release twice, a no-change run, and the floor on the release the
-# first +1 loaded. Wall time and peak RSS (GNU time) per step, as a multiple of the
+# releases, then +1 release twice, a no-change run, `maintain` (on the local file: a
+# compaction, the lakehouse's size after it), and the floor on the release the first +1
+# loaded. Wall time and peak RSS (GNU time) per step, as a multiple of the
 # floor (a first build of N releases: of N floors); the lakehouse's size.
 # Then the check: the lakehouse the incremental runs built (smallest N, two releases
 # added) equals a --rebuild of the same files (compare_lakehouses.py).
@@ -66,8 +67,10 @@ for n in "${sizes[@]}"; do
     land "$data" "$((n + 1))"
     new2=$(lt)
     same=$(lt)
+    grown=$(size)
+    compacted=$(measure "$ours" -q --data-dir "$data" --models "$models" maintain)
     fl=$(floor "$(release "$n")")
-    for step in "first build:$first:$first_size:$n" "+1 release:$new1::1" "+1 again:$new2:$(size):1" "no change:$same::1" "floor:$fl::1"; do
+    for step in "first build:$first:$first_size:$n" "+1 release:$new1::1" "+1 again:$new2:$grown:1" "no change:$same::1" "maintain:$compacted:$(size):1" "floor:$fl::1"; do
         IFS=: read -r label m sz files <<<"$step"
         # A first build loads n releases: against n times the floor.
         ratio=$(awk -v a="$(secs "$m")" -v f="$(secs "$fl")" -v n="$files" 'BEGIN { printf "%.2f", a / (n * f) }')

@@ -231,10 +231,16 @@ fn edit(path: &Path, from: &str, to: &str) {
 fn encrypt(dir: &Path, recipient: &str, plain: &str) {
     let plain_file = dir.join(".secrets.plain");
     std::fs::write(&plain_file, plain).unwrap();
+    // A config of its own: sops would otherwise take the first .sops.yaml above the
+    // working dir (a checkout's, when the target dir is inside one) and refuse this file.
+    let config = dir.parent().unwrap().join("sops-test.yaml");
+    std::fs::write(&config, format!("creation_rules:\n  - age: {recipient}\n")).unwrap();
     let o = Command::new(test_venv().join("bin/sops"))
-        .args(["--disable-version-check", "--encrypt", "--age", recipient, "--input-type", "dotenv", "--output-type", "dotenv"])
+        .args(["--disable-version-check", "--config"])
+        .arg(&config)
+        .args(["--encrypt", "--input-type", "dotenv", "--output-type", "dotenv"])
         .arg(&plain_file)
-        .current_dir(dir.parent().unwrap()) // not under a .sops.yaml: the --age recipient alone
+        .current_dir(dir.parent().unwrap())
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

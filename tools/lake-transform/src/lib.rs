@@ -9,6 +9,7 @@
 //! stdout gets one line per model (`model<TAB>action<TAB>rows<TAB>reason`); logs go to stderr.
 
 pub mod audit;
+mod compact;
 pub mod engine_state;
 mod header;
 pub mod landing_order;
@@ -44,7 +45,8 @@ pub(crate) const DEV_EXTENSIONS: Option<&str> = option_env!("MATERIA_DEV_DUCKDB_
 ///
 /// Exit codes: 0 the lakehouse changed, 3 nothing to do, 1 failed, 2 bad models or
 /// flags, 4 already running or the lakehouse is held, 5 a blocking audit failed (rolled
-/// back), 6 a loaded landing file changed or disappeared.
+/// back), 6 a loaded landing file changed or disappeared (or `maintain`'s compacted copy did not
+/// verify: the lakehouse is left as it was).
 #[derive(Debug, Parser)]
 #[command(name = TOOL, version)]
 pub struct Cli {
@@ -74,8 +76,8 @@ pub struct Cli {
 
 /// How much memory a run's DuckDB may use, and where it spills past that.
 struct Memory {
-    limit: String,
-    spill_dir: Option<PathBuf>,
+    pub(crate) limit: String,
+    pub(crate) spill_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,8 +123,10 @@ enum Command {
     Extensions,
     /// Keep a DuckLake small: flush data inlined in the catalog to Parquet, merge small
     /// files, expire snapshots older than --keep-days, delete the files only they used
-    /// and those a killed run left uncommitted. Every landed vintage stays (they are rows of raw.psd, not snapshots). On the
-    /// local file: a checkpoint. One line per step on stdout.
+    /// and those a killed run left uncommitted. Every landed vintage stays (they are rows of
+    /// raw.psd, not snapshots). On the local file: a compaction (the file copied into a
+    /// new one without the space DuckDB keeps for reuse, checked table by table, renamed
+    /// over it). One line per step on stdout.
     Maintain {
         /// Keep the snapshots of the last DAYS days (time travel, and readers pinned to one).
         #[arg(long, value_name = "DAYS", default_value_t = 7)]
@@ -146,7 +150,10 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Test { filter, ducklake } => test(&models()?, filter.as_deref(), ducklake.as_deref()),
         Command::Quarantine { file, reason, undo } => quarantine_cmd(&cli.common, file.as_deref(), reason.as_deref(), undo),
         Command::Extensions => upkeep::extensions(),
-        Command::Maintain { keep_days } => upkeep::maintain(&cli.common, &cli.lakehouse, keep_days),
+        Command::Maintain { keep_days } => {
+            let memory = Memory { limit: cli.memory_limit.clone(), spill_dir: cli.spill_dir.clone() };
+            upkeep::maintain(&cli.common, &cli.lakehouse, keep_days, &memory)
+        }
     }
 }
 

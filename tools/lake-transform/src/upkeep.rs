@@ -1,11 +1,11 @@
 //! The lake's upkeep: `extensions` (the DuckDB extensions a DuckLake needs load offline)
-//! and `maintain` (keep a DuckLake small; on the local file, a checkpoint).
+//! and `maintain` (keep a DuckLake small; compact the local file: compact.rs).
 
 use std::time::Duration;
 
 use duckdb::Connection;
 use materia_common::duckdb_config;
-use materia_common::lakehouse_target::LakehouseArgs;
+use materia_common::lakehouse_target::{LakehouseArgs, Target};
 use materia_common::{CommonArgs, Outcome, Report};
 
 use crate::DEV_EXTENSIONS;
@@ -29,7 +29,7 @@ pub(crate) fn extensions() -> anyhow::Result<Outcome> {
 /// `maintain`: recorded as a run of its own step (`lake-maintain`), under both writer
 /// locks (it rewrites the lake's files), which also keep it from running beside a
 /// transform.
-pub(crate) fn maintain(common: &CommonArgs, lakehouse: &LakehouseArgs, keep_days: u32) -> anyhow::Result<Outcome> {
+pub(crate) fn maintain(common: &CommonArgs, lakehouse: &LakehouseArgs, keep_days: u32, memory: &crate::Memory) -> anyhow::Result<Outcome> {
     materia_common::run_step(materia_common::layout::MAINTAIN_STEP, common, |step| {
         let target = lakehouse.lakehouse(step.layout.lakehouse(), DEV_EXTENSIONS)?;
         let _lock = materia_common::lock::lakehouse(&step.layout, Duration::from_secs(common.wait_lock))?;
@@ -39,11 +39,16 @@ pub(crate) fn maintain(common: &CommonArgs, lakehouse: &LakehouseArgs, keep_days
             anyhow::bail!("{} does not exist yet: run lake-transform first", target.describe());
         }
         let conn = target.open(false)?;
+        let spill_dir = memory.spill_dir.clone().unwrap_or_else(|| step.layout.spill_dir(crate::TOOL));
+        crate::run::bound_memory(&conn, &memory.limit, &std::path::absolute(spill_dir)?)?;
         let mut done = serde_json::Map::new();
-        if !target.is_ducklake() {
-            conn.execute_batch("CHECKPOINT")?;
-            println!("checkpoint\t{}", target.describe());
-            return Ok(Report { outcome: Outcome::Changed, summary: "checkpointed".into(), stats: serde_json::json!({}), failure: None });
+        if let Target::File(path) = &target.target {
+            let c = crate::compact::compact(conn, path)?;
+            println!("compacted\t{}\t{}", c.before, c.after);
+            let summary = format!("compacted {}: {} → {} bytes", target.describe(), c.before, c.after);
+            log::info!("{summary}");
+            let stats = serde_json::json!({"bytes_before": c.before, "bytes_after": c.after});
+            return Ok(Report { outcome: Outcome::Changed, summary, stats, failure: None });
         }
         // Each call commits on its own: the lake is whole between any two.
         let steps: [(&str, String); 5] = [

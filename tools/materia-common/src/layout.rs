@@ -51,6 +51,7 @@
 //! | `MATERIA_TAG`, `MATERIA_RELEASE_DIR` | tag-deploy → build, hooks | the tag being deployed and its release dir |
 //! | `MATERIA_RELEASE_BUILD` | tag-deploy, bootstrap.sh → build | `1`: binaries record no build-machine path (rpath `$ORIGIN/../lib` only) |
 //! | `SERVE_EXPORT_FAULT` | serve-export | tests only: `alter-copy` makes the copy differ, to exercise verification |
+//! | `LAKE_TRANSFORM_FAULT` | lake-transform maintain | tests only: `alter-compact` makes the compacted copy differ, to exercise its check |
 //! | `MATERIA_BIN_DIR`, `MATERIA_IMPORT`, `MATERIA_RELEASE`, `MATERIA_DOTENV` | scripts/run-all.sh | prebuilt tools; offline import; the dotenv file it reads (default `.env`) |
 //! | `MATERIA_NOTIFY_URL` | scripts/notify-failure.sh (materia-notify@) | webhook for a failed unit's journal lines |
 //! | `MATERIA_PING_URL` | scripts/ping.sh (materia-ping@) | healthchecks.io-style base URL: `/STEP/start`, `/STEP`, `/STEP/fail` |
@@ -105,6 +106,8 @@ pub const ENV_DEPLOY_ENV_FILE: &str = "DEPLOY_ENV_FILE";
 pub const ENV_DEPLOY_HEALTH_CMD: &str = "DEPLOY_HEALTH_CMD";
 /// serve-export, tests only: inject a fault (`alter-copy`).
 pub const ENV_SERVE_EXPORT_FAULT: &str = "SERVE_EXPORT_FAULT";
+/// lake-transform maintain, tests only: inject a fault (`alter-compact`).
+pub const ENV_LAKE_TRANSFORM_FAULT: &str = "LAKE_TRANSFORM_FAULT";
 /// lake-transform: the models folder.
 pub const ENV_MODELS: &str = "MATERIA_MODELS";
 /// lake-transform: DuckDB's memory limit.
@@ -165,6 +168,7 @@ pub const ENV_VARS: &[&str] = &[
     "MATERIA_RELEASE_DIR",
     "MATERIA_RELEASE_BUILD",
     ENV_SERVE_EXPORT_FAULT,
+    ENV_LAKE_TRANSFORM_FAULT,
     "MATERIA_BIN_DIR",
     "MATERIA_IMPORT",
     "MATERIA_RELEASE",
