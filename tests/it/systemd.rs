@@ -576,6 +576,22 @@ fn the_release_lifecycle_under_a_real_systemd() {
         assert_eq!(c.is_active(p), "active", "{p}");
     }
 
+    // 5b. The weekly upkeep on the local file, as its timer starts it: the service user
+    //     compacts the lakehouse inside the unit's sandbox (a temp copy beside it, checked,
+    //     renamed over it), and the transform carries on from the copy.
+    let (code, _) = c.exec(&["systemctl", "start", "lake-maintain.service"]);
+    let upkeep = c.journal("lake-maintain.service");
+    assert_eq!(code, 0, "{upkeep}");
+    assert!(upkeep.contains("compacted /data/materia/lakehouse.duckdb: "), "{upkeep}");
+    assert_eq!(c.ok(&["stat", "-c", "%U", "/data/materia/lakehouse.duckdb"]).trim(), "beanflows_service");
+    assert_eq!(c.sh("ls -A /data/materia | grep -c compact || true").trim(), "0", "no temp copy left");
+    assert_eq!(c.state("SELECT status FROM runs WHERE tool = 'lake-maintain'"), "success");
+    let nothing = || c.journal("lake-transform.service").matches("nothing to do").count();
+    let before = nothing();
+    let (code, _) = c.exec(&["systemctl", "start", "lake-transform.service"]);
+    assert_eq!(code, 0, "{}", c.journal("lake-transform.service"));
+    assert_eq!(nothing(), before + 1, "the engine's state survived the copy: {}", c.journal("lake-transform.service"));
+
     // 6. The switch to a DuckLake, as README says: the lake's settings in config.env,
     //    its secrets in the next release's .env.prod.sops (tag-deploy puts them in
     //    lake.env), bootstrap.sh for the drop-in that gives the lakehouse's three units
@@ -659,7 +675,11 @@ fn the_release_lifecycle_under_a_real_systemd() {
             c.journal("lake-maintain.service")
         );
         assert!(c.journal("lake-maintain.service").contains("maintained DuckLake (catalog"), "{}", c.journal("lake-maintain.service"));
-        assert_eq!(c.state("SELECT status FROM runs WHERE tool = 'lake-maintain'"), "success", "recorded as its own step");
+        assert_eq!(
+            c.state("SELECT status FROM runs WHERE tool = 'lake-maintain' ORDER BY run_id DESC LIMIT 1"),
+            "success",
+            "recorded as its own step"
+        );
         let status: serde_json::Value =
             serde_json::from_str(&c.ok(&["/opt/materia/current/bin/materia-status", "--data-dir", "/data/materia", "--json"])).unwrap();
         let maintain = status["steps"].as_array().unwrap().iter().find(|s| s["step"] == "lake-maintain").unwrap().clone();
