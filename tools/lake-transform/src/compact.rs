@@ -5,10 +5,10 @@
 //!
 //! Under the lakehouse lock, no reader or writer has the file open. The copy is checked
 //! against the original (every table with its columns and row count, every view with its
-//! SQL) before it replaces it; until the rename the original is untouched, and a killed
-//! run leaves only a temp file, which the next `maintain` removes.
+//! SQL) before it replaces it (lakehouse_file.rs: until the rename the original is
+//! untouched, and a killed run leaves only a temp file, which the next removes).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context as _;
 use duckdb::Connection;
@@ -16,8 +16,7 @@ use materia_common::duckdb_config::sql_string;
 use materia_common::exit::Integrity;
 use materia_common::layout;
 
-/// Temp copies start with this, beside the lakehouse (DuckDB adds `.wal` to its own).
-const TMP_PREFIX: &str = ".lakehouse.compact-tmp-";
+use crate::lakehouse_file::NewLakehouse;
 
 /// What a compaction did, in bytes.
 #[derive(Debug, Clone, Copy)]
@@ -32,31 +31,17 @@ pub(crate) struct Compacted {
 /// rename it over `path`. Consumes the connection: the original must be closed (and its
 /// WAL folded in) before the rename.
 pub(crate) fn compact(conn: Connection, path: &Path) -> anyhow::Result<Compacted> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    sweep(dir)?;
+    let new = NewLakehouse::start(path, "compact")?;
     conn.execute_batch("CHECKPOINT").context("checkpointing the lakehouse before the copy")?;
     let before = size(path)?;
-    let tmp = dir.join(format!("{TMP_PREFIX}{}", std::process::id()));
-    let guard = TempGuard(tmp.clone());
     let catalog: String = conn.query_row("SELECT current_database()", [], |r| r.get(0))?;
-    if let Err(e) = copy_and_verify(&conn, &catalog, &tmp) {
-        // Detached before the guard removes it, so DuckDB writes nothing there after.
+    if let Err(e) = copy_and_verify(&conn, &catalog, new.tmp()) {
+        // Detached before the temp file is removed, so DuckDB writes nothing there after.
         let _ = conn.execute_batch("DETACH DATABASE IF EXISTS materia_compact");
         return Err(e);
     }
     drop(conn);
-    // DuckDB folds the WAL into the file when it closes it; a WAL still there would be
-    // replayed onto the new file at the next open.
-    if wal(path).exists() {
-        return Err(Integrity(format!("{} still has a WAL after it was closed; the lakehouse was left as it was", path.display())).into());
-    }
-    if wal(&tmp).exists() {
-        return Err(Integrity(format!("the copy {} was left with a WAL after its checkpoint", tmp.display())).into());
-    }
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).with_context(|| format!("fsync {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    guard.disarm();
-    materia_common::atomic::sync_dir(dir)?;
+    new.publish()?;
     Ok(Compacted { before, after: size(path)? })
 }
 
@@ -112,41 +97,6 @@ fn verify(conn: &Connection, a: &str, b: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Remove the temp copies a killed `maintain` left (we hold the lakehouse lock).
-fn sweep(dir: &Path) -> anyhow::Result<()> {
-    for e in materia_common::read_dir_or_empty(dir)? {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with(TMP_PREFIX) {
-            log::warn!("removing {name}, left by an interrupted maintain");
-            std::fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
-        }
-    }
-    Ok(())
-}
-
 fn size(path: &Path) -> anyhow::Result<u64> {
     Ok(std::fs::metadata(path).with_context(|| format!("reading the size of {}", path.display()))?.len())
-}
-
-fn wal(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".wal");
-    PathBuf::from(s)
-}
-
-/// Removes the temp copy (and its WAL) unless disarmed.
-struct TempGuard(PathBuf);
-
-impl TempGuard {
-    fn disarm(self) {
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for TempGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-        let _ = std::fs::remove_file(wal(&self.0));
-    }
 }

@@ -12,6 +12,7 @@ pub mod audit;
 mod compact;
 pub mod engine_state;
 mod header;
+mod lakehouse_file;
 pub mod landing_order;
 pub mod model;
 pub mod plan;
@@ -28,7 +29,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use materia_common::lakehouse_target::LakehouseArgs;
+use materia_common::lakehouse_target::{LakehouseArgs, Target};
 use materia_common::layout::{self, Layout};
 use materia_common::{CommonArgs, Outcome, Report};
 
@@ -286,6 +287,9 @@ fn run_models(
         let _lock = materia_common::lock::lakehouse(&step.layout, Duration::from_secs(common.wait_lock))?;
         // A DuckLake's writers may be on other machines: its own lock, seen by all.
         let _lake_lock = target.writer_lock(Duration::from_secs(common.wait_lock))?;
+        if let Target::File(path) = &target.target {
+            lakehouse_file::sweep_beside(path)?;
+        }
         let t = std::time::Instant::now();
         let conn = target.open(false)?;
         log::debug!("opened {} in {:?}", target.describe(), t.elapsed());
@@ -308,8 +312,19 @@ fn run_models(
                 failure: None,
             });
         }
-        let out = run::run(&project, &conn, &steps, step.run_id, &order, !target.is_ducklake());
-        drop(conn);
+        let out = match &target.target {
+            // Every model is built (a first build, --rebuild): into a new file, renamed over
+            // the lakehouse when the whole run succeeded; the old one is closed meanwhile.
+            Target::File(path) if steps.iter().all(|s| matches!(s.action, Action::Build | Action::Drop)) => {
+                drop(conn);
+                run::build_new_file(path, &project, &steps, step.run_id, &order, memory, &step.layout, &landing)?
+            }
+            _ => {
+                let out = run::run(&project, &conn, &steps, step.run_id, &order, !target.is_ducklake(), run::Commit::Once);
+                drop(conn);
+                out
+            }
+        };
         record(&step.db, step.run_id, &out)?;
         let ran: Vec<_> = out.models.iter().filter(|m| m.action != "skip").collect();
         let failed_audits = out.audits.iter().filter(|a| a.failing_rows > 0).count();

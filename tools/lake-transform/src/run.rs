@@ -1,7 +1,9 @@
-//! Running the planned steps: one DuckDB transaction for the whole run (models, their
-//! audits, the engine's state), so a failing blocking audit, an error or a `kill -9`
-//! leaves the lakehouse exactly at its last good state; the sandbox model SQL runs in
-//! and its memory bound. How each step writes its table is in write.rs.
+//! Running the planned steps, all or nothing, so a failing blocking audit, an error or a
+//! `kill -9` leaves the lakehouse exactly at its last good state: one DuckDB transaction
+//! for the whole run (models, their audits, the engine's state), or, when every model is
+//! built on the local file, a new file committed model by model and renamed over the
+//! lakehouse only when the run succeeded (lakehouse_file.rs). Also the sandbox model SQL
+//! runs in and its memory bound. How each step writes its table is in write.rs.
 
 use std::path::Path;
 use std::time::Instant;
@@ -59,16 +61,36 @@ pub struct RunOutcome {
     pub failure: Option<anyhow::Error>,
 }
 
-/// Run `steps` in one transaction on `conn`.
+/// How a run commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// Once, at the end: the run is all or nothing in the lakehouse itself.
+    Once,
+    /// After each model: only for a new file that replaces the lakehouse when the whole
+    /// run succeeded (lakehouse_file.rs), which keeps the run all or nothing. A model then
+    /// reads committed tables, which DuckDB scans faster than a transaction's own writes
+    /// (~1.3 s of a 100-release coffee build).
+    EachModel,
+}
+
+/// Run `steps` on `conn`, committing as `commit` says.
 /// `checkpoint`: fold the WAL into the database file after the commit (a local file;
 /// a DuckLake has no WAL, and its CHECKPOINT is the maintenance, not for every run).
-pub fn run(project: &Project, conn: &Connection, steps: &[PlannedModel], run_id: i64, order: &LandingOrder, checkpoint: bool) -> RunOutcome {
+pub fn run(
+    project: &Project,
+    conn: &Connection,
+    steps: &[PlannedModel],
+    run_id: i64,
+    order: &LandingOrder,
+    checkpoint: bool,
+    commit: Commit,
+) -> RunOutcome {
     let mut out = RunOutcome::default();
     if let Err(e) = conn.execute_batch("BEGIN TRANSACTION") {
         out.failure = Some(anyhow!(e).context("starting the transaction"));
         return out;
     }
-    let result = run_in_tx(project, conn, steps, run_id, order, &mut out);
+    let result = run_in_tx(project, conn, steps, run_id, order, commit, &mut out);
     let t = Instant::now();
     let end = match result {
         Ok(()) => conn.execute_batch("COMMIT").context("committing the run"),
@@ -94,12 +116,42 @@ pub fn run(project: &Project, conn: &Connection, steps: &[PlannedModel], run_id:
     out
 }
 
+/// Build every model into a new file beside the lakehouse at `path`, committing after
+/// each, and rename it over the lakehouse if the whole run succeeded (a failed run leaves
+/// the lakehouse as it was, and the new file is removed).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn build_new_file(
+    path: &Path,
+    project: &Project,
+    steps: &[PlannedModel],
+    run_id: i64,
+    order: &LandingOrder,
+    memory: &crate::Memory,
+    layout: &materia_common::layout::Layout,
+    landing: &Path,
+) -> anyhow::Result<RunOutcome> {
+    let new = crate::lakehouse_file::NewLakehouse::start(path, "build")?;
+    let conn = duckdb::Connection::open_with_flags(new.tmp(), materia_common::duckdb_config::config(crate::DEV_EXTENSIONS)?)
+        .with_context(|| format!("creating {}", new.tmp().display()))?;
+    let spill_dir = memory.spill_dir.clone().unwrap_or_else(|| layout.spill_dir(crate::TOOL));
+    bound_memory(&conn, &memory.limit, &std::path::absolute(spill_dir)?)?;
+    sandbox(&conn, landing, &[])?;
+    log::debug!("building every model into {}", new.tmp().display());
+    let out = run(project, &conn, steps, run_id, order, true, Commit::EachModel);
+    drop(conn);
+    if out.failure.is_none() {
+        new.publish()?;
+    }
+    Ok(out)
+}
+
 fn run_in_tx(
     project: &Project,
     conn: &Connection,
     steps: &[PlannedModel],
     run_id: i64,
     order: &LandingOrder,
+    commit: Commit,
     out: &mut RunOutcome,
 ) -> anyhow::Result<()> {
     conn.execute_batch(STATE_DDL).context("creating the _materia state tables")?;
@@ -136,6 +188,11 @@ fn run_in_tx(
         let duration_ms = start.elapsed().as_millis() as u64;
         log::info!("{}: {} ({}){}", m.name, step.action.label(), step.reason, rows.map(|r| format!(", {r} rows")).unwrap_or_default());
         out.models.push(ModelResult { model: m.name.clone(), action: step.action.label(), reason: step.reason.clone(), rows, duration_ms });
+        if commit == Commit::EachModel {
+            // Before its audits, which then read it committed too: a failing one still
+            // fails the run, and the new file is thrown away.
+            conn.execute_batch("COMMIT; BEGIN TRANSACTION").with_context(|| format!("committing {} to the new file", m.name))?;
+        }
         let t = Instant::now();
         run_audits(project, conn, m, &audited, &loaded_now, out)?;
         log::debug!("{}: audits in {:?}", m.name, t.elapsed());

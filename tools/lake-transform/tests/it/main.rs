@@ -383,6 +383,31 @@ fn kill_9_mid_run_leaves_the_previous_state() {
         env.state_rows("SELECT status FROM runs WHERE tool = 'lake-transform' ORDER BY run_id"),
         ["Text(\"success\")", "Text(\"aborted\")", "Text(\"success\")"]
     );
+
+    // A rebuild builds a new file beside the lakehouse: killed, it leaves the lakehouse
+    // as it was, and the next run, with nothing to do, removes what it left.
+    let before = env.snapshot();
+    let served = serving_state(&env);
+    let temps = |env: &Env| -> Vec<String> {
+        std::fs::read_dir(&env.data).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.contains("-tmp-")).collect()
+    };
+    let mut child = env.cmd().args(["run", "--rebuild"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    materia_test_support::wait_until("the rebuild's new file", Duration::from_secs(30), || !temps(&env).is_empty());
+    std::thread::sleep(Duration::from_millis(100));
+    let finished_early = child.try_wait().unwrap().is_some();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!finished_early, "the rebuild finished before it could be killed");
+    assert_eq!(temps(&env).len(), 1, "the killed rebuild's file: {:?}", temps(&env));
+    assert_eq!(env.snapshot(), before, "a killed rebuild leaves the last good state");
+    let run = env.run(&["run"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(run.stderr.contains("left by an interrupted run or maintain"), "{}", run.stderr);
+    assert_eq!(temps(&env), Vec::<String>::new());
+    let run = env.run(&["run", "--rebuild"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(serving_state(&env), served, "the rebuilt file holds what the runs built");
+    assert_eq!(temps(&env), Vec::<String>::new());
 }
 
 #[test]
@@ -1299,7 +1324,7 @@ fn maintain_compacts_the_local_file_checked_and_the_runs_go_on() {
     std::fs::write(env.data.join(".lakehouse.compact-tmp-999999"), b"half a copy").unwrap();
     let run = env.run(&["maintain"]);
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stderr.contains("left by an interrupted maintain"), "{}", run.stderr);
+    assert!(run.stderr.contains("left by an interrupted run or maintain"), "{}", run.stderr);
     assert_eq!(left(&env), Vec::<String>::new());
     let line = run.stdout.lines().find(|l| l.starts_with("compacted\t")).unwrap_or_else(|| panic!("{}", run.stdout));
     let sizes: Vec<u64> = line.split('\t').skip(1).map(|n| n.parse().unwrap()).collect();

@@ -1,0 +1,94 @@
+//! A new lakehouse file, written beside `lakehouse.duckdb` under a hidden temp name and
+//! renamed over it when complete: how `maintain` compacts the local file (compact.rs)
+//! and how a run that builds every model writes it (lib.rs). Until the rename the old
+//! file is untouched, so a failure or a `kill -9` leaves the lakehouse as it was, and
+//! only a temp file behind, which the next run or `maintain` removes (they hold the
+//! lakehouse lock, so no one else writes one).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use materia_common::exit::Integrity;
+
+/// Temp files start with this (then what they are for, `-tmp-` and the pid; DuckDB adds
+/// `.wal` to its own).
+const TMP_PREFIX: &str = ".lakehouse.";
+const TMP_MARK: &str = "-tmp-";
+
+/// A new lakehouse file being written; removed on drop unless published.
+#[derive(Debug)]
+pub(crate) struct NewLakehouse {
+    tmp: PathBuf,
+    path: PathBuf,
+    published: bool,
+}
+
+impl NewLakehouse {
+    /// Start a new file to replace `path` (`what`: `build`, `compact`, in its name),
+    /// after removing what an interrupted one left.
+    pub(crate) fn start(path: &Path, what: &str) -> anyhow::Result<Self> {
+        sweep(dir(path))?;
+        let tmp = dir(path).join(format!("{TMP_PREFIX}{what}{TMP_MARK}{}", std::process::id()));
+        Ok(Self { tmp, path: path.to_owned(), published: false })
+    }
+
+    /// Where DuckDB writes it.
+    pub(crate) fn tmp(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Rename it over the lakehouse. Every connection to both files must be closed:
+    /// DuckDB folds a WAL into its file on close, and a WAL left beside either would be
+    /// replayed onto the new file at the next open.
+    pub(crate) fn publish(mut self) -> anyhow::Result<()> {
+        if wal(&self.path).exists() {
+            return Err(Integrity(format!("{} still has a WAL after it was closed; the lakehouse was left as it was", self.path.display())).into());
+        }
+        if wal(&self.tmp).exists() {
+            return Err(Integrity(format!("the new file {} was left with a WAL after it was closed", self.tmp.display())).into());
+        }
+        std::fs::File::open(&self.tmp).and_then(|f| f.sync_all()).with_context(|| format!("fsync {}", self.tmp.display()))?;
+        std::fs::rename(&self.tmp, &self.path).with_context(|| format!("renaming {} to {}", self.tmp.display(), self.path.display()))?;
+        self.published = true;
+        materia_common::atomic::sync_dir(dir(&self.path))?;
+        Ok(())
+    }
+}
+
+impl Drop for NewLakehouse {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = std::fs::remove_file(&self.tmp);
+            let _ = std::fs::remove_file(wal(&self.tmp));
+        }
+    }
+}
+
+fn dir(path: &Path) -> &Path {
+    path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+/// Remove the temp files an interrupted run or `maintain` left beside the lakehouse at
+/// `path`. Only under the lakehouse lock (then no one is writing one).
+pub(crate) fn sweep_beside(path: &Path) -> anyhow::Result<()> {
+    sweep(dir(path))
+}
+
+fn sweep(dir: &Path) -> anyhow::Result<()> {
+    for e in materia_common::read_dir_or_empty(dir)? {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(TMP_PREFIX) && name.contains(TMP_MARK) {
+            log::warn!("removing {name}, left by an interrupted run or maintain");
+            std::fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The WAL DuckDB keeps beside `path`.
+pub(crate) fn wal(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".wal");
+    PathBuf::from(s)
+}
