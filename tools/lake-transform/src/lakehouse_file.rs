@@ -19,7 +19,11 @@ const TMP_MARK: &str = "-tmp-";
 #[derive(Debug)]
 pub(crate) struct NewLakehouse {
     tmp: PathBuf,
+    /// The path DuckDB opens the lakehouse by (its WAL is named after it).
     path: PathBuf,
+    /// The file itself: where a symlink at `path` points (it stays a symlink, and the
+    /// new file is written on the volume the operator put the lakehouse on).
+    file: PathBuf,
     published: bool,
 }
 
@@ -27,9 +31,14 @@ impl NewLakehouse {
     /// Start a new file to replace `path` (`what`: `build`, `compact`, in its name),
     /// after removing what an interrupted one left.
     pub(crate) fn start(path: &Path, what: &str) -> anyhow::Result<Self> {
-        sweep(dir(path))?;
-        let tmp = dir(path).join(format!("{TMP_PREFIX}{what}{TMP_MARK}{}", std::process::id()));
-        Ok(Self { tmp, path: path.to_owned(), published: false })
+        let file = match std::fs::canonicalize(path) {
+            Ok(real) => real,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => path.to_owned(),
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("resolving {}", path.display()))),
+        };
+        sweep(dir(&file))?;
+        let tmp = dir(&file).join(format!("{TMP_PREFIX}{what}{TMP_MARK}{}", std::process::id()));
+        Ok(Self { tmp, path: path.to_owned(), file, published: false })
     }
 
     /// Where DuckDB writes it.
@@ -41,16 +50,16 @@ impl NewLakehouse {
     /// DuckDB folds a WAL into its file on close, and a WAL left beside either would be
     /// replayed onto the new file at the next open.
     pub(crate) fn publish(mut self) -> anyhow::Result<()> {
-        if wal(&self.path).exists() {
-            return Err(Integrity(format!("{} still has a WAL after it was closed; the lakehouse was left as it was", self.path.display())).into());
+        if let Some(w) = [wal(&self.path), wal(&self.file)].into_iter().find(|w| w.exists()) {
+            return Err(Integrity(format!("{} is left after the lakehouse was closed; the lakehouse was left as it was", w.display())).into());
         }
         if wal(&self.tmp).exists() {
             return Err(Integrity(format!("the new file {} was left with a WAL after it was closed", self.tmp.display())).into());
         }
         std::fs::File::open(&self.tmp).and_then(|f| f.sync_all()).with_context(|| format!("fsync {}", self.tmp.display()))?;
-        std::fs::rename(&self.tmp, &self.path).with_context(|| format!("renaming {} to {}", self.tmp.display(), self.path.display()))?;
+        std::fs::rename(&self.tmp, &self.file).with_context(|| format!("renaming {} to {}", self.tmp.display(), self.file.display()))?;
         self.published = true;
-        materia_common::atomic::sync_dir(dir(&self.path))?;
+        materia_common::atomic::sync_dir(dir(&self.file))?;
         Ok(())
     }
 }
@@ -71,7 +80,10 @@ fn dir(path: &Path) -> &Path {
 /// Remove the temp files an interrupted run or `maintain` left beside the lakehouse at
 /// `path`. Only under the lakehouse lock (then no one is writing one).
 pub(crate) fn sweep_beside(path: &Path) -> anyhow::Result<()> {
-    sweep(dir(path))
+    match std::fs::canonicalize(path) {
+        Ok(real) => sweep(dir(&real)),
+        Err(_) => sweep(dir(path)),
+    }
 }
 
 fn sweep(dir: &Path) -> anyhow::Result<()> {

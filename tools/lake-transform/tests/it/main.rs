@@ -1372,4 +1372,25 @@ fn maintain_compacts_the_local_file_checked_and_the_runs_go_on() {
         env.state_rows("SELECT tool, status, exit_code FROM runs WHERE tool = 'lake-maintain' ORDER BY run_id"),
         ["Text(\"lake-maintain\")|Text(\"failed\")|Integer(6)", "Text(\"lake-maintain\")|Text(\"success\")|Integer(0)"]
     );
+
+    // A lakehouse the operator moved to another volume and linked back stays there: a
+    // compaction or a full build writes beside the real file and renames over it.
+    let volume = env.root.join("volume");
+    std::fs::create_dir_all(&volume).unwrap();
+    std::fs::rename(&lakehouse, volume.join("lakehouse.duckdb")).unwrap();
+    std::os::unix::fs::symlink(volume.join("lakehouse.duckdb"), &lakehouse).unwrap();
+    let before = env.snapshot();
+    let linked = || std::fs::symlink_metadata(&lakehouse).unwrap().file_type().is_symlink();
+    let run = env.run(&["maintain"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(linked(), "the link is kept");
+    assert_eq!(env.snapshot(), before);
+    let run = env.run(&["run", "--rebuild"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(linked(), "the link is kept");
+    assert_eq!(exact(&env), rebuilt);
+    for dir in [&env.data, &volume] {
+        let names: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(!names.iter().any(|n| n.contains("-tmp-")), "{}: {names:?}", dir.display());
+    }
 }
