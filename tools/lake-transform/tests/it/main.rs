@@ -398,7 +398,8 @@ fn kill_9_mid_run_leaves_the_previous_state() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(!finished_early, "the rebuild finished before it could be killed");
-    assert_eq!(temps(&env).len(), 1, "the killed rebuild's file: {:?}", temps(&env));
+    let left = temps(&env); // the new file, and its WAL if it had committed a model yet
+    assert!(!left.is_empty() && left.iter().all(|n| n.starts_with(".lakehouse.build-tmp-")), "the killed rebuild's files: {left:?}");
     assert_eq!(env.snapshot(), before, "a killed rebuild leaves the last good state");
     let run = env.run(&["run"]);
     assert_eq!(run.code, 3, "{run:?}");
