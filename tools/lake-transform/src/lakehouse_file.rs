@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use materia_common::duckdb_config::wal_path as wal;
 use materia_common::exit::Integrity;
 
 /// Temp files start with this (then what they are for, `-tmp-` and the pid; DuckDB adds
@@ -96,11 +97,4 @@ fn sweep(dir: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The WAL DuckDB keeps beside `path`.
-pub(crate) fn wal(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".wal");
-    PathBuf::from(s)
 }

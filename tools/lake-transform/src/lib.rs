@@ -77,8 +77,16 @@ pub struct Cli {
 
 /// How much memory a run's DuckDB may use, and where it spills past that.
 struct Memory {
-    pub(crate) limit: String,
-    pub(crate) spill_dir: Option<PathBuf>,
+    limit: String,
+    spill_dir: Option<PathBuf>,
+}
+
+impl Memory {
+    /// Bound `conn` by the limit, spilling to --spill-dir (default `DATA_DIR/spill/lake-transform`).
+    pub(crate) fn bound(&self, conn: &duckdb::Connection, layout: &Layout) -> anyhow::Result<()> {
+        let spill_dir = self.spill_dir.clone().unwrap_or_else(|| layout.spill_dir(TOOL));
+        run::bound_memory(conn, &self.limit, &std::path::absolute(spill_dir)?)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -293,8 +301,7 @@ fn run_models(
         let t = std::time::Instant::now();
         let conn = target.open(false)?;
         log::debug!("opened {} in {:?}", target.describe(), t.elapsed());
-        let spill_dir = memory.spill_dir.clone().unwrap_or_else(|| step.layout.spill_dir(TOOL));
-        run::bound_memory(&conn, &memory.limit, &std::path::absolute(spill_dir)?)?;
+        memory.bound(&conn, &step.layout)?;
         let landing = std::path::absolute(step.layout.landing())?;
         run::sandbox(&conn, &landing, &target.data_paths())?;
         let t = std::time::Instant::now();

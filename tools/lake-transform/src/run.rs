@@ -133,8 +133,7 @@ pub(crate) fn build_new_file(
     let new = crate::lakehouse_file::NewLakehouse::start(path, "build")?;
     let conn = duckdb::Connection::open_with_flags(new.tmp(), materia_common::duckdb_config::config(crate::DEV_EXTENSIONS)?)
         .with_context(|| format!("creating {}", new.tmp().display()))?;
-    let spill_dir = memory.spill_dir.clone().unwrap_or_else(|| layout.spill_dir(crate::TOOL));
-    bound_memory(&conn, &memory.limit, &std::path::absolute(spill_dir)?)?;
+    memory.bound(&conn, layout)?;
     sandbox(&conn, landing, &[])?;
     log::debug!("building every model into {}", new.tmp().display());
     let out = run(project, &conn, steps, run_id, order, true, Commit::EachModel);

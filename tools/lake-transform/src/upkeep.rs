@@ -39,8 +39,7 @@ pub(crate) fn maintain(common: &CommonArgs, lakehouse: &LakehouseArgs, keep_days
             anyhow::bail!("{} does not exist yet: run lake-transform first", target.describe());
         }
         let conn = target.open(false)?;
-        let spill_dir = memory.spill_dir.clone().unwrap_or_else(|| step.layout.spill_dir(crate::TOOL));
-        crate::run::bound_memory(&conn, &memory.limit, &std::path::absolute(spill_dir)?)?;
+        memory.bound(&conn, &step.layout)?;
         let mut done = serde_json::Map::new();
         if let Target::File(path) = &target.target {
             let c = crate::compact::compact(conn, path)?;

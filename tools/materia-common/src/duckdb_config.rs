@@ -10,6 +10,13 @@ use std::path::PathBuf;
 use crate::layout::ENV_DUCKDB_EXTENSIONS;
 
 /// The extensions a lakehouse on DuckLake loads (a PostgreSQL catalog, S3/R2 data).
+/// The WAL DuckDB keeps beside the database file `path` (its path with `.wal` added).
+pub fn wal_path(path: &std::path::Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".wal");
+    PathBuf::from(s)
+}
+
 /// `s` as a SQL string literal (single quotes doubled), for the paths and settings the
 /// tools splice into DuckDB statements.
 pub fn sql_string(s: &str) -> String {

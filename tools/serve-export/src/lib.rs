@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow};
 use clap::Parser;
 use duckdb::Connection;
-use materia_common::duckdb_config;
+use materia_common::duckdb_config::{self, wal_path as wal};
 use materia_common::exit::Integrity;
 use materia_common::lakehouse;
 use materia_common::lakehouse_target::{LakehouseArgs, Target};
@@ -179,12 +179,6 @@ impl Drop for TempGuard {
         let _ = std::fs::remove_file(&self.0);
         let _ = std::fs::remove_file(wal(&self.0));
     }
-}
-
-fn wal(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".wal");
-    PathBuf::from(s)
 }
 
 fn sql_str(p: &Path) -> String {

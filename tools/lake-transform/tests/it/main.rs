@@ -349,6 +349,14 @@ fn a_blocking_audit_failure_rolls_the_whole_run_back() {
     );
     // Still failing on the next run (the bad file was not recorded as loaded).
     assert_eq!(env.run(&["run"]).code, 5);
+
+    // A rebuild writes a new file: failing, it replaces nothing and leaves no file behind.
+    let run = env.run(&["run", "--rebuild"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    assert!(run.error_line().contains("audit unique_combination_of_columns on raw.psd failed"), "{}", run.error_line());
+    assert_eq!(env.snapshot(), before, "the lakehouse is exactly at the previous state");
+    let names: Vec<String> = std::fs::read_dir(&env.data).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(!names.iter().any(|n| n.contains("-tmp-")), "{names:?}");
 }
 
 #[test]
