@@ -49,7 +49,7 @@ fn insert_new(conn: &Connection, m: &Model, sql: &str) -> anyhow::Result<NewRows
     if !m.columns.is_empty() {
         check_columns(conn, m, &format!("({sql})"))?;
     }
-    let first: i64 = conn.query_row(&format!("SELECT coalesce(max(rowid), -1) + 1 FROM {name}"), [], |r| r.get(0))?;
+    let first = next_row_id(conn, name)?;
     // DuckDB reads a table as it was when the statement began, so a model reading
     // @this_model does not see the rows it is inserting.
     let inserted = conn.execute(&format!("INSERT INTO {name} BY NAME SELECT * FROM ({sql})"), [])?;
@@ -59,6 +59,31 @@ fn insert_new(conn: &Connection, m: &Model, sql: &str) -> anyhow::Result<NewRows
         anyhow::bail!("{name}: inserted {inserted} rows but {found} have row ids from {first} on (DuckDB's row ids changed meaning?)");
     }
     Ok(new_rows)
+}
+
+/// The row id past every stored row of `table`. DuckDB numbers a table's rows by their
+/// place, so the table's row count in its catalog (deleted rows included) says where the
+/// last one is, and a filter on rowid reads only the row group holding it: a max over
+/// the whole rowid column read the whole history (32 ms at 100 coffee releases, growing
+/// with every release). The count is only a hint: a table with no row at or past it is
+/// read whole, so the answer is the max either way.
+fn next_row_id(conn: &Connection, table: &str) -> anyhow::Result<i64> {
+    let (schema, object) = table.split_once('.').unwrap_or(("main", table));
+    let hint: i64 = conn
+        .query_row(
+            "SELECT coalesce(max(estimated_size), 0) FROM duckdb_tables() WHERE database_name = current_database() AND schema_name = ? AND table_name = ?",
+            [schema, object],
+            |r| r.get(0),
+        )
+        .context("reading the table's row count")?;
+    let since = (hint - 1).max(0);
+    let max: Option<i64> = conn.query_row(&format!("SELECT max(rowid) FROM {table} WHERE rowid >= {since}"), [], |r| r.get(0))?;
+    let max = match max {
+        Some(m) => Some(m),
+        None if since > 0 => conn.query_row(&format!("SELECT max(rowid) FROM {table}"), [], |r| r.get(0))?,
+        None => None,
+    };
+    Ok(max.map_or(0, |m| m + 1))
 }
 
 /// The landing files a step loaded, each with its sha256.
@@ -214,4 +239,44 @@ pub(crate) fn check_columns(conn: &Connection, m: &Model, table: &str) -> anyhow
         return Err(BadInput(format!("{} returned columns ({}) but its header declares ({})", m.name, got.join(", "), want.join(", "))).into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_row_id;
+
+    fn full_max(conn: &duckdb::Connection) -> i64 {
+        conn.query_row("SELECT coalesce(max(rowid), -1) + 1 FROM s.t", [], |r| r.get(0)).unwrap()
+    }
+
+    /// The hint from the catalog never changes the answer: after appends, deletes of the
+    /// last rows (committed or not), a checkpoint, and in an empty table.
+    #[test]
+    fn next_row_id_is_the_max_rowid_plus_one() {
+        let dir = std::env::temp_dir().join(format!("lt-next-row-id-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let conn = duckdb::Connection::open(dir.join("t.duckdb")).unwrap();
+        conn.execute_batch("CREATE SCHEMA s; CREATE TABLE s.t (i INTEGER)").unwrap();
+        assert_eq!(next_row_id(&conn, "s.t").unwrap(), 0, "empty");
+        let steps = [
+            "INSERT INTO s.t SELECT range FROM range(300000)",
+            "DELETE FROM s.t WHERE i >= 250000",
+            "CHECKPOINT",
+            "INSERT INTO s.t SELECT range FROM range(7)",
+            "DELETE FROM s.t",
+            "CHECKPOINT",
+            "INSERT INTO s.t SELECT range FROM range(130000)",
+        ];
+        for step in steps {
+            conn.execute_batch(step).unwrap();
+            assert_eq!(next_row_id(&conn, "s.t").unwrap(), full_max(&conn), "after {step}");
+        }
+        // Inside a transaction that deleted the last rows and has not committed.
+        conn.execute_batch("BEGIN; DELETE FROM s.t WHERE i >= 100000").unwrap();
+        assert_eq!(next_row_id(&conn, "s.t").unwrap(), full_max(&conn), "uncommitted delete");
+        conn.execute_batch("ROLLBACK").unwrap();
+        drop(conn);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
