@@ -9,7 +9,6 @@ use std::path::PathBuf;
 
 use crate::layout::ENV_DUCKDB_EXTENSIONS;
 
-/// The extensions a lakehouse on DuckLake loads (a PostgreSQL catalog, S3/R2 data).
 /// The WAL DuckDB keeps beside the database file `path` (its path with `.wal` added).
 pub fn wal_path(path: &std::path::Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
@@ -23,6 +22,7 @@ pub fn sql_string(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// The extensions a lakehouse on DuckLake loads (a PostgreSQL catalog, S3/R2 data).
 pub const EXTENSIONS: &[&str] = &["ducklake", "postgres_scanner", "httpfs"];
 
 /// The offline extension directory: `MATERIA_DUCKDB_EXTENSIONS`; else the release's
