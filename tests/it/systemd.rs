@@ -631,14 +631,14 @@ fn the_release_lifecycle_under_a_real_systemd() {
         for u in ["lake-transform.service", "serve-export.service", "lake-maintain.service"] {
             assert!(out.contains(&format!("DuckLake: {u} gets the network and /opt/materia/lake.env")), "{out}");
             let files = c.ok(&["systemctl", "show", "-p", "EnvironmentFiles", u]);
-            assert!(
-                files.contains("/etc/materia/config.env") && files.contains("/opt/materia/lake.env") && !files.contains("secrets.env"),
-                "{u}: {files}"
-            );
+            assert!(files.contains("/etc/materia/config.env") && !files.contains("/opt/materia"), "{u}: {files}");
+            let env = c.ok(&["systemctl", "show", "-p", "Environment", u]);
+            assert!(env.contains("MATERIA_SECRETS_FILE=/opt/materia/lake.env"), "{u} reads lake.env itself: {env}");
             assert_eq!(c.ok(&["systemctl", "show", "-p", "PrivateNetwork", "--value", u]).trim(), "no", "{u}");
         }
         for u in ["landing-backup.service", "psd-extract.service", "tag-deploy.service"] {
-            assert!(!c.ok(&["systemctl", "show", "-p", "EnvironmentFiles", u]).contains("lake.env"), "{u} gets no lake secret");
+            let env = c.ok(&["systemctl", "show", "-p", "EnvironmentFiles", "-p", "Environment", u]);
+            assert!(!env.contains("lake.env"), "{u} gets no lake secret: {env}");
         }
         let builds = || c.journal("lake-transform.service").matches("serving.commodity_balance: build").count();
         let built = builds();
@@ -706,6 +706,19 @@ fn the_release_lifecycle_under_a_real_systemd() {
     let out = bootstrap();
     assert!(out.contains("bootstrap: deployed releases/v4"), "{out}");
     assert_eq!((listing(&c, "/opt/materia"), listing(&c, "/etc/systemd/system"), listing(&c, "/etc/materia")), before);
+
+    // The deployed secrets are where the service user writes: a link it plants there to
+    // a root-only file gets it nothing. The tool reads the file as that user (systemd
+    // would read an EnvironmentFile= as root), so the run stops, saying why.
+    c.sh("printf 'R2_SECRET_ACCESS_KEY=root-only-s3cret\\n' > /etc/precious.env && chmod 600 /etc/precious.env");
+    c.as_user("ln -sf /etc/precious.env /opt/materia/secrets.env");
+    assert_ne!(c.exec(&["systemctl", "start", "landing-backup.service"]).0, 0);
+    let journal = c.journal("landing-backup.service");
+    assert!(
+        journal.contains("landing-backup: error: cannot read the secrets file /opt/materia/secrets.env (MATERIA_SECRETS_FILE): Permission denied"),
+        "{journal}"
+    );
+    assert!(!journal.contains("root-only-s3cret"), "{journal}");
 }
 
 #[test]

@@ -137,14 +137,19 @@ fn units_follow_the_house_rules() {
         assert_eq!(values(text, "Type"), ["oneshot"], "{name}");
         // Every run is bounded: a hung step fails (and alerts) instead of blocking its timer.
         assert_eq!(values(text, "TimeoutStartSec").len(), 1, "{name}: TimeoutStartSec=");
-        // Least privilege: each step reads only the files holding what it needs.
+        // Least privilege: each step reads only the files holding what it needs. systemd
+        // reads an EnvironmentFile= as root, so each is root's (/etc/materia); the
+        // secrets tag-deploy writes where the service user writes are read by the tool
+        // itself, as that user (MATERIA_SECRETS_FILE).
         let env: &[&str] = match name.as_str() {
-            "landing-backup.service" => &["-/etc/materia/config.env", "-/opt/materia/secrets.env"],
             "tag-deploy.service" => &["-/etc/materia/config.env", "-/etc/materia/deploy.env"],
             "materia-notify@.service" | "materia-ping@.service" => &["-/etc/materia/monitoring.env"],
             _ => &["-/etc/materia/config.env"],
         };
         assert_eq!(values(text, "EnvironmentFile"), env, "{name}: the environment files it needs, no more");
+        let secrets: Vec<&str> = values(text, "Environment").into_iter().filter(|e| e.starts_with("MATERIA_SECRETS_FILE=")).collect();
+        let want: &[&str] = if name == "landing-backup.service" { &["MATERIA_SECRETS_FILE=/opt/materia/secrets.env"] } else { &[] };
+        assert_eq!(secrets, want, "{name}: the secrets it reads itself");
         assert_eq!(values(text, "User"), ["beanflows_service"], "{name}");
         let exec = values(text, "ExecStart");
         assert!(exec.len() == 1 && exec[0].starts_with("/opt/materia/current/"), "{name}: runs the release through `current`: {exec:?}");
@@ -206,11 +211,12 @@ fn units_follow_the_house_rules() {
         assert_eq!(values(&units[s], "PrivateNetwork"), ["yes"], "{s}");
         assert_eq!(values(&units[s], "RestrictAddressFamilies"), ["AF_UNIX"], "{s}");
     }
-    assert_eq!(values(&dropin, "EnvironmentFile"), [format!("-/opt/materia/{}", materia_common::layout::LAKE_ENV_FILE)]);
+    assert_eq!(values(&dropin, "EnvironmentFile"), Vec::<&str>::new(), "root reads no file the service user writes");
+    assert_eq!(values(&dropin, "Environment"), [format!("MATERIA_SECRETS_FILE=/opt/materia/{}", materia_common::layout::LAKE_ENV_FILE)]);
     assert_eq!(values(&dropin, "PrivateNetwork"), ["no"]);
     assert_eq!(values(&dropin, "RestrictAddressFamilies"), ["", "AF_UNIX AF_INET AF_INET6"], "replaces the list");
     let keys: Vec<&str> = dropin.lines().filter(|l| !l.starts_with('#') && l.contains('=')).map(|l| l.split('=').next().unwrap()).collect();
-    assert_eq!(keys, ["Wants", "After", "EnvironmentFile", "PrivateNetwork", "RestrictAddressFamilies", "RestrictAddressFamilies"], "nothing else");
+    assert_eq!(keys, ["Wants", "After", "Environment", "PrivateNetwork", "RestrictAddressFamilies", "RestrictAddressFamilies"], "nothing else");
     for secret in materia_common::layout::LAKE_SECRETS {
         assert!(dropin.contains(secret), "the drop-in names {secret}");
     }

@@ -98,3 +98,47 @@ fn sweep(dir: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A new file ready to publish over `dir/lakehouse.duckdb` ("old").
+    fn ready(dir: &Path) -> (PathBuf, NewLakehouse) {
+        let path = dir.join("lakehouse.duckdb");
+        std::fs::write(&path, "old").unwrap();
+        let new = NewLakehouse::start(&path, "build").unwrap();
+        std::fs::write(new.tmp(), "new").unwrap();
+        (path, new)
+    }
+
+    #[test]
+    fn a_wal_left_beside_either_file_stops_the_rename_and_the_lakehouse_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        // Beside the lakehouse: replayed onto the new file at the next open.
+        let (path, new) = ready(dir.path());
+        std::fs::write(wal(&path), "wal").unwrap();
+        let tmp = new.tmp().to_owned();
+        let e = new.publish().unwrap_err();
+        assert!(e.is::<Integrity>(), "{e:#}");
+        assert!(e.to_string().contains(&format!("{} is left after the lakehouse was closed", wal(&path).display())), "{e:#}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "old");
+        assert!(!tmp.exists(), "the new file is removed");
+        std::fs::remove_file(wal(&path)).unwrap();
+
+        // Beside the new file: what it holds is not all in the file renamed.
+        let (path, new) = ready(dir.path());
+        std::fs::write(wal(new.tmp()), "wal").unwrap();
+        let tmp = new.tmp().to_owned();
+        let e = new.publish().unwrap_err();
+        assert!(e.is::<Integrity>() && e.to_string().contains("was left with a WAL"), "{e:#}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "old");
+        assert!(!tmp.exists() && !wal(&tmp).exists(), "both removed");
+
+        // Neither: renamed over it.
+        let (path, new) = ready(dir.path());
+        new.publish().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "nothing else left");
+    }
+}

@@ -88,9 +88,16 @@ pub fn one_line(err: &anyhow::Error) -> String {
     s.chars().flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect()
 }
 
-/// The body of every tool's `main`: run, print `tool: error: <chain>` once on failure,
-/// and turn the result into the documented exit code.
+/// The body of every tool's `main`: take the secrets file's variables
+/// ([`crate::secrets::exec_with_secrets`]: an unreadable or malformed file is exit
+/// [`USAGE`]), run, print `tool: error: <chain>` once on failure, and turn the result
+/// into the documented exit code.
 pub fn main(tool: &str, run: impl FnOnce() -> anyhow::Result<Outcome>) -> ExitCode {
+    if let Err(e) = crate::secrets::exec_with_secrets() {
+        let code = if matches!(e, crate::secrets::SecretsError::Exec { .. }) { FAILURE } else { USAGE };
+        eprintln!("{tool}: error: {}", one_line(&anyhow::Error::new(e)));
+        return ExitCode::from(code);
+    }
     match run() {
         Ok(outcome) => ExitCode::from(outcome.code()),
         Err(err) => {

@@ -26,6 +26,7 @@
 //! | `MATERIA_STATE_DB` | every tool | the state DB (default `DATA_DIR/landing/.state.sqlite`) |
 //! | `MATERIA_WAIT_LOCK` | every tool | seconds to wait for the step lock (default 0: fail at once) |
 //! | `RUST_LOG` | every tool | log filter; overrides `-v`/`-q` |
+//! | `MATERIA_SECRETS_FILE` | every tool | a dotenv file of secrets the tool reads itself, as its user, before its flags (the units: `APP_DIR/secrets.env` for landing-backup, `APP_DIR/lake.env` for the lakehouse's steps on a DuckLake); absent: none |
 //! | `PSD_BASE_URL` | psd-extract | PSD Online base URL (default `https://apps.fas.usda.gov/psdonline`) |
 //! | `PSD_FILES` | psd-extract | comma-separated PSD file names (default `psd_coffee_csv.zip`) |
 //! | `MATERIA_MODELS` | lake-transform | the models folder (default: the release's `models/`) |
@@ -67,6 +68,8 @@ pub const DEFAULT_DATA_DIR: &str = "/data/materia";
 pub const ENV_STATE_DB: &str = "MATERIA_STATE_DB";
 /// Seconds a tool waits for its step lock before giving up (default 0).
 pub const ENV_WAIT_LOCK: &str = "MATERIA_WAIT_LOCK";
+/// A dotenv file of secrets the tool reads itself ([`crate::secrets`]).
+pub const ENV_SECRETS_FILE: &str = "MATERIA_SECRETS_FILE";
 /// psd-extract: PSD Online base URL.
 pub const ENV_PSD_BASE_URL: &str = "PSD_BASE_URL";
 /// Default for [`ENV_PSD_BASE_URL`].
@@ -139,6 +142,7 @@ pub const ENV_VARS: &[&str] = &[
     ENV_DATA_DIR,
     ENV_STATE_DB,
     ENV_WAIT_LOCK,
+    ENV_SECRETS_FILE,
     "RUST_LOG",
     ENV_PSD_BASE_URL,
     ENV_PSD_FILES,

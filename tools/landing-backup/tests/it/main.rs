@@ -205,6 +205,51 @@ fn missing_credentials_are_named_and_nothing_is_touched() {
 }
 
 #[test]
+fn the_secrets_file_the_unit_names_gives_the_credentials_and_a_bad_one_stops_the_run() {
+    let moto = Moto::start();
+    let env = Env::new();
+    three_files(&env);
+    let secrets = env.root.join("secrets.env");
+    let run = |file: &Path| {
+        let mut c = materia_test_support::tool(env!("CARGO_BIN_EXE_landing-backup"));
+        c.env("MATERIA_SECRETS_FILE", file).env("R2_ENDPOINT", moto.endpoint());
+        Run::from(c.arg("--data-dir").arg(&env.data).args(["--target", "s3://bkt"]).output().unwrap())
+    };
+
+    // What tag-deploy writes (sops' dotenv), read by the tool itself: the keys reach it.
+    std::fs::write(&secrets, "# R2\nR2_ACCESS_KEY_ID=test-key-id\nR2_SECRET_ACCESS_KEY=\"test-secret-value\"\n").unwrap();
+    let ok = run(&secrets);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert_eq!(moto.objects().len(), 3);
+    assert!(!ok.stderr.contains("test-secret-value"), "{}", ok.stderr);
+
+    // Not deployed yet: no secrets, as before (the missing keys are named).
+    let absent = run(&env.root.join("absent.env"));
+    assert_eq!(absent.code, 2, "{absent:?}");
+    assert!(absent.stderr.contains("missing R2_ACCESS_KEY_ID, R2_SECRET_ACCESS_KEY"), "{}", absent.stderr);
+
+    // A file it cannot read (here a directory; on a server a link to a root-only file)
+    // or a malformed one stops the run before it starts: one line, exit 2, nothing
+    // recorded, no secret shown.
+    let runs_before = runs(&env).len();
+    let unreadable = run(&env.data);
+    assert_eq!(unreadable.code, 2, "{unreadable:?}");
+    assert_eq!(unreadable.stderr.lines().count(), 1, "{}", unreadable.stderr);
+    assert!(
+        unreadable
+            .stderr
+            .starts_with(&format!("landing-backup: error: cannot read the secrets file {} (MATERIA_SECRETS_FILE): ", env.data.display())),
+        "{}",
+        unreadable.stderr
+    );
+    std::fs::write(&secrets, "R2_ACCESS_KEY_ID=test-key-id\ntest-secret-value\n").unwrap();
+    let bad = run(&secrets);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert_eq!(bad.stderr.trim(), format!("landing-backup: error: secrets file {} line 2: not KEY=VALUE", secrets.display()));
+    assert_eq!(runs(&env).len(), runs_before, "neither run was started");
+}
+
+#[test]
 fn the_fs_backend_backs_up_verifies_and_repairs() {
     let env = Env::new();
     three_files(&env);
