@@ -79,6 +79,10 @@ pub fn parse(text: &[u8]) -> Result<Vec<(String, String)>, (usize, &'static str)
         if !valid_key {
             return Err((n, "the key is not a variable name"));
         }
+        if key == ENV_SECRETS_FILE {
+            // The program is executed again with these: it would read a file again.
+            return Err((n, "a secrets file cannot name another one"));
+        }
         let value = unquote(value.trim());
         if value.contains('\0') {
             return Err((n, "the value holds a NUL byte"));
@@ -136,6 +140,7 @@ mod tests {
         assert_eq!(parse(b"A=1\n\n9X=secret\n"), Err((3, "the key is not a variable name")));
         assert_eq!(parse(b"=secret\n"), Err((1, "the key is not a variable name")));
         assert_eq!(parse(b"A=x\0y\n"), Err((1, "the value holds a NUL byte")));
+        assert_eq!(parse(b"MATERIA_SECRETS_FILE=/x.env\n"), Err((1, "a secrets file cannot name another one")));
         let e = SecretsError::Syntax { path: "/s.env".into(), line: 2, why: "not KEY=VALUE" };
         assert_eq!(e.to_string(), "secrets file /s.env line 2: not KEY=VALUE");
     }
