@@ -253,10 +253,8 @@ mod tests {
     /// last rows (committed or not), a checkpoint, and in an empty table.
     #[test]
     fn next_row_id_is_the_max_rowid_plus_one() {
-        let dir = std::env::temp_dir().join(format!("lt-next-row-id-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let conn = duckdb::Connection::open(dir.join("t.duckdb")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let conn = duckdb::Connection::open(dir.path().join("t.duckdb")).unwrap();
         conn.execute_batch("CREATE SCHEMA s; CREATE TABLE s.t (i INTEGER)").unwrap();
         assert_eq!(next_row_id(&conn, "s.t").unwrap(), 0, "empty");
         let steps = [
@@ -276,7 +274,5 @@ mod tests {
         conn.execute_batch("BEGIN; DELETE FROM s.t WHERE i >= 100000").unwrap();
         assert_eq!(next_row_id(&conn, "s.t").unwrap(), full_max(&conn), "uncommitted delete");
         conn.execute_batch("ROLLBACK").unwrap();
-        drop(conn);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -35,17 +35,17 @@ pub enum SecretsError {
 /// variables added to its environment (they win over inherited ones, as a later
 /// `EnvironmentFile=` did) and [`ENV_SECRETS_FILE`] removed. Returns `Ok` without doing
 /// anything when the variable is unset or empty or the file does not exist (no secrets
-/// deployed yet); returns only on error otherwise.
+/// deployed yet) or sets nothing; returns only on error otherwise.
 ///
 /// Call it first in `main`, before any thread is started.
 pub fn exec_with_secrets() -> Result<(), SecretsError> {
     let Some(path) = std::env::var_os(ENV_SECRETS_FILE).filter(|p| !p.is_empty()).map(PathBuf::from) else {
         return Ok(());
     };
-    let Some(vars) = read(&path)? else {
-        return Ok(());
-    };
-    exec(vars)
+    match read(&path)? {
+        Some(vars) if !vars.is_empty() => exec(vars),
+        _ => Ok(()),
+    }
 }
 
 /// The variables of the dotenv file at `path`; `None` when it does not exist.

@@ -227,6 +227,12 @@ fn the_secrets_file_the_unit_names_gives_the_credentials_and_a_bad_one_stops_the
     let absent = run(&env.root.join("absent.env"));
     assert_eq!(absent.code, 2, "{absent:?}");
     assert!(absent.stderr.contains("missing R2_ACCESS_KEY_ID, R2_SECRET_ACCESS_KEY"), "{}", absent.stderr);
+    // A deployed file with none of its keys (a release whose .env.prod.sops has only others).
+    let empty = env.root.join("empty.env");
+    std::fs::write(&empty, "# nothing for the backup\n").unwrap();
+    let none = run(&empty);
+    assert_eq!(none.code, 2, "{none:?}");
+    assert!(none.stderr.contains("missing R2_ACCESS_KEY_ID, R2_SECRET_ACCESS_KEY"), "{}", none.stderr);
 
     // A file it cannot read (here a directory; on a server a link to a root-only file)
     // or a malformed one stops the run before it starts: one line, exit 2, nothing
