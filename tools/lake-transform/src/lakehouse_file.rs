@@ -141,4 +141,26 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "nothing else left");
     }
+
+    #[test]
+    fn a_lakehouse_file_is_written_in_row_groups_of_the_set_size_and_is_the_default_catalog() {
+        use materia_common::duckdb_config::{ROW_GROUP_SIZE, config, open_lakehouse_file};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("it's.duckdb");
+        let rows = 2 * i64::from(ROW_GROUP_SIZE) + 1000;
+        let conn = open_lakehouse_file(&path, config(None).unwrap()).unwrap();
+        conn.execute_batch(&format!("CREATE SCHEMA raw; CREATE TABLE raw.t AS SELECT range AS i FROM range({rows})")).unwrap();
+        let db: String = conn.query_row("SELECT current_database()", [], |r| r.get(0)).unwrap();
+        assert_eq!(db, "lakehouse");
+        drop(conn);
+        // Opened again as the file itself: the rows are there, in three row groups (at
+        // DuckDB's default size they would be one).
+        let conn = duckdb::Connection::open(&path).unwrap();
+        let (n, groups): (i64, i64) = conn
+            .query_row("SELECT (SELECT count(*) FROM raw.t), (SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('raw.t'))", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((n, groups), (rows, 3));
+    }
 }

@@ -209,9 +209,12 @@ impl Lakehouse {
         let cfg = duckdb_config::config(self.dev)?;
         match &self.target {
             Target::File(path) => {
-                let cfg = if read_only { cfg.access_mode(duckdb::AccessMode::ReadOnly)? } else { cfg };
-                Connection::open_with_flags(path, cfg)
-                    .with_context(|| format!("opening {}{}", path.display(), if read_only { " read-only" } else { "" }))
+                if read_only {
+                    Connection::open_with_flags(path, cfg.access_mode(duckdb::AccessMode::ReadOnly)?)
+                        .with_context(|| format!("opening {} read-only", path.display()))
+                } else {
+                    duckdb_config::open_lakehouse_file(path, cfg).with_context(|| format!("opening {}", path.display()))
+                }
             }
             Target::DuckLake { catalog, data_path, s3 } => {
                 let conn = Connection::open_in_memory_with_flags(cfg)?;
