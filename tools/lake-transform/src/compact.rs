@@ -47,9 +47,8 @@ pub(crate) fn compact(conn: Connection, path: &Path) -> anyhow::Result<Compacted
 
 fn copy_and_verify(conn: &Connection, catalog: &str, tmp: &Path) -> anyhow::Result<()> {
     conn.execute_batch(&format!(
-        "ATTACH {} AS materia_compact (ROW_GROUP_SIZE {}); COPY FROM DATABASE \"{}\" TO materia_compact;",
+        "ATTACH {} AS materia_compact; COPY FROM DATABASE \"{}\" TO materia_compact;",
         sql_string(&tmp.display().to_string()),
-        materia_common::duckdb_config::ROW_GROUP_SIZE,
         catalog.replace('"', "\"\"")
     ))
     .with_context(|| format!("copying the lakehouse into {}", tmp.display()))?;

@@ -131,7 +131,7 @@ pub(crate) fn build_new_file(
     landing: &Path,
 ) -> anyhow::Result<RunOutcome> {
     let new = crate::lakehouse_file::NewLakehouse::start(path, "build")?;
-    let conn = materia_common::duckdb_config::open_lakehouse_file(new.tmp(), materia_common::duckdb_config::config(crate::DEV_EXTENSIONS)?)
+    let conn = duckdb::Connection::open_with_flags(new.tmp(), materia_common::duckdb_config::config(crate::DEV_EXTENSIONS)?)
         .with_context(|| format!("creating {}", new.tmp().display()))?;
     memory.bound(&conn, layout)?;
     sandbox(&conn, landing, &[])?;

@@ -1357,6 +1357,14 @@ fn maintain_compacts_the_local_file_checked_and_the_runs_go_on() {
     let run = env.run(&["run"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("raw.psd\tappend"), "{}", run.stdout);
+    // The release went into row groups of its own, of the run's size (the compacted
+    // file's are DuckDB's default, 122,880 rows): the insert wrote and compressed them,
+    // not the commit's checkpoint (duckdb_config::ROW_GROUP_SIZE).
+    let small = env.rows(&format!(
+        "SELECT count(*) FROM (SELECT row_group_id, sum(count) AS n FROM pragma_storage_info('raw.psd') WHERE column_path = '[0]' GROUP BY 1) WHERE n <= {}",
+        materia_common::duckdb_config::ROW_GROUP_SIZE
+    ));
+    assert!(small[0].parse::<i64>().unwrap() >= 5, "{small:?}: 77,957 rows in row groups of 16,384");
     // (serving.world_balance left out: its sums of the real doubles differ in the last
     // bits between any two builds, DuckDB's parallel sums being unordered.)
     let exact = |env: &Env| -> std::collections::HashSet<String> {
