@@ -143,24 +143,35 @@ mod tests {
     }
 
     #[test]
-    fn a_lakehouse_file_is_written_in_row_groups_of_the_set_size_and_is_the_default_catalog() {
-        use materia_common::duckdb_config::{ROW_GROUP_SIZE, config, open_lakehouse_file};
+    fn a_lakehouse_file_is_written_in_row_groups_of_its_write_and_without_fsst() {
+        use materia_common::duckdb_config::{ROW_GROUP_SIZE, Write, config, open_lakehouse_file};
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("it's.duckdb");
         let rows = 2 * i64::from(ROW_GROUP_SIZE) + 1000;
-        let conn = open_lakehouse_file(&path, config(None).unwrap()).unwrap();
-        conn.execute_batch(&format!("CREATE SCHEMA raw; CREATE TABLE raw.t AS SELECT range AS i FROM range({rows})")).unwrap();
-        let db: String = conn.query_row("SELECT current_database()", [], |r| r.get(0)).unwrap();
-        assert_eq!(db, "lakehouse");
-        drop(conn);
-        // Opened again as the file itself: the rows are there, in three row groups (at
-        // DuckDB's default size they would be one).
-        let conn = duckdb::Connection::open(&path).unwrap();
-        let (n, groups): (i64, i64) = conn
-            .query_row("SELECT (SELECT count(*) FROM raw.t), (SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('raw.t'))", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .unwrap();
-        assert_eq!((n, groups), (rows, 3));
+        // Many distinct strings sharing most of their bytes: DuckDB picks FSST for them.
+        let table = format!(
+            "CREATE SCHEMA raw; CREATE TABLE raw.t AS SELECT range AS i, 'https://apps.fas.usda.gov/psdonline/' || range AS s FROM range({rows})"
+        );
+        let stored = |path: &Path| -> (i64, i64, bool) {
+            let conn = duckdb::Connection::open(path).unwrap();
+            conn.query_row(
+                "SELECT (SELECT count(*) FROM raw.t), (SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('raw.t')),
+                        (SELECT count(*) > 0 FROM pragma_storage_info('raw.t') WHERE compression ILIKE '%fsst%')",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap()
+        };
+        let plain = dir.path().join("plain.duckdb");
+        duckdb::Connection::open(&plain).unwrap().execute_batch(&table).unwrap();
+        assert_eq!(stored(&plain), (rows, 1, true), "DuckDB's own defaults");
+        for (write, groups) in [(Write::Add, 3), (Write::Whole, 1)] {
+            let path = dir.path().join(format!("it's {write:?}.duckdb"));
+            let conn = open_lakehouse_file(&path, config(None).unwrap(), write).unwrap();
+            conn.execute_batch(&table).unwrap();
+            let db: String = conn.query_row("SELECT current_database()", [], |r| r.get(0)).unwrap();
+            assert_eq!(db, "lakehouse");
+            drop(conn);
+            assert_eq!(stored(&path), (rows, groups, false), "{write:?}");
+        }
     }
 }

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, anyhow};
 use duckdb::Connection;
+use materia_common::duckdb_config;
 use materia_common::exit::BadInput;
 
 use crate::audit;
@@ -131,7 +132,7 @@ pub(crate) fn build_new_file(
     landing: &Path,
 ) -> anyhow::Result<RunOutcome> {
     let new = crate::lakehouse_file::NewLakehouse::start(path, "build")?;
-    let conn = duckdb::Connection::open_with_flags(new.tmp(), materia_common::duckdb_config::config(crate::DEV_EXTENSIONS)?)
+    let conn = duckdb_config::open_lakehouse_file(new.tmp(), duckdb_config::config(crate::DEV_EXTENSIONS)?, duckdb_config::Write::Whole)
         .with_context(|| format!("creating {}", new.tmp().display()))?;
     memory.bound(&conn, layout)?;
     sandbox(&conn, landing, &[])?;
@@ -293,10 +294,8 @@ pub fn bound_memory(conn: &Connection, limit: &str, spill_dir: &Path) -> anyhow:
 /// cannot turn either setting back, and a model is one query (model.rs), so no model
 /// SQL can widen it.
 pub fn sandbox(conn: &Connection, readable: &Path, data_paths: &[String]) -> anyhow::Result<()> {
-    let dirs: Vec<String> = std::iter::once(format!("{}/", readable.display()))
-        .chain(data_paths.iter().cloned())
-        .map(|d| materia_common::duckdb_config::sql_string(&d))
-        .collect();
+    let dirs: Vec<String> =
+        std::iter::once(format!("{}/", readable.display())).chain(data_paths.iter().cloned()).map(|d| duckdb_config::sql_string(&d)).collect();
     conn.execute_batch(&format!("SET allowed_directories = [{}]; SET enable_external_access = false;", dirs.join(", ")))
         .context("closing DuckDB's access to files outside the landing dir")
 }

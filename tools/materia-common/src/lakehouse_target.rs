@@ -213,7 +213,7 @@ impl Lakehouse {
                     Connection::open_with_flags(path, cfg.access_mode(duckdb::AccessMode::ReadOnly)?)
                         .with_context(|| format!("opening {} read-only", path.display()))
                 } else {
-                    duckdb_config::open_lakehouse_file(path, cfg).with_context(|| format!("opening {}", path.display()))
+                    duckdb_config::open_lakehouse_file(path, cfg, duckdb_config::Write::Add).with_context(|| format!("opening {}", path.display()))
                 }
             }
             Target::DuckLake { catalog, data_path, s3 } => {
