@@ -142,6 +142,9 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "nothing else left");
     }
 
+    /// `duckdb_config::open_lakehouse_file` is tested here, with its one caller: the
+    /// materia-common test binary has no rpath to libduckdb.so (only the tools' build
+    /// script sets one).
     #[test]
     fn a_lakehouse_file_is_written_in_row_groups_of_its_write_and_without_fsst() {
         use materia_common::duckdb_config::{ROW_GROUP_SIZE, Write, config, open_lakehouse_file};

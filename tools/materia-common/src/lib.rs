@@ -1,8 +1,9 @@
 //! What every Materia tool needs, and nothing else: the data layout, env names and the
 //! list of steps ([`layout`]), the state DB ([`state`]), per-step locks and the lakehouse
 //! lock ([`lock`]), atomic writes ([`atomic`]), exit codes ([`exit`]), the triggers that
-//! chain the steps ([`trigger`]), the secrets file a tool reads itself ([`secrets`]), the landing zone as readers list it ([`landing`]), the
-//! lakehouse's contract with its readers ([`lakehouse`]), logging and progress.
+//! chain the steps ([`trigger`]), the secrets file a tool reads itself ([`secrets`]), the
+//! landing zone as readers list it ([`landing`]), the lakehouse's contract with its
+//! readers ([`lakehouse`]), logging and progress.
 //!
 //! A tool's `run` parses its flags (flattening [`CommonArgs`]), then does its work
 //! inside [`run_step`], which takes the step lock, opens the state DB and records the run.

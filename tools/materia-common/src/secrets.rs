@@ -63,7 +63,7 @@ pub fn read(path: &Path) -> Result<Option<Vec<(String, String)>>, SecretsError> 
 /// key and value trimmed; one pair of surrounding double quotes (with `\"`, `\\`, `\$`
 /// and `` \` `` escapes) or single quotes removed. Errors name the line number and why.
 pub fn parse(text: &[u8]) -> Result<Vec<(String, String)>, (usize, &'static str)> {
-    let text = std::str::from_utf8(text).map_err(|_| (0, "not UTF-8"))?;
+    let text = std::str::from_utf8(text).map_err(|e| (1 + text[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count(), "not UTF-8"))?;
     let mut vars = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
@@ -140,6 +140,7 @@ mod tests {
         assert_eq!(parse(b"A=1\n\n9X=secret\n"), Err((3, "the key is not a variable name")));
         assert_eq!(parse(b"=secret\n"), Err((1, "the key is not a variable name")));
         assert_eq!(parse(b"A=x\0y\n"), Err((1, "the value holds a NUL byte")));
+        assert_eq!(parse(b"A=1\nB=\xff\n"), Err((2, "not UTF-8")), "the line of the first bad byte");
         assert_eq!(parse(b"MATERIA_SECRETS_FILE=/x.env\n"), Err((1, "a secrets file cannot name another one")));
         let e = SecretsError::Syntax { path: "/s.env".into(), line: 2, why: "not KEY=VALUE" };
         assert_eq!(e.to_string(), "secrets file /s.env line 2: not KEY=VALUE");
