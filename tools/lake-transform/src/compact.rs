@@ -12,7 +12,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use duckdb::Connection;
-use materia_common::duckdb_config::sql_string;
+use materia_common::duckdb_config::{self, sql_string};
 use materia_common::exit::Integrity;
 use materia_common::layout;
 
@@ -47,8 +47,9 @@ pub(crate) fn compact(conn: Connection, path: &Path) -> anyhow::Result<Compacted
 
 fn copy_and_verify(conn: &Connection, catalog: &str, tmp: &Path) -> anyhow::Result<()> {
     conn.execute_batch(&format!(
-        "ATTACH {} AS materia_compact; COPY FROM DATABASE \"{}\" TO materia_compact;",
+        "ATTACH {} AS materia_compact {}; COPY FROM DATABASE \"{}\" TO materia_compact;",
         sql_string(&tmp.display().to_string()),
+        duckdb_config::attach_options(duckdb_config::Write::Whole),
         catalog.replace('"', "\"\"")
     ))
     .with_context(|| format!("copying the lakehouse into {}", tmp.display()))?;

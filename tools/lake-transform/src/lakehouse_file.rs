@@ -146,35 +146,40 @@ mod tests {
     /// materia-common test binary has no rpath to libduckdb.so (only the tools' build
     /// script sets one).
     #[test]
-    fn a_lakehouse_file_is_written_in_row_groups_of_its_write_and_without_fsst() {
+    fn a_lakehouse_file_is_written_in_its_storage_version_and_in_row_groups_of_its_write() {
         use materia_common::duckdb_config::{ROW_GROUP_SIZE, Write, config, open_lakehouse_file};
         let dir = tempfile::tempdir().unwrap();
         let rows = 2 * i64::from(ROW_GROUP_SIZE) + 1000;
-        // Many distinct strings sharing most of their bytes: DuckDB picks FSST for them.
-        let table = format!(
-            "CREATE SCHEMA raw; CREATE TABLE raw.t AS SELECT range AS i, 'https://apps.fas.usda.gov/psdonline/' || range AS s FROM range({rows})"
-        );
-        let stored = |path: &Path| -> (i64, i64, bool) {
+        let table = |n: i64| format!("SELECT range AS i, 'https://apps.fas.usda.gov/psdonline/' || (range % 1000) AS s FROM range({n})");
+        // (rows, row groups, the file's storage version, the string columns' compressions)
+        let stored = |path: &Path| -> (i64, i64, String, String) {
             let conn = duckdb::Connection::open(path).unwrap();
             conn.query_row(
                 "SELECT (SELECT count(*) FROM raw.t), (SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('raw.t')),
-                        (SELECT count(*) > 0 FROM pragma_storage_info('raw.t') WHERE compression ILIKE '%fsst%')",
+                        (SELECT CAST(tags AS VARCHAR) FROM duckdb_databases() WHERE database_name = current_database()),
+                        (SELECT string_agg(DISTINCT compression, ',' ORDER BY compression) FROM pragma_storage_info('raw.t') WHERE segment_type = 'VARCHAR')",
                 [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .unwrap()
         };
         let plain = dir.path().join("plain.duckdb");
-        duckdb::Connection::open(&plain).unwrap().execute_batch(&table).unwrap();
-        assert_eq!(stored(&plain), (rows, 1, true), "DuckDB's own defaults");
+        duckdb::Connection::open(&plain).unwrap().execute_batch(&format!("CREATE SCHEMA raw; CREATE TABLE raw.t AS {}", table(rows))).unwrap();
+        assert_eq!(stored(&plain), (rows, 1, "{storage_version=v1.0.0+}".into(), "Dictionary".into()), "DuckDB's own defaults");
         for (write, groups) in [(Write::Add, 3), (Write::Whole, 1)] {
             let path = dir.path().join(format!("it's {write:?}.duckdb"));
             let conn = open_lakehouse_file(&path, config(None).unwrap(), write).unwrap();
-            conn.execute_batch(&table).unwrap();
+            conn.execute_batch(&format!("CREATE SCHEMA raw; CREATE TABLE raw.t AS {}", table(rows))).unwrap();
             let db: String = conn.query_row("SELECT current_database()", [], |r| r.get(0)).unwrap();
             assert_eq!(db, "lakehouse");
             drop(conn);
-            assert_eq!(stored(&path), (rows, groups, false), "{write:?}");
+            assert_eq!(stored(&path), (rows, groups, "{storage_version=v1.5.0+}".into(), "DICT_FSST".into()), "{write:?}");
         }
+        // A file in the older format, as a run finds one written before: upgraded, the
+        // rows it had kept as they were, the rows the run adds in the new format.
+        let conn = open_lakehouse_file(&plain, config(None).unwrap(), Write::Add).unwrap();
+        conn.execute_batch(&format!("INSERT INTO raw.t {}", table(rows))).unwrap();
+        drop(conn);
+        assert_eq!(stored(&plain), (2 * rows, 4, "{storage_version=v1.5.0+}".into(), "DICT_FSST,Dictionary".into()));
     }
 }

@@ -42,25 +42,32 @@ pub enum Write {
 /// not need it).
 pub const ROW_GROUP_SIZE: u32 = 16_384;
 
-/// The compression DuckDB is not to try when it writes the lakehouse: FSST, which builds
-/// a symbol table for every string segment it considers. The PSD strings are codes and
-/// labels with few distinct values, which a dictionary holds as small (measured: a
-/// 100-release coffee build 6 % faster and no larger, a coffee release ~30 ms faster).
-pub const DISABLED_COMPRESSION: &str = "fsst";
+/// The storage format the lakehouse file is written in. DuckDB's default is still the
+/// 1.0 format (readable by every DuckDB since 1.0), whose string segments are a
+/// dictionary, or FSST-compressed; from the 1.3 format on they are `DICT_FSST`, a
+/// dictionary that FSST compresses, which DuckDB writes faster (measured: `raw.psd` of 100
+/// coffee releases 4.1 instead of 5.05 s, a first build 9.4 → 7.8 s, a coffee release
+/// 0.52 → 0.42 s, the file no larger). A file in the older format is upgraded when a run
+/// attaches it (its new segments are written in this one); DuckDB ≥ 1.5.0 opens it
+/// then, and every tool and benchmark pins 1.5.5. The web app reads analytics.duckdb,
+/// which serve-export writes in DuckDB's default format.
+pub const STORAGE_VERSION: &str = "v1.5.0";
+
+/// The `ATTACH` options of a lakehouse file written as `write` says.
+pub fn attach_options(write: Write) -> String {
+    let version = sql_string(STORAGE_VERSION);
+    match write {
+        Write::Add => format!("(STORAGE_VERSION {version}, ROW_GROUP_SIZE {ROW_GROUP_SIZE})"),
+        Write::Whole => format!("(STORAGE_VERSION {version})"),
+    }
+}
 
 /// Open the DuckDB file `path` (created if missing) to write it as `write` says, as the
-/// default catalog `lakehouse`, without [`DISABLED_COMPRESSION`].
+/// default catalog `lakehouse`, in [`STORAGE_VERSION`]'s format.
 pub fn open_lakehouse_file(path: &std::path::Path, cfg: duckdb::Config, write: Write) -> duckdb::Result<duckdb::Connection> {
     let conn = duckdb::Connection::open_in_memory_with_flags(cfg)?;
-    let options = match write {
-        Write::Add => format!(" (ROW_GROUP_SIZE {ROW_GROUP_SIZE})"),
-        Write::Whole => String::new(),
-    };
-    conn.execute_batch(&format!(
-        "SET disabled_compression_methods = {}; ATTACH {} AS lakehouse{options}; USE lakehouse;",
-        sql_string(DISABLED_COMPRESSION),
-        sql_string(&path.display().to_string())
-    ))?;
+    let options = attach_options(write);
+    conn.execute_batch(&format!("ATTACH {} AS lakehouse {options}; USE lakehouse;", sql_string(&path.display().to_string())))?;
     Ok(conn)
 }
 

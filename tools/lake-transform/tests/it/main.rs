@@ -1349,6 +1349,11 @@ fn maintain_compacts_the_local_file_checked_and_the_runs_go_on() {
             .collect::<Vec<_>>(),
         "the view reads the copy's tables"
     );
+    assert_eq!(
+        env.rows("SELECT CAST(tags AS VARCHAR) FROM duckdb_databases() WHERE database_name = current_database()"),
+        [format!("{{storage_version={}+}}", materia_common::duckdb_config::STORAGE_VERSION)],
+        "the copy is written in the lakehouse's storage version"
+    );
 
     // The engine carries on from the copy: nothing to do, then a new release appended,
     // equal to a rebuild.
