@@ -31,7 +31,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use materia_common::lakehouse_target::{LakehouseArgs, Target};
 use materia_common::layout::{self, Layout};
-use materia_common::{CommonArgs, Outcome, Report};
+use materia_common::{CommonArgs, Outcome, Report, exit};
 
 use plan::Action;
 use project::Project;
@@ -157,58 +157,13 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         }
         Command::Plan { rebuild } => plan(&cli.common, &models()?, rebuild, &cli.lakehouse),
         Command::Test { filter, ducklake } => test(&models()?, filter.as_deref(), ducklake.as_deref()),
-        Command::Quarantine { file, reason, undo } => quarantine_cmd(&cli.common, file.as_deref(), reason.as_deref(), undo),
+        Command::Quarantine { file, reason, undo } => quarantine::command(&cli.common, file.as_deref(), reason.as_deref(), undo),
         Command::Extensions => upkeep::extensions(),
         Command::Maintain { keep_days } => {
             let memory = Memory { limit: cli.memory_limit.clone(), spill_dir: cli.spill_dir.clone() };
             upkeep::maintain(&cli.common, &cli.lakehouse, keep_days, &memory)
         }
     }
-}
-
-fn quarantine_cmd(common: &CommonArgs, file: Option<&str>, reason: Option<&str>, undo: bool) -> anyhow::Result<Outcome> {
-    let layout = common.layout();
-    let Some(file) = file else {
-        if !layout.state_db().exists() {
-            return Ok(Outcome::Unchanged);
-        }
-        let db = materia_common::StateDb::open_read_only(layout.state_db())?;
-        for (path, e) in quarantine::active(&db)? {
-            println!("{path}\t{}\t{}\t{}", e.at, e.by, e.reason);
-        }
-        return Ok(Outcome::Changed);
-    };
-    if !undo && reason.is_none_or(|r| r.trim().is_empty()) {
-        return Err(materia_common::exit::Usage("quarantine FILE needs --reason TEXT (recorded with who and when)".into()).into());
-    }
-    let landing = std::path::absolute(layout.landing())?;
-    let rel = quarantine::landing_path(&landing, file)?;
-    if !undo && !landing.join(&rel).is_file() {
-        return Err(materia_common::exit::Usage(format!("{rel} is not a file in {}", landing.display())).into());
-    }
-    let by = quarantine::who();
-    let reason = reason.unwrap_or("").to_owned();
-    // Under the transform's lock: a run sees the file in or out, never half.
-    materia_common::run_step(TOOL, common, |step| {
-        let (done, summary) = if undo {
-            let done = quarantine::release(&step.db, &rel, &reason, &by)?;
-            (done, if done { format!("{rel} taken back by {by}: the next run loads it") } else { format!("{rel} was not quarantined") })
-        } else {
-            let done = quarantine::add(&step.db, &rel, &reason, &by, step.run_id)?;
-            (done, if done { format!("{rel} quarantined by {by}: {reason}") } else { format!("{rel} is quarantined already") })
-        };
-        log::info!("{summary}");
-        let outcome = if done { Outcome::Changed } else { Outcome::Unchanged };
-        Ok(Report { outcome, summary, stats: serde_json::json!({"file": rel, "undo": undo}), failure: None })
-    })
-}
-
-/// The files set aside, from the state DB (none when it does not exist yet).
-fn quarantined(layout: &Layout) -> anyhow::Result<std::collections::BTreeMap<String, quarantine::Entry>> {
-    if !layout.state_db().exists() {
-        return Ok(Default::default());
-    }
-    quarantine::active(&materia_common::StateDb::open_read_only(layout.state_db())?)
 }
 
 fn test(models: &Path, filter: Option<&str>, ducklake: Option<&str>) -> anyhow::Result<Outcome> {
@@ -258,13 +213,22 @@ fn release_models_dir() -> anyhow::Result<PathBuf> {
     .into())
 }
 
+/// Is `e`, from opening `target`, a local file DuckDB found corrupt (the one
+/// [`Integrity`](exit::Integrity) failure an open returns)?
+fn corrupt_file(target: &Target, e: &anyhow::Error) -> bool {
+    matches!(target, Target::File(_)) && e.chain().any(|c| c.is::<exit::Integrity>())
+}
+
 fn plan(common: &CommonArgs, models: &Path, rebuild: bool, lakehouse: &LakehouseArgs) -> anyhow::Result<Outcome> {
     let project = Project::load(models)?;
     let layout = common.layout();
     let _lock = materia_common::lock::lakehouse(&layout, Duration::from_secs(common.wait_lock))?;
     let target = lakehouse.lakehouse(layout.lakehouse(), DEV_EXTENSIONS)?;
-    let conn = target.open_existing()?;
-    let aside = quarantined(&layout)?;
+    let conn = match target.open_existing() {
+        Err(e) if rebuild && corrupt_file(&target.target, &e) => None,
+        conn => conn?,
+    };
+    let aside = quarantine::listed(&layout)?;
     let steps = plan::plan(&project, conn.as_ref(), &layout.landing(), rebuild, &aside.keys().cloned().collect())?;
     for (path, e) in &aside {
         println!("quarantined\t{path}\t{} by {} at {}", e.reason, e.by, e.at);
@@ -299,15 +263,35 @@ fn run_models(
             lakehouse_file::sweep_beside(path)?;
         }
         let t = std::time::Instant::now();
-        let conn = target.open(false)?;
-        log::debug!("opened {} in {:?}", target.describe(), t.elapsed());
-        memory.bound(&conn, &step.layout)?;
         let landing = std::path::absolute(step.layout.landing())?;
-        run::sandbox(&conn, &landing, &target.data_paths())?;
+        let conn = match target.open(false) {
+            // A local file DuckDB finds corrupt: a rebuild writes a new one from landing/
+            // without reading it (a run fails, exit 6, naming this fix).
+            Err(e) if rebuild && corrupt_file(&target.target, &e) => {
+                log::warn!("{}; this run rebuilds it", exit::one_line(&e));
+                // A WAL beside it could only ever be replayed onto that file: it would
+                // stop the new file's publish (and must never meet the new file).
+                if let Target::File(path) = &target.target
+                    && let wal = materia_common::duckdb_config::wal_path(path)
+                    && wal.exists()
+                {
+                    std::fs::remove_file(&wal).with_context(|| format!("removing {}, the corrupt file's WAL", wal.display()))?;
+                    log::warn!("removed {}, the corrupt file's WAL", wal.display());
+                }
+                None
+            }
+            conn => {
+                let conn = conn?;
+                log::debug!("opened {} in {:?}", target.describe(), t.elapsed());
+                memory.bound(&conn, &step.layout)?;
+                run::sandbox(&conn, &landing, &target.data_paths())?;
+                Some(conn)
+            }
+        };
         let t = std::time::Instant::now();
         let aside = quarantine::active(&step.db)?;
         let order = landing_order::read(&step.db)?;
-        let steps = plan::plan(&project, Some(&conn), &landing, rebuild, &aside.keys().cloned().collect())?;
+        let steps = plan::plan(&project, conn.as_ref(), &landing, rebuild, &aside.keys().cloned().collect())?;
         log::debug!("planned in {:?}", t.elapsed());
         if steps.iter().all(|s| s.action == Action::Skip) {
             let summary = format!("nothing to do: {} models unchanged", steps.len());
@@ -327,6 +311,7 @@ fn run_models(
                 run::build_new_file(path, &project, &steps, step.run_id, &order, memory, &step.layout, &landing)?
             }
             _ => {
+                let conn = conn.context("no lakehouse connection for a run that changes it in place")?;
                 let out = run::run(&project, &conn, &steps, step.run_id, &order, !target.is_ducklake(), run::Commit::Once);
                 drop(conn);
                 out

@@ -6,8 +6,56 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use materia_common::StateDb;
 use materia_common::exit::Usage;
+use materia_common::layout::Layout;
+use materia_common::{CommonArgs, Outcome, Report, StateDb};
+
+/// `lake-transform quarantine [FILE --reason TEXT | --undo FILE]`: list the files set
+/// aside, or set one aside or take it back (recorded as a run of the tool).
+pub(crate) fn command(common: &CommonArgs, file: Option<&str>, reason: Option<&str>, undo: bool) -> anyhow::Result<Outcome> {
+    let layout = common.layout();
+    let Some(file) = file else {
+        if !layout.state_db().exists() {
+            return Ok(Outcome::Unchanged);
+        }
+        let db = StateDb::open_read_only(layout.state_db())?;
+        for (path, e) in active(&db)? {
+            println!("{path}\t{}\t{}\t{}", e.at, e.by, e.reason);
+        }
+        return Ok(Outcome::Changed);
+    };
+    if !undo && reason.is_none_or(|r| r.trim().is_empty()) {
+        return Err(Usage("quarantine FILE needs --reason TEXT (recorded with who and when)".into()).into());
+    }
+    let landing = std::path::absolute(layout.landing())?;
+    let rel = landing_path(&landing, file)?;
+    if !undo && !landing.join(&rel).is_file() {
+        return Err(Usage(format!("{rel} is not a file in {}", landing.display())).into());
+    }
+    let by = who();
+    let reason = reason.unwrap_or("").to_owned();
+    // Under the transform's lock: a run sees the file in or out, never half.
+    materia_common::run_step(crate::TOOL, common, |step| {
+        let (done, summary) = if undo {
+            let done = release(&step.db, &rel, &reason, &by)?;
+            (done, if done { format!("{rel} taken back by {by}: the next run loads it") } else { format!("{rel} was not quarantined") })
+        } else {
+            let done = add(&step.db, &rel, &reason, &by, step.run_id)?;
+            (done, if done { format!("{rel} quarantined by {by}: {reason}") } else { format!("{rel} is quarantined already") })
+        };
+        log::info!("{summary}");
+        let outcome = if done { Outcome::Changed } else { Outcome::Unchanged };
+        Ok(Report { outcome, summary, stats: serde_json::json!({"file": rel, "undo": undo}), failure: None })
+    })
+}
+
+/// The files set aside, from the state DB (none when it does not exist yet).
+pub(crate) fn listed(layout: &Layout) -> anyhow::Result<BTreeMap<String, Entry>> {
+    if !layout.state_db().exists() {
+        return Ok(Default::default());
+    }
+    active(&StateDb::open_read_only(layout.state_db())?)
+}
 
 /// A file set aside.
 #[derive(Debug, Clone)]

@@ -8,12 +8,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use duckdb::Connection;
 
 use crate::duckdb_config;
 use crate::duckdb_config::sql_string as quote;
-use crate::exit::Usage;
+use crate::exit::{Integrity, Usage};
 use crate::layout;
 
 /// The S3 (R2) endpoint and credentials of a DuckLake's data path.
@@ -160,7 +159,7 @@ impl Lakehouse {
         match &self.target {
             Target::File(path) => {
                 conn.execute_batch(&format!("ATTACH {} AS lakehouse (READ_ONLY)", quote(&path.display().to_string())))
-                    .with_context(|| format!("attaching {} read-only", path.display()))?;
+                    .map_err(|e| file_error(format!("attaching {} read-only", path.display()), e))?;
                 Ok(None)
             }
             Target::DuckLake { catalog, data_path, s3 } => {
@@ -211,9 +210,10 @@ impl Lakehouse {
             Target::File(path) => {
                 if read_only {
                     Connection::open_with_flags(path, cfg.access_mode(duckdb::AccessMode::ReadOnly)?)
-                        .with_context(|| format!("opening {} read-only", path.display()))
+                        .map_err(|e| file_error(format!("opening {} read-only", path.display()), e))
                 } else {
-                    duckdb_config::open_lakehouse_file(path, cfg, duckdb_config::Write::Add).with_context(|| format!("opening {}", path.display()))
+                    duckdb_config::open_lakehouse_file(path, cfg, duckdb_config::Write::Add)
+                        .map_err(|e| file_error(format!("opening {}", path.display()), e))
                 }
             }
             Target::DuckLake { catalog, data_path, s3 } => {
@@ -294,6 +294,26 @@ impl Lakehouse {
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
     }
+}
+
+/// DuckDB's words for a database file it cannot read as one: not a DuckDB file at all, or
+/// a block whose stored checksum does not match its contents (pinned by a test, so a DuckDB
+/// upgrade that rewords them is noticed).
+const CORRUPT: &[&str] = &["is not a valid DuckDB database file", "Corrupt database file"];
+
+/// The error `e` of `doing` (opening or attaching the lakehouse file): a file DuckDB finds corrupt is an [`Integrity`] failure (exit 6, an alert) that
+/// names the fix, the lakehouse being made from landing/ alone (the only `Integrity` an
+/// open returns); any other, as DuckDB said it.
+fn file_error(doing: String, e: duckdb::Error) -> anyhow::Error {
+    let text = e.to_string();
+    if CORRUPT.iter().any(|c| text.contains(c)) {
+        let cause = text.lines().next().unwrap_or_default().replace(": Error code 1: Unknown error code", "");
+        return Integrity(format!(
+            "{doing}: the file is corrupt ({cause}); the lakehouse is made from landing/ alone: `lake-transform run --rebuild` writes it anew"
+        ))
+        .into();
+    }
+    anyhow::Error::new(e).context(doing)
 }
 
 #[cfg(test)]

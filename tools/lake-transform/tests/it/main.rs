@@ -462,6 +462,49 @@ fn a_changed_or_missing_landing_file_is_an_integrity_error_until_rebuild() {
 }
 
 #[test]
+fn a_corrupt_lakehouse_file_is_an_integrity_error_until_rebuild() {
+    let (a, b) = two_releases();
+    let env = Env::new();
+    env.land("2024-01", &a);
+    env.land("2024-02", &b);
+    assert_eq!(env.run(&["run"]).code, 0);
+    let built = serving_state(&env);
+    let file = env.data.join("lakehouse.duckdb");
+    // Not a DuckDB file at all; then DuckDB's magic with a header whose checksum fails:
+    // DuckDB's two ways of saying so (lakehouse_target::CORRUPT).
+    let mut bad_checksum = vec![0x5a_u8; 16384];
+    bad_checksum[8..12].copy_from_slice(b"DUCK");
+    for (bytes, duckdb_says) in [(vec![0x5a_u8; 16384], "is not a valid DuckDB database file"), (bad_checksum, "Corrupt database file")] {
+        std::fs::write(&file, &bytes).unwrap();
+        for args in [&["run"][..], &["plan"]] {
+            let run = env.run(args);
+            assert_eq!(run.code, 6, "{args:?}: {run:?}");
+            let line = run.error_line();
+            assert!(line.contains(&format!("opening {}", file.display())) && line.contains(duckdb_says), "{line}");
+            assert!(line.contains("the file is corrupt") && line.contains("`lake-transform run --rebuild` writes it anew"), "{line}");
+            assert_eq!(std::fs::read(&file).unwrap(), bytes, "{args:?} left the file as it was");
+        }
+        // Recorded once, as the run's failure.
+        let last = env.state_rows("SELECT status, exit_code, error FROM runs WHERE tool = 'lake-transform' ORDER BY run_id DESC LIMIT 1");
+        assert!(last[0].starts_with("Text(\"failed\")|Integer(6)|") && last[0].contains(duckdb_says), "{last:?}");
+    }
+
+    // A rebuild does not read it: planned and run from landing/ alone; a WAL left beside
+    // it, which could only be replayed onto it, is removed.
+    let wal = env.data.join("lakehouse.duckdb.wal");
+    std::fs::write(&wal, b"the corrupt file's WAL").unwrap();
+    let plan = env.run(&["plan", "--rebuild"]);
+    assert_eq!(plan.code, 0, "{plan:?}");
+    assert!(plan.stdout.contains("raw.psd\tbuild"), "{}", plan.stdout);
+    let run = env.run(&["run", "--rebuild"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("the file is corrupt") && run.stderr.contains("this run rebuilds it"), "{}", run.stderr);
+    assert!(run.stderr.contains("the corrupt file's WAL") && !wal.exists(), "{}", run.stderr);
+    assert_eq!(serving_state(&env), built);
+    assert_eq!(env.run(&["run"]).code, 3);
+}
+
+#[test]
 fn an_edited_model_rebuilds_itself_and_what_is_downstream_only() {
     let (a, _) = two_releases();
     let mut env = Env::new();

@@ -203,6 +203,18 @@ fn no_lakehouse_yet_is_a_clear_error() {
 }
 
 #[test]
+fn a_corrupt_lakehouse_is_an_integrity_error_naming_the_fix() {
+    let env = Env::new();
+    std::fs::create_dir_all(&env.data).unwrap();
+    std::fs::write(env.data.join("lakehouse.duckdb"), vec![0x5a_u8; 16384]).unwrap();
+    let run = env.run(&[]);
+    assert_eq!(run.code, 6, "{run:?}");
+    let line = run.error_line();
+    assert!(line.contains("is not a valid DuckDB database file") && line.contains("`lake-transform run --rebuild` writes it anew"), "{line}");
+    assert!(!env.analytics().exists());
+}
+
+#[test]
 fn kill_9_at_any_moment_leaves_a_complete_published_file() {
     let env = Env::new();
     env.lakehouse(0, 1000);
