@@ -597,25 +597,45 @@ fn the_release_lifecycle_under_a_real_systemd() {
     //    lake.env), bootstrap.sh for the drop-in that gives the lakehouse's three units
     //    (and no other) the network and lake.env. The next transform rebuilds every
     //    landed release into the lake; the export publishes from it. The catalog wants a
-    //    password: the transform got lake.env.
+    //    password: the transform got lake.env. v4 also carries the R2 credentials, as
+    //    README's `scripts/secrets.sh edit prod` puts them there, and the operator sets
+    //    BACKUP_TARGET in config.env: the backup runs from the deployed secrets.
     std::fs::write(remote_dir.join("tools/materia-status/src/main.rs"), std::fs::read(repo().join("tools/materia-status/src/main.rs")).unwrap())
         .unwrap();
+    let r2 = materia_test_support::moto::Moto::start();
+    let r2_secrets = format!("R2_ENDPOINT={}\nR2_ACCESS_KEY_ID=r2-key-id\nR2_SECRET_ACCESS_KEY=r2-s3cret-v4\n", r2.endpoint());
     encrypt(
         &remote_dir,
         &recipient,
-        "MATERIA_TEST_SECRET=s3cret-v4\nPGPASSWORD=pg-s3cret-v4\nMATERIA_LAKE_S3_KEY_ID=test-key-id\nMATERIA_LAKE_S3_SECRET=lake-s3cret-v4\n",
+        &format!(
+            "MATERIA_TEST_SECRET=s3cret-v4\n{r2_secrets}PGPASSWORD=pg-s3cret-v4\nMATERIA_LAKE_S3_KEY_ID=test-key-id\nMATERIA_LAKE_S3_SECRET=lake-s3cret-v4\n"
+        ),
     );
     git(&remote_dir, &["add", "-A"]);
     git(&remote_dir, &["commit", "-q", "-m", "v4: fixed, with the lake's secrets"]);
     git(&remote_dir, &["tag", "v4"]);
     c.wait_for("v4 to be deployed", Duration::from_secs(600), || c.state("SELECT count(*) FROM deploys WHERE tag = 'v4'") != "0");
     assert_eq!(c.state("SELECT status FROM deploys WHERE tag = 'v4'"), "deployed", "{}", c.journal("tag-deploy.service"));
-    assert_eq!(c.read("/opt/materia/secrets.env"), "MATERIA_TEST_SECRET=s3cret-v4\n", "the backup's secrets, not the lake's");
+    assert_eq!(c.read("/opt/materia/secrets.env"), format!("MATERIA_TEST_SECRET=s3cret-v4\n{r2_secrets}"), "the backup's secrets, not the lake's");
     assert_eq!(
         c.read("/opt/materia/lake.env"),
         "PGPASSWORD=pg-s3cret-v4\nMATERIA_LAKE_S3_KEY_ID=test-key-id\nMATERIA_LAKE_S3_SECRET=lake-s3cret-v4\n"
     );
     assert_eq!(c.ok(&["stat", "-c", "%U %a", "/opt/materia/lake.env"]).trim(), "beanflows_service 600");
+    // The backup, as its timer starts it: the unit's user reads the deployed secrets and
+    // copies every landed file (and the day's state DB snapshot) to R2 byte for byte.
+    let mut config_env = c.read("/etc/materia/config.env");
+    config_env.push_str("BACKUP_TARGET=s3://bkt/backup/\n");
+    c.write("/etc/materia/config.env", &config_env);
+    let landed = c.sh("cd /data/materia/landing && find psd -name '*.csv.gzip' | sort");
+    assert!(!landed.trim().is_empty(), "nothing landed to back up");
+    let (code, _) = c.exec(&["systemctl", "start", "landing-backup.service"]);
+    assert_eq!(code, 0, "{}", c.journal("landing-backup.service"));
+    assert_eq!(c.state("SELECT status FROM runs WHERE tool = 'landing-backup' ORDER BY run_id DESC LIMIT 1"), "success");
+    for rel in landed.lines() {
+        assert_eq!(r2.object(&format!("backup/{rel}")), std::fs::read(c.path(&format!("/data/materia/landing/{rel}"))).unwrap(), "{rel}");
+    }
+    assert!(r2.objects().iter().any(|(k, _, _)| k.starts_with("backup/.state/state-")), "the state DB snapshot: {:?}", r2.objects());
     // (Without a PostgreSQL server here the switch is skipped, saying so; the rest runs.)
     if let Some(pg) = materia_test_support::postgres::Postgres::start_with_password("pg-s3cret-v4") {
         pg.create_db("lake");
@@ -628,6 +648,8 @@ fn the_release_lifecycle_under_a_real_systemd() {
     ));
         c.write("/etc/materia/config.env", &lake_config);
         let out = bootstrap();
+        assert!(!out.contains("landing-backup.timer stays disabled"), "the R2 variables are in the deployed secrets now: {out}");
+        assert_eq!(c.exec(&["systemctl", "is-enabled", "landing-backup.timer"]).1.trim(), "enabled");
         for u in ["lake-transform.service", "serve-export.service", "lake-maintain.service"] {
             assert!(out.contains(&format!("DuckLake: {u} gets the network and /opt/materia/lake.env")), "{out}");
             let files = c.ok(&["systemctl", "show", "-p", "EnvironmentFiles", u]);
