@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use materia_common::lakehouse_target::{LakehouseArgs, Target};
+use materia_common::lakehouse_target::{self, Lakehouse, LakehouseArgs, Target};
 use materia_common::layout::{self, Layout};
 use materia_common::{CommonArgs, Outcome, Report, exit};
 
@@ -156,7 +156,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             run_models(&cli.common, models, rebuild, &memory, &cli.lakehouse)
         }
         Command::Plan { rebuild } => plan(&cli.common, &models()?, rebuild, &cli.lakehouse),
-        Command::Test { filter, ducklake } => test(&models()?, filter.as_deref(), ducklake.as_deref()),
+        Command::Test { filter, ducklake } => unittest::command(&models()?, filter.as_deref(), ducklake.as_deref()),
         Command::Quarantine { file, reason, undo } => quarantine::command(&cli.common, file.as_deref(), reason.as_deref(), undo),
         Command::Extensions => upkeep::extensions(),
         Command::Maintain { keep_days } => {
@@ -164,35 +164,6 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             upkeep::maintain(&cli.common, &cli.lakehouse, keep_days, &memory)
         }
     }
-}
-
-fn test(models: &Path, filter: Option<&str>, ducklake: Option<&str>) -> anyhow::Result<Outcome> {
-    // Parsed here, not by clap: its error would echo the value, password and all.
-    let ducklake =
-        ducklake.map(|d| d.parse::<unittest::TestLake>().map_err(|e| materia_common::exit::Usage(format!("--ducklake: {e}")))).transpose()?;
-    let ducklake = ducklake.as_ref();
-    let project = Project::load(models)?;
-    let cases = unittest::load(models, &project)?;
-    let cases: Vec<_> = cases.iter().filter(|c| filter.is_none_or(|f| c.name.contains(f))).collect();
-    if cases.is_empty() {
-        return Err(materia_common::exit::Usage(format!("no model tests in {}/tests match", models.display())).into());
-    }
-    let scratch = tempfile::tempdir().context("creating a scratch dir")?;
-    let mut failed = 0;
-    for case in &cases {
-        match unittest::run_case(&project, case, scratch.path(), ducklake) {
-            Ok(()) => println!("ok\t{}", case.name),
-            Err(e) => {
-                failed += 1;
-                println!("FAILED\t{}\t{}: {}", case.name, case.path.display(), materia_common::exit::one_line(&e));
-            }
-        }
-    }
-    println!("{} passed, {failed} failed", cases.len() - failed);
-    if failed > 0 {
-        anyhow::bail!("{failed} of {} model tests failed", cases.len());
-    }
-    Ok(Outcome::Changed)
 }
 
 /// The release's `models/`: a release is `releases/<tag>/` with `bin/lake-transform` and
@@ -213,10 +184,9 @@ fn release_models_dir() -> anyhow::Result<PathBuf> {
     .into())
 }
 
-/// Is `e`, from opening `target`, a local file DuckDB found corrupt (the one
-/// [`Integrity`](exit::Integrity) failure an open returns)?
+/// Is `e`, from opening or reading `target`, a local file DuckDB found corrupt?
 fn corrupt_file(target: &Target, e: &anyhow::Error) -> bool {
-    matches!(target, Target::File(_)) && e.chain().any(|c| c.is::<exit::Integrity>())
+    matches!(target, Target::File(_)) && lakehouse_target::says_corrupt(e)
 }
 
 fn plan(common: &CommonArgs, models: &Path, rebuild: bool, lakehouse: &LakehouseArgs) -> anyhow::Result<Outcome> {
@@ -251,100 +221,131 @@ fn run_models(
     lakehouse: &LakehouseArgs,
 ) -> anyhow::Result<Outcome> {
     materia_common::run_step(TOOL, common, |step| {
-        // Missing or bad models fail the run, recorded, before the lakehouse is opened.
-        let models = models()?;
-        let project = Project::load(&models)?;
         let target = lakehouse.lakehouse(step.layout.lakehouse(), DEV_EXTENSIONS)?;
-        log::info!("models from {} into {}", models.display(), target.describe());
-        let _lock = materia_common::lock::lakehouse(&step.layout, Duration::from_secs(common.wait_lock))?;
-        // A DuckLake's writers may be on other machines: its own lock, seen by all.
-        let _lake_lock = target.writer_lock(Duration::from_secs(common.wait_lock))?;
-        if let Target::File(path) = &target.target {
-            lakehouse_file::sweep_beside(path)?;
-        }
-        let t = std::time::Instant::now();
-        let landing = std::path::absolute(step.layout.landing())?;
-        let conn = match target.open(false) {
-            // A local file DuckDB finds corrupt: a rebuild writes a new one from landing/
-            // without reading it (a run fails, exit 6, naming this fix).
-            Err(e) if rebuild && corrupt_file(&target.target, &e) => {
-                log::warn!("{}; this run rebuilds it", exit::one_line(&e));
-                // A WAL beside it could only ever be replayed onto that file: it would
-                // stop the new file's publish (and must never meet the new file).
-                if let Target::File(path) = &target.target
-                    && let wal = materia_common::duckdb_config::wal_path(path)
-                    && wal.exists()
-                {
-                    std::fs::remove_file(&wal).with_context(|| format!("removing {}, the corrupt file's WAL", wal.display()))?;
-                    log::warn!("removed {}, the corrupt file's WAL", wal.display());
-                }
-                None
-            }
-            conn => {
-                let conn = conn?;
-                log::debug!("opened {} in {:?}", target.describe(), t.elapsed());
-                memory.bound(&conn, &step.layout)?;
-                run::sandbox(&conn, &landing, &target.data_paths())?;
-                Some(conn)
-            }
+        // DuckDB finding the local file corrupt, when it opens it or reads a block of it:
+        // exit 6, naming the fix.
+        let corrupt = |e: anyhow::Error| match &target.target {
+            Target::File(path) => lakehouse_target::corrupt_file(path, e),
+            Target::DuckLake { .. } => e,
         };
-        let t = std::time::Instant::now();
-        let aside = quarantine::active(&step.db)?;
-        let order = landing_order::read(&step.db)?;
-        let steps = plan::plan(&project, conn.as_ref(), &landing, rebuild, &aside.keys().cloned().collect())?;
-        log::debug!("planned in {:?}", t.elapsed());
-        if steps.iter().all(|s| s.action == Action::Skip) {
-            let summary = format!("nothing to do: {} models unchanged", steps.len());
-            log::info!("{summary}");
-            return Ok(Report {
-                outcome: Outcome::Unchanged,
-                summary,
-                stats: serde_json::json!({"models_run": 0, "models_skipped": steps.len()}),
-                failure: None,
-            });
+        match transform(step, common, models, rebuild, memory, &target) {
+            Ok(Report { failure: Some(e), outcome, summary, stats }) => Ok(Report { failure: Some(corrupt(e)), outcome, summary, stats }),
+            Ok(report) => Ok(report),
+            Err(e) => Err(corrupt(e)),
         }
-        let out = match &target.target {
-            // Every model is built (a first build, --rebuild): into a new file, renamed over
-            // the lakehouse when the whole run succeeded; the old one is closed meanwhile.
-            Target::File(path) if steps.iter().all(|s| matches!(s.action, Action::Build | Action::Drop)) => {
-                drop(conn);
-                run::build_new_file(path, &project, &steps, step.run_id, &order, memory, &step.layout, &landing)?
-            }
-            _ => {
-                let conn = conn.context("no lakehouse connection for a run that changes it in place")?;
-                let out = run::run(&project, &conn, &steps, step.run_id, &order, !target.is_ducklake(), run::Commit::Once);
-                drop(conn);
-                out
-            }
-        };
-        record(&step.db, step.run_id, &out)?;
-        let ran: Vec<_> = out.models.iter().filter(|m| m.action != "skip").collect();
-        let failed_audits = out.audits.iter().filter(|a| a.failing_rows > 0).count();
-        let stats = serde_json::json!({
-            "models_run": ran.len(),
-            "models_skipped": out.models.len() - ran.len(),
-            "rows": out.models.iter().filter_map(|m| m.rows.map(|r| (m.model.clone(), serde_json::Value::from(r)))).collect::<serde_json::Map<_, _>>(),
-            "audits": out.audits.len(),
-            "audits_failed": failed_audits,
-            "committed": out.failure.is_none(),
-        });
-        if out.failure.is_none() {
-            for m in &out.models {
-                println!("{}\t{}\t{}\t{}", m.model, m.action, m.rows.map(|r| r.to_string()).unwrap_or_default(), m.reason);
-            }
-            materia_common::trigger::signal(&step.layout, layout::TRIGGER_LAKEHOUSE_UPDATED, step.run_id)?;
-        }
-        let summary = format!(
-            "{} models run, {} skipped, {} audits ({} failed){}",
-            ran.len(),
-            out.models.len() - ran.len(),
-            out.audits.len(),
-            failed_audits,
-            if out.failure.is_some() { "; rolled back" } else { "" }
-        );
-        log::info!("{summary}");
-        Ok(Report { outcome: Outcome::Changed, summary, stats, failure: out.failure })
     })
+}
+
+/// A run of the models (`run_models`' work, under its step).
+fn transform(
+    step: &mut materia_common::Step,
+    common: &CommonArgs,
+    models: impl FnOnce() -> anyhow::Result<PathBuf>,
+    rebuild: bool,
+    memory: &Memory,
+    target: &Lakehouse,
+) -> anyhow::Result<Report> {
+    // Missing or bad models fail the run, recorded, before the lakehouse is opened.
+    let models = models()?;
+    let project = Project::load(&models)?;
+    log::info!("models from {} into {}", models.display(), target.describe());
+    let _lock = materia_common::lock::lakehouse(&step.layout, Duration::from_secs(common.wait_lock))?;
+    // A DuckLake's writers may be on other machines: its own lock, seen by all.
+    let _lake_lock = target.writer_lock(Duration::from_secs(common.wait_lock))?;
+    if let Target::File(path) = &target.target {
+        lakehouse_file::sweep_beside(path)?;
+    }
+    let t = std::time::Instant::now();
+    let landing = std::path::absolute(step.layout.landing())?;
+    let mut conn = match target.open(false) {
+        // A local file DuckDB finds corrupt: a rebuild writes a new one from landing/
+        // without reading it (a run fails, exit 6, naming this fix).
+        Err(e) if rebuild && corrupt_file(&target.target, &e) => {
+            log::warn!("{}; this run rebuilds it", exit::one_line(&e));
+            // A WAL beside it could only ever be replayed onto that file: it would
+            // stop the new file's publish (and must never meet the new file).
+            if let Target::File(path) = &target.target
+                && let wal = materia_common::duckdb_config::wal_path(path)
+                && wal.exists()
+            {
+                std::fs::remove_file(&wal).with_context(|| format!("removing {}, the corrupt file's WAL", wal.display()))?;
+                log::warn!("removed {}, the corrupt file's WAL", wal.display());
+            }
+            None
+        }
+        conn => {
+            let conn = conn?;
+            log::debug!("opened {} in {:?}", target.describe(), t.elapsed());
+            memory.bound(&conn, &step.layout)?;
+            run::sandbox(&conn, &landing, &target.data_paths())?;
+            Some(conn)
+        }
+    };
+    let t = std::time::Instant::now();
+    let aside = quarantine::active(&step.db)?;
+    let order = landing_order::read(&step.db)?;
+    let aside = aside.keys().cloned().collect();
+    let steps = match plan::plan(&project, conn.as_ref(), &landing, rebuild, &aside) {
+        // The file opened, but a block of it read back corrupt: a rebuild plans without it.
+        Err(e) if rebuild && conn.is_some() && corrupt_file(&target.target, &e) => {
+            log::warn!("{}; this run rebuilds it", exit::one_line(&e));
+            conn = None;
+            plan::plan(&project, None, &landing, rebuild, &aside)?
+        }
+        steps => steps?,
+    };
+    log::debug!("planned in {:?}", t.elapsed());
+    if steps.iter().all(|s| s.action == Action::Skip) {
+        let summary = format!("nothing to do: {} models unchanged", steps.len());
+        log::info!("{summary}");
+        return Ok(Report {
+            outcome: Outcome::Unchanged,
+            summary,
+            stats: serde_json::json!({"models_run": 0, "models_skipped": steps.len()}),
+            failure: None,
+        });
+    }
+    let out = match &target.target {
+        // Every model is built (a first build, --rebuild): into a new file, renamed over
+        // the lakehouse when the whole run succeeded; the old one is closed meanwhile.
+        Target::File(path) if steps.iter().all(|s| matches!(s.action, Action::Build | Action::Drop)) => {
+            drop(conn);
+            run::build_new_file(path, &project, &steps, step.run_id, &order, memory, &step.layout, &landing)?
+        }
+        _ => {
+            let conn = conn.context("no lakehouse connection for a run that changes it in place")?;
+            let out = run::run(&project, &conn, &steps, step.run_id, &order, !target.is_ducklake(), run::Commit::Once);
+            drop(conn);
+            out
+        }
+    };
+    record(&step.db, step.run_id, &out)?;
+    let ran: Vec<_> = out.models.iter().filter(|m| m.action != "skip").collect();
+    let failed_audits = out.audits.iter().filter(|a| a.failing_rows > 0).count();
+    let stats = serde_json::json!({
+        "models_run": ran.len(),
+        "models_skipped": out.models.len() - ran.len(),
+        "rows": out.models.iter().filter_map(|m| m.rows.map(|r| (m.model.clone(), serde_json::Value::from(r)))).collect::<serde_json::Map<_, _>>(),
+        "audits": out.audits.len(),
+        "audits_failed": failed_audits,
+        "committed": out.failure.is_none(),
+    });
+    if out.failure.is_none() {
+        for m in &out.models {
+            println!("{}\t{}\t{}\t{}", m.model, m.action, m.rows.map(|r| r.to_string()).unwrap_or_default(), m.reason);
+        }
+        materia_common::trigger::signal(&step.layout, layout::TRIGGER_LAKEHOUSE_UPDATED, step.run_id)?;
+    }
+    let summary = format!(
+        "{} models run, {} skipped, {} audits ({} failed){}",
+        ran.len(),
+        out.models.len() - ran.len(),
+        out.audits.len(),
+        failed_audits,
+        if out.failure.is_some() { "; rolled back" } else { "" }
+    );
+    log::info!("{summary}");
+    Ok(Report { outcome: Outcome::Changed, summary, stats, failure: out.failure })
 }
 
 /// Per-model and per-audit results into the state DB, in one transaction (one sync to

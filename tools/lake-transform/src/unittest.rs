@@ -30,6 +30,36 @@ use materia_common::exit::Usage;
 use crate::model::Kind;
 use crate::project::Project;
 
+/// `lake-transform test [FILTER] [--ducklake URL]`: run the model unit tests whose name
+/// contains FILTER, one line each, and fail when any fails.
+pub(crate) fn command(models: &Path, filter: Option<&str>, ducklake: Option<&str>) -> anyhow::Result<materia_common::Outcome> {
+    // Parsed here, not by clap: its error would echo the value, password and all.
+    let ducklake = ducklake.map(|d| d.parse::<TestLake>().map_err(|e| materia_common::exit::Usage(format!("--ducklake: {e}")))).transpose()?;
+    let ducklake = ducklake.as_ref();
+    let project = Project::load(models)?;
+    let cases = load(models, &project)?;
+    let cases: Vec<_> = cases.iter().filter(|c| filter.is_none_or(|f| c.name.contains(f))).collect();
+    if cases.is_empty() {
+        return Err(materia_common::exit::Usage(format!("no model tests in {}/tests match", models.display())).into());
+    }
+    let scratch = tempfile::tempdir().context("creating a scratch dir")?;
+    let mut failed = 0;
+    for case in &cases {
+        match run_case(&project, case, scratch.path(), ducklake) {
+            Ok(()) => println!("ok\t{}", case.name),
+            Err(e) => {
+                failed += 1;
+                println!("FAILED\t{}\t{}: {}", case.name, case.path.display(), materia_common::exit::one_line(&e));
+            }
+        }
+    }
+    println!("{} passed, {failed} failed", cases.len() - failed);
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} model tests failed", cases.len());
+    }
+    Ok(materia_common::Outcome::Changed)
+}
+
 /// One test case.
 #[derive(Debug)]
 pub struct Case {

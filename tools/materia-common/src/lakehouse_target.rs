@@ -159,7 +159,7 @@ impl Lakehouse {
         match &self.target {
             Target::File(path) => {
                 conn.execute_batch(&format!("ATTACH {} AS lakehouse (READ_ONLY)", quote(&path.display().to_string())))
-                    .map_err(|e| file_error(format!("attaching {} read-only", path.display()), e))?;
+                    .map_err(|e| file_error(path, format!("attaching {} read-only", path.display()), e))?;
                 Ok(None)
             }
             Target::DuckLake { catalog, data_path, s3 } => {
@@ -210,10 +210,10 @@ impl Lakehouse {
             Target::File(path) => {
                 if read_only {
                     Connection::open_with_flags(path, cfg.access_mode(duckdb::AccessMode::ReadOnly)?)
-                        .map_err(|e| file_error(format!("opening {} read-only", path.display()), e))
+                        .map_err(|e| file_error(path, format!("opening {} read-only", path.display()), e))
                 } else {
                     duckdb_config::open_lakehouse_file(path, cfg, duckdb_config::Write::Add)
-                        .map_err(|e| file_error(format!("opening {}", path.display()), e))
+                        .map_err(|e| file_error(path, format!("opening {}", path.display()), e))
                 }
             }
             Target::DuckLake { catalog, data_path, s3 } => {
@@ -297,23 +297,35 @@ impl Lakehouse {
 }
 
 /// DuckDB's words for a database file it cannot read as one: not a DuckDB file at all, or
-/// a block whose stored checksum does not match its contents (pinned by a test, so a DuckDB
-/// upgrade that rewords them is noticed).
+/// a block whose stored checksum does not match its contents, found when the file is
+/// opened (its headers, its catalog) or when a query reads the block (pinned by tests, so
+/// a DuckDB upgrade that rewords them is noticed).
 const CORRUPT: &[&str] = &["is not a valid DuckDB database file", "Corrupt database file"];
 
-/// The error `e` of `doing` (opening or attaching the lakehouse file): a file DuckDB finds corrupt is an [`Integrity`] failure (exit 6, an alert) that
-/// names the fix, the lakehouse being made from landing/ alone (the only `Integrity` an
-/// open returns); any other, as DuckDB said it.
-fn file_error(doing: String, e: duckdb::Error) -> anyhow::Error {
-    let text = e.to_string();
-    if CORRUPT.iter().any(|c| text.contains(c)) {
-        let cause = text.lines().next().unwrap_or_default().replace(": Error code 1: Unknown error code", "");
-        return Integrity(format!(
-            "{doing}: the file is corrupt ({cause}); the lakehouse is made from landing/ alone: `lake-transform run --rebuild` writes it anew"
-        ))
-        .into();
+/// Does DuckDB say, somewhere in `e`, that a database file is corrupt?
+pub fn says_corrupt(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| CORRUPT.iter().any(|p| c.to_string().contains(p)))
+}
+
+/// `e`, or, when DuckDB says in it that the lakehouse file `path` is corrupt (whether
+/// opening it or reading a block of it), an [`Integrity`] failure (exit 6, an alert) that
+/// names the fix: the lakehouse is made from landing/ alone.
+pub fn corrupt_file(path: &std::path::Path, e: anyhow::Error) -> anyhow::Error {
+    if !says_corrupt(&e) || e.chain().any(|c| c.is::<Integrity>()) {
+        return e;
     }
-    anyhow::Error::new(e).context(doing)
+    Integrity(format!(
+        "{}: the file is corrupt ({}); the lakehouse is made from landing/ alone: `lake-transform run --rebuild` writes it anew",
+        path.display(),
+        crate::exit::one_line(&e)
+    ))
+    .into()
+}
+
+/// The error `e` of `doing` (opening or attaching the lakehouse file `path`), through
+/// [`corrupt_file`].
+fn file_error(path: &std::path::Path, doing: String, e: duckdb::Error) -> anyhow::Error {
+    corrupt_file(path, anyhow::Error::new(e).context(doing))
 }
 
 #[cfg(test)]

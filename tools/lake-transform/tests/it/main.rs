@@ -502,6 +502,31 @@ fn a_corrupt_lakehouse_file_is_an_integrity_error_until_rebuild() {
     assert!(run.stderr.contains("the corrupt file's WAL") && !wal.exists(), "{}", run.stderr);
     assert_eq!(serving_state(&env), built);
     assert_eq!(env.run(&["run"]).code, 3);
+
+    // Every block of table data corrupt, the headers and the catalog intact: the file
+    // opens, and DuckDB finds it when a query reads a block (here the plan, reading the
+    // engine's state). The same exit 6 and fix; a rebuild plans without the file.
+    let mut blocks = Vec::new();
+    for t in env.rows("SELECT schema_name || '.' || table_name FROM duckdb_tables()") {
+        blocks.extend(env.rows(&format!("SELECT DISTINCT block_id FROM pragma_storage_info('{t}') WHERE block_id >= 0")));
+    }
+    let block_size: usize = env.rows("SELECT block_size FROM pragma_database_size()")[0].parse().unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    for id in &blocks {
+        // After the file's three 4 KiB headers, each block's checksum, then its data.
+        let at = 3 * 4096 + id.parse::<usize>().unwrap() * block_size + 64;
+        bytes[at..at + 16].fill(0xa5);
+    }
+    std::fs::write(&file, &bytes).unwrap();
+    let run = env.run(&["run"]);
+    assert_eq!(run.code, 6, "{run:?}");
+    let line = run.error_line();
+    assert!(!line.contains("opening") && line.contains("Corrupt database file"), "found reading, not opening: {line}");
+    assert!(line.contains("the file is corrupt") && line.contains("`lake-transform run --rebuild` writes it anew"), "{line}");
+    let run = env.run(&["run", "--rebuild"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("Corrupt database file") && run.stderr.contains("this run rebuilds it"), "{}", run.stderr);
+    assert_eq!(serving_state(&env), built);
 }
 
 #[test]
