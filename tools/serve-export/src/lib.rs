@@ -19,7 +19,7 @@ use duckdb::Connection;
 use materia_common::duckdb_config::{self, wal_path as wal};
 use materia_common::exit::Integrity;
 use materia_common::lakehouse;
-use materia_common::lakehouse_target::{LakehouseArgs, Target};
+use materia_common::lakehouse_target::{self, LakehouseArgs, Target};
 use materia_common::layout::{self, Layout};
 use materia_common::{CommonArgs, Outcome, Report, Step};
 use sha2::{Digest as _, Sha256};
@@ -92,10 +92,16 @@ fn publish(common: &CommonArgs, lakehouse: &LakehouseArgs) -> anyhow::Result<Out
         };
         let db = Connection::open_in_memory_with_flags(duckdb_config::config(DEV_EXTENSIONS)?)?;
         let snapshot = lakehouse.attach_read(&db)?;
+        // A corrupt block of the local file, found as the reads below reach it: exit 6,
+        // naming the fix, as when the file does not open.
+        let reading = |e: anyhow::Error| match &lakehouse.target {
+            Target::File(path) => lakehouse_target::corrupt_file(path, e),
+            Target::DuckLake { .. } => e,
+        };
         if let Some(id) = snapshot {
             log::info!("reading {} at snapshot {id}", lakehouse.describe());
         }
-        let state = lakehouse_state(&db)?;
+        let state = lakehouse_state(&db).map_err(reading)?;
         if let Some(meta) = published_meta(&layout.analytics())
             && meta.lakehouse_state == state
         {
@@ -104,14 +110,14 @@ fn publish(common: &CommonArgs, lakehouse: &LakehouseArgs) -> anyhow::Result<Out
             println!("{}", meta.export_id);
             return Ok(Report { outcome: Outcome::Unchanged, summary, stats: serde_json::json!({}), failure: None });
         }
-        let tables = source_tables(&db)?;
+        let tables = source_tables(&db).map_err(reading)?;
         if tables.is_empty() {
             anyhow::bail!("the lakehouse has no serving tables to export");
         }
         let export_id = format!("{}-{}", step.run_id, &state[..12]);
         let tmp = layout.data_dir().join(format!("{TMP_PREFIX}tmp-{}", std::process::id()));
         let guard = TempGuard(tmp.clone());
-        copy(&db, &tmp, &tables, &export_id, &state, snapshot)?;
+        copy(&db, &tmp, &tables, &export_id, &state, snapshot).map_err(reading)?;
         drop(db);
         drop(lock); // the lakehouse is not needed any more
         verify(&tmp, &tables, &export_id)?;

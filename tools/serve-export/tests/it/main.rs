@@ -1,4 +1,6 @@
 //! serve-export on real DuckDB files, with real readers in threads.
+//!
+//! Why this long: one integration binary per tool (fast to link); its tests share the lakehouse, export and reader helpers at the top.
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::os::unix::fs::MetadataExt as _;
@@ -211,6 +213,42 @@ fn a_corrupt_lakehouse_is_an_integrity_error_naming_the_fix() {
     assert_eq!(run.code, 6, "{run:?}");
     let line = run.error_line();
     assert!(line.contains("is not a valid DuckDB database file") && line.contains("`lake-transform run --rebuild` writes it anew"), "{line}");
+    assert!(!env.analytics().exists());
+
+    // Every block of table data corrupt, the headers and the catalog intact: the file
+    // attaches, and DuckDB finds it as the export reads.
+    let file = env.data.join("lakehouse.duckdb");
+    std::fs::remove_file(&file).unwrap();
+    env.lakehouse(1, 10);
+    let blocks: Vec<usize> = {
+        let c = duckdb::Connection::open(&file).unwrap();
+        let tables: Vec<String> = c
+            .prepare("SELECT schema_name || '.' || table_name FROM duckdb_tables()")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let mut ids = Vec::new();
+        for t in tables {
+            let mut st = c.prepare(&format!("SELECT DISTINCT block_id FROM pragma_storage_info('{t}') WHERE block_id >= 0")).unwrap();
+            ids.extend(st.query_map([], |r| r.get::<_, i64>(0)).unwrap().map(|b| usize::try_from(b.unwrap()).unwrap()));
+        }
+        ids
+    };
+    assert!(!blocks.is_empty());
+    let mut bytes = std::fs::read(&file).unwrap();
+    for id in blocks {
+        // After the file's three 4 KiB headers, each 256 KiB block's checksum, then its data.
+        let at = 3 * 4096 + id * 262_144 + 64;
+        bytes[at..at + 16].fill(0xa5);
+    }
+    std::fs::write(&file, &bytes).unwrap();
+    let run = env.run(&[]);
+    assert_eq!(run.code, 6, "{run:?}");
+    let line = run.error_line();
+    assert!(!line.contains("attaching") && line.contains("Corrupt database file"), "found reading, not attaching: {line}");
+    assert!(line.contains("`lake-transform run --rebuild` writes it anew"), "{line}");
     assert!(!env.analytics().exists());
 }
 
