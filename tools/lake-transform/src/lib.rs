@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use materia_common::lakehouse_target::{self, Lakehouse, LakehouseArgs, Target};
+use materia_common::lakehouse_target::{Lakehouse, LakehouseArgs, Target};
 use materia_common::layout::{self, Layout};
 use materia_common::{CommonArgs, Outcome, Report, exit};
 
@@ -184,9 +184,24 @@ fn release_models_dir() -> anyhow::Result<PathBuf> {
     .into())
 }
 
-/// Is `e`, from opening or reading `target`, a local file DuckDB found corrupt?
-fn corrupt_file(target: &Target, e: &anyhow::Error) -> bool {
-    matches!(target, Target::File(_)) && lakehouse_target::says_corrupt(e)
+/// The plan. A rebuild of the local file plans without it when DuckDB finds it corrupt
+/// as the plan reads it (the new file needs nothing from it); otherwise that is the error.
+fn plan_steps(
+    project: &Project,
+    conn: &mut Option<duckdb::Connection>,
+    target: &Lakehouse,
+    landing: &Path,
+    rebuild: bool,
+    aside: &std::collections::HashSet<String>,
+) -> anyhow::Result<Vec<plan::PlannedModel>> {
+    match plan::plan(project, conn.as_ref(), landing, rebuild, aside) {
+        Err(e) if rebuild && conn.is_some() && target.is_corrupt(&e) => {
+            log::warn!("{}; the rebuild does without it", exit::one_line(&e));
+            *conn = None;
+            plan::plan(project, None, landing, rebuild, aside)
+        }
+        steps => steps,
+    }
 }
 
 fn plan(common: &CommonArgs, models: &Path, rebuild: bool, lakehouse: &LakehouseArgs) -> anyhow::Result<Outcome> {
@@ -194,12 +209,13 @@ fn plan(common: &CommonArgs, models: &Path, rebuild: bool, lakehouse: &Lakehouse
     let layout = common.layout();
     let _lock = materia_common::lock::lakehouse(&layout, Duration::from_secs(common.wait_lock))?;
     let target = lakehouse.lakehouse(layout.lakehouse(), DEV_EXTENSIONS)?;
-    let conn = match target.open_existing() {
-        Err(e) if rebuild && corrupt_file(&target.target, &e) => None,
+    let mut conn = match target.open_existing() {
+        Err(e) if rebuild && target.is_corrupt(&e) => None,
         conn => conn?,
     };
     let aside = quarantine::listed(&layout)?;
-    let steps = plan::plan(&project, conn.as_ref(), &layout.landing(), rebuild, &aside.keys().cloned().collect())?;
+    let steps =
+        plan_steps(&project, &mut conn, &target, &layout.landing(), rebuild, &aside.keys().cloned().collect()).map_err(|e| target.corrupt(e))?;
     for (path, e) in &aside {
         println!("quarantined\t{path}\t{} by {} at {}", e.reason, e.by, e.at);
     }
@@ -224,14 +240,10 @@ fn run_models(
         let target = lakehouse.lakehouse(step.layout.lakehouse(), DEV_EXTENSIONS)?;
         // DuckDB finding the local file corrupt, when it opens it or reads a block of it:
         // exit 6, naming the fix.
-        let corrupt = |e: anyhow::Error| match &target.target {
-            Target::File(path) => lakehouse_target::corrupt_file(path, e),
-            Target::DuckLake { .. } => e,
-        };
         match transform(step, common, models, rebuild, memory, &target) {
-            Ok(Report { failure: Some(e), outcome, summary, stats }) => Ok(Report { failure: Some(corrupt(e)), outcome, summary, stats }),
+            Ok(Report { failure: Some(e), outcome, summary, stats }) => Ok(Report { failure: Some(target.corrupt(e)), outcome, summary, stats }),
             Ok(report) => Ok(report),
-            Err(e) => Err(corrupt(e)),
+            Err(e) => Err(target.corrupt(e)),
         }
     })
 }
@@ -260,7 +272,7 @@ fn transform(
     let mut conn = match target.open(false) {
         // A local file DuckDB finds corrupt: a rebuild writes a new one from landing/
         // without reading it (a run fails, exit 6, naming this fix).
-        Err(e) if rebuild && corrupt_file(&target.target, &e) => {
+        Err(e) if rebuild && target.is_corrupt(&e) => {
             log::warn!("{}; this run rebuilds it", exit::one_line(&e));
             // A WAL beside it could only ever be replayed onto that file: it would
             // stop the new file's publish (and must never meet the new file).
@@ -285,15 +297,7 @@ fn transform(
     let aside = quarantine::active(&step.db)?;
     let order = landing_order::read(&step.db)?;
     let aside = aside.keys().cloned().collect();
-    let steps = match plan::plan(&project, conn.as_ref(), &landing, rebuild, &aside) {
-        // The file opened, but a block of it read back corrupt: a rebuild plans without it.
-        Err(e) if rebuild && conn.is_some() && corrupt_file(&target.target, &e) => {
-            log::warn!("{}; this run rebuilds it", exit::one_line(&e));
-            conn = None;
-            plan::plan(&project, None, &landing, rebuild, &aside)?
-        }
-        steps => steps?,
-    };
+    let steps = plan_steps(&project, &mut conn, target, &landing, rebuild, &aside)?;
     log::debug!("planned in {:?}", t.elapsed());
     if steps.iter().all(|s| s.action == Action::Skip) {
         let summary = format!("nothing to do: {} models unchanged", steps.len());

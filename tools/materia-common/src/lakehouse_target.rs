@@ -147,6 +147,21 @@ impl Lakehouse {
         }
     }
 
+    /// Does `e` say DuckDB found the local file corrupt (opening it or reading a block)?
+    pub fn is_corrupt(&self, e: &anyhow::Error) -> bool {
+        matches!(self.target, Target::File(_)) && says_corrupt(e)
+    }
+
+    /// `e`, or, when it says DuckDB found the local file corrupt while a tool read it, an
+    /// [`Integrity`] failure (exit 6) naming the fix, as an open that finds it corrupt
+    /// returns. A DuckLake's errors as they are.
+    pub fn corrupt(&self, e: anyhow::Error) -> anyhow::Error {
+        match &self.target {
+            Target::File(path) => corrupt_file(path, e),
+            Target::DuckLake { .. } => e,
+        }
+    }
+
     /// Is it a DuckLake?
     pub fn is_ducklake(&self) -> bool {
         matches!(self.target, Target::DuckLake { .. })
@@ -303,14 +318,14 @@ impl Lakehouse {
 const CORRUPT: &[&str] = &["is not a valid DuckDB database file", "Corrupt database file"];
 
 /// Does DuckDB say, somewhere in `e`, that a database file is corrupt?
-pub fn says_corrupt(e: &anyhow::Error) -> bool {
+fn says_corrupt(e: &anyhow::Error) -> bool {
     e.chain().any(|c| CORRUPT.iter().any(|p| c.to_string().contains(p)))
 }
 
 /// `e`, or, when DuckDB says in it that the lakehouse file `path` is corrupt (whether
 /// opening it or reading a block of it), an [`Integrity`] failure (exit 6, an alert) that
 /// names the fix: the lakehouse is made from landing/ alone.
-pub fn corrupt_file(path: &std::path::Path, e: anyhow::Error) -> anyhow::Error {
+fn corrupt_file(path: &std::path::Path, e: anyhow::Error) -> anyhow::Error {
     if !says_corrupt(&e) || e.chain().any(|c| c.is::<Integrity>()) {
         return e;
     }

@@ -19,7 +19,7 @@ use duckdb::Connection;
 use materia_common::duckdb_config::{self, wal_path as wal};
 use materia_common::exit::Integrity;
 use materia_common::lakehouse;
-use materia_common::lakehouse_target::{self, LakehouseArgs, Target};
+use materia_common::lakehouse_target::{LakehouseArgs, Target};
 use materia_common::layout::{self, Layout};
 use materia_common::{CommonArgs, Outcome, Report, Step};
 use sha2::{Digest as _, Sha256};
@@ -94,10 +94,7 @@ fn publish(common: &CommonArgs, lakehouse: &LakehouseArgs) -> anyhow::Result<Out
         let snapshot = lakehouse.attach_read(&db)?;
         // A corrupt block of the local file, found as the reads below reach it: exit 6,
         // naming the fix, as when the file does not open.
-        let reading = |e: anyhow::Error| match &lakehouse.target {
-            Target::File(path) => lakehouse_target::corrupt_file(path, e),
-            Target::DuckLake { .. } => e,
-        };
+        let reading = |e| lakehouse.corrupt(e);
         if let Some(id) = snapshot {
             log::info!("reading {} at snapshot {id}", lakehouse.describe());
         }

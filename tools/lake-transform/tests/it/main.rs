@@ -523,9 +523,15 @@ fn a_corrupt_lakehouse_file_is_an_integrity_error_until_rebuild() {
     let line = run.error_line();
     assert!(!line.contains("opening") && line.contains("Corrupt database file"), "found reading, not opening: {line}");
     assert!(line.contains("the file is corrupt") && line.contains("`lake-transform run --rebuild` writes it anew"), "{line}");
+    let plan = env.run(&["plan"]);
+    assert_eq!(plan.code, 6, "{plan:?}");
+    assert!(plan.error_line().contains("Corrupt database file") && plan.error_line().contains("`lake-transform run --rebuild`"), "{plan:?}");
+    let plan = env.run(&["plan", "--rebuild"]);
+    assert_eq!(plan.code, 0, "{plan:?}");
+    assert!(plan.stdout.contains("raw.psd\tbuild") && plan.stderr.contains("the rebuild does without it"), "{plan:?}");
     let run = env.run(&["run", "--rebuild"]);
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stderr.contains("Corrupt database file") && run.stderr.contains("this run rebuilds it"), "{}", run.stderr);
+    assert!(run.stderr.contains("Corrupt database file") && run.stderr.contains("the rebuild does without it"), "{}", run.stderr);
     assert_eq!(serving_state(&env), built);
 }
 
