@@ -511,13 +511,8 @@ fn a_corrupt_lakehouse_file_is_an_integrity_error_until_rebuild() {
         blocks.extend(env.rows(&format!("SELECT DISTINCT block_id FROM pragma_storage_info('{t}') WHERE block_id >= 0")));
     }
     let block_size: usize = env.rows("SELECT block_size FROM pragma_database_size()")[0].parse().unwrap();
-    let mut bytes = std::fs::read(&file).unwrap();
-    for id in &blocks {
-        // After the file's three 4 KiB headers, each block's checksum, then its data.
-        let at = 3 * 4096 + id.parse::<usize>().unwrap() * block_size + 64;
-        bytes[at..at + 16].fill(0xa5);
-    }
-    std::fs::write(&file, &bytes).unwrap();
+    let blocks: Vec<usize> = blocks.iter().map(|b| b.parse().unwrap()).collect();
+    materia_test_support::corrupt_duckdb_blocks(&file, block_size, &blocks);
     let run = env.run(&["run"]);
     assert_eq!(run.code, 6, "{run:?}");
     let line = run.error_line();

@@ -237,13 +237,7 @@ fn a_corrupt_lakehouse_is_an_integrity_error_naming_the_fix() {
         ids
     };
     assert!(!blocks.is_empty());
-    let mut bytes = std::fs::read(&file).unwrap();
-    for id in blocks {
-        // After the file's three 4 KiB headers, each 256 KiB block's checksum, then its data.
-        let at = 3 * 4096 + id * 262_144 + 64;
-        bytes[at..at + 16].fill(0xa5);
-    }
-    std::fs::write(&file, &bytes).unwrap();
+    materia_test_support::corrupt_duckdb_blocks(&file, 262_144, &blocks); // DuckDB's default block size
     let run = env.run(&[]);
     assert_eq!(run.code, 6, "{run:?}");
     let line = run.error_line();
