@@ -506,13 +506,7 @@ fn a_corrupt_lakehouse_file_is_an_integrity_error_until_rebuild() {
     // Every block of table data corrupt, the headers and the catalog intact: the file
     // opens, and DuckDB finds it when a query reads a block (here the plan, reading the
     // engine's state). The same exit 6 and fix; a rebuild plans without the file.
-    let mut blocks = Vec::new();
-    for t in env.rows("SELECT schema_name || '.' || table_name FROM duckdb_tables()") {
-        blocks.extend(env.rows(&format!("SELECT DISTINCT block_id FROM pragma_storage_info('{t}') WHERE block_id >= 0")));
-    }
-    let block_size: usize = env.rows("SELECT block_size FROM pragma_database_size()")[0].parse().unwrap();
-    let blocks: Vec<usize> = blocks.iter().map(|b| b.parse().unwrap()).collect();
-    materia_test_support::corrupt_duckdb_blocks(&file, block_size, &blocks);
+    corrupt_table_blocks(&env, "TRUE");
     let run = env.run(&["run"]);
     assert_eq!(run.code, 6, "{run:?}");
     let line = run.error_line();
@@ -528,6 +522,39 @@ fn a_corrupt_lakehouse_file_is_an_integrity_error_until_rebuild() {
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stderr.contains("Corrupt database file") && run.stderr.contains("the rebuild does without it"), "{}", run.stderr);
     assert_eq!(serving_state(&env), built);
+
+    // A corrupt block no run reads (a run with nothing to do reads none of
+    // serving.revisions) goes unnoticed by the runs; the weekly `maintain` reads every
+    // block as it copies the file: exit 6, the same fix, the file left as it was and no
+    // half copy beside it.
+    corrupt_table_blocks(&env, "schema_name = 'serving' AND table_name = 'revisions'");
+    assert_eq!(env.run(&["run"]).code, 3);
+    let bytes = std::fs::read(&file).unwrap();
+    let run = env.run(&["maintain"]);
+    assert_eq!(run.code, 6, "{run:?}");
+    let line = run.error_line();
+    assert!(line.contains("Corrupt database file") && line.contains("`lake-transform run --rebuild` writes it anew"), "{line}");
+    assert_eq!(std::fs::read(&file).unwrap(), bytes, "maintain left the file as it was");
+    let names: Vec<String> = std::fs::read_dir(&env.data).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(!names.iter().any(|n| n.contains("-tmp-")), "{names:?}");
+    let last = env.state_rows("SELECT tool, status, exit_code FROM runs ORDER BY run_id DESC LIMIT 1");
+    assert_eq!(last, ["Text(\"lake-maintain\")|Text(\"failed\")|Integer(6)"]);
+    assert_eq!(env.run(&["run", "--rebuild"]).code, 0);
+    assert_eq!(env.run(&["maintain"]).code, 0);
+    assert_eq!(serving_state(&env), built);
+}
+
+/// Break the checksum of every data block of the lakehouse's tables that `filter` (on
+/// duckdb_tables()) selects; the headers and the catalog stay intact.
+fn corrupt_table_blocks(env: &Env, filter: &str) {
+    let mut blocks = Vec::new();
+    for t in env.rows(&format!("SELECT schema_name || '.' || table_name FROM duckdb_tables() WHERE {filter}")) {
+        blocks.extend(env.rows(&format!("SELECT DISTINCT block_id FROM pragma_storage_info('{t}') WHERE block_id >= 0")));
+    }
+    assert!(!blocks.is_empty(), "no blocks where {filter}");
+    let block_size: usize = env.rows("SELECT block_size FROM pragma_database_size()")[0].parse().unwrap();
+    let blocks: Vec<usize> = blocks.iter().map(|b| b.parse().unwrap()).collect();
+    materia_test_support::corrupt_duckdb_blocks(&env.data.join("lakehouse.duckdb"), block_size, &blocks);
 }
 
 #[test]
