@@ -25,6 +25,8 @@ pub(crate) struct NewLakehouse {
     /// The file itself: where a symlink at `path` points (it stays a symlink, and the
     /// new file is written on the volume the operator put the lakehouse on).
     file: PathBuf,
+    /// Keep the file it replaces under this name (beside it) instead of losing it.
+    keep_old: Option<PathBuf>,
     published: bool,
 }
 
@@ -39,12 +41,22 @@ impl NewLakehouse {
         };
         sweep(dir(&file))?;
         let tmp = dir(&file).join(format!("{TMP_PREFIX}{what}{TMP_MARK}{}", std::process::id()));
-        Ok(Self { tmp, path: path.to_owned(), file, published: false })
+        Ok(Self { tmp, path: path.to_owned(), file, keep_old: None, published: false })
     }
 
     /// Where DuckDB writes it.
     pub(crate) fn tmp(&self) -> &Path {
         &self.tmp
+    }
+
+    /// At the rename, keep the file it replaces as `lakehouse.duckdb.corrupt` (replacing
+    /// an older one): a hard link, no copy, made before the rename, so the lakehouse
+    /// is never missing. For a file DuckDB found corrupt: the bytes stay for a look, and
+    /// cost their size on disk until the operator removes them.
+    pub(crate) fn keep_old_as_corrupt(&mut self) {
+        let mut name = self.file.file_name().unwrap_or_default().to_owned();
+        name.push(".corrupt");
+        self.keep_old = Some(self.file.with_file_name(name));
     }
 
     /// Rename it over the lakehouse. Every connection to both files must be closed:
@@ -58,6 +70,18 @@ impl NewLakehouse {
             return Err(Integrity(format!("the new file {} was left with a WAL after it was closed", self.tmp.display())).into());
         }
         std::fs::File::open(&self.tmp).and_then(|f| f.sync_all()).with_context(|| format!("fsync {}", self.tmp.display()))?;
+        if let Some(kept) = &self.keep_old
+            && self.file.exists()
+        {
+            // Keeping it must not stop the repair: a failure is a warning.
+            let link = std::fs::remove_file(kept)
+                .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+                .and_then(|()| std::fs::hard_link(&self.file, kept));
+            match link {
+                Ok(()) => log::warn!("kept the corrupt file as {} (remove it when done with it)", kept.display()),
+                Err(e) => log::warn!("could not keep the corrupt file as {}: {e}", kept.display()),
+            }
+        }
         std::fs::rename(&self.tmp, &self.file).with_context(|| format!("renaming {} to {}", self.tmp.display(), self.file.display()))?;
         self.published = true;
         materia_common::atomic::sync_dir(dir(&self.file))?;

@@ -313,8 +313,10 @@ fn transform(
         // Every model is built (a first build, --rebuild): into a new file, renamed over
         // the lakehouse when the whole run succeeded; the old one is closed meanwhile.
         Target::File(path) if steps.iter().all(|s| matches!(s.action, Action::Build | Action::Drop)) => {
+            // No connection: the rebuild found the file corrupt (opening or planning).
+            let replaces_corrupt = conn.is_none();
             drop(conn);
-            run::build_new_file(path, &project, &steps, step.run_id, &order, memory, &step.layout, &landing)?
+            run::build_new_file(path, &project, &steps, step.run_id, &order, memory, &step.layout, &landing, replaces_corrupt)?
         }
         _ => {
             let conn = conn.context("no lakehouse connection for a run that changes it in place")?;

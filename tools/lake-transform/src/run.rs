@@ -119,7 +119,8 @@ pub fn run(
 
 /// Build every model into a new file beside the lakehouse at `path`, committing after
 /// each, and rename it over the lakehouse if the whole run succeeded (a failed run leaves
-/// the lakehouse as it was, and the new file is removed).
+/// the lakehouse as it was, and the new file is removed). `replaces_corrupt`: the file it
+/// replaces is one DuckDB found corrupt, kept beside it.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn build_new_file(
     path: &Path,
@@ -130,8 +131,12 @@ pub(crate) fn build_new_file(
     memory: &crate::Memory,
     layout: &materia_common::layout::Layout,
     landing: &Path,
+    replaces_corrupt: bool,
 ) -> anyhow::Result<RunOutcome> {
-    let new = crate::lakehouse_file::NewLakehouse::start(path, "build")?;
+    let mut new = crate::lakehouse_file::NewLakehouse::start(path, "build")?;
+    if replaces_corrupt {
+        new.keep_old_as_corrupt();
+    }
     let conn = duckdb_config::open_lakehouse_file(new.tmp(), duckdb_config::config(crate::DEV_EXTENSIONS)?, duckdb_config::Write::Whole)
         .with_context(|| format!("creating {}", new.tmp().display()))?;
     memory.bound(&conn, layout)?;

@@ -474,6 +474,7 @@ fn a_corrupt_lakehouse_file_is_an_integrity_error_until_rebuild() {
     // DuckDB's two ways of saying so (lakehouse_target::CORRUPT).
     let mut bad_checksum = vec![0x5a_u8; 16384];
     bad_checksum[8..12].copy_from_slice(b"DUCK");
+    let bad_checksum_bytes = bad_checksum.clone();
     for (bytes, duckdb_says) in [(vec![0x5a_u8; 16384], "is not a valid DuckDB database file"), (bad_checksum, "Corrupt database file")] {
         std::fs::write(&file, &bytes).unwrap();
         for args in [&["run"][..], &["plan"]] {
@@ -501,12 +502,17 @@ fn a_corrupt_lakehouse_file_is_an_integrity_error_until_rebuild() {
     assert!(run.stderr.contains("the file is corrupt") && run.stderr.contains("this run rebuilds it"), "{}", run.stderr);
     assert!(run.stderr.contains("the corrupt file's WAL") && !wal.exists(), "{}", run.stderr);
     assert_eq!(serving_state(&env), built);
+    // The corrupt bytes are kept beside it, for a look (the last ones only).
+    let kept = env.data.join("lakehouse.duckdb.corrupt");
+    assert!(run.stderr.contains(&format!("kept the corrupt file as {}", kept.display())), "{}", run.stderr);
+    assert_eq!(std::fs::read(&kept).unwrap(), bad_checksum_bytes);
     assert_eq!(env.run(&["run"]).code, 3);
 
     // Every block of table data corrupt, the headers and the catalog intact: the file
     // opens, and DuckDB finds it when a query reads a block (here the plan, reading the
     // engine's state). The same exit 6 and fix; a rebuild plans without the file.
     corrupt_table_blocks(&env, "TRUE");
+    let corrupted = std::fs::read(&file).unwrap();
     let run = env.run(&["run"]);
     assert_eq!(run.code, 6, "{run:?}");
     let line = run.error_line();
@@ -522,6 +528,7 @@ fn a_corrupt_lakehouse_file_is_an_integrity_error_until_rebuild() {
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stderr.contains("Corrupt database file") && run.stderr.contains("the rebuild does without it"), "{}", run.stderr);
     assert_eq!(serving_state(&env), built);
+    assert_eq!(std::fs::read(&kept).unwrap(), corrupted, "the older kept file replaced");
 
     // A corrupt block no run reads (a run with nothing to do reads none of
     // serving.revisions) goes unnoticed by the runs; the weekly `maintain` reads every
