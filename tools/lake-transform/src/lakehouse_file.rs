@@ -54,9 +54,7 @@ impl NewLakehouse {
     /// is never missing. For a file DuckDB found corrupt: the bytes stay for a look, and
     /// cost their size on disk until the operator removes them.
     pub(crate) fn keep_old_as_corrupt(&mut self) {
-        let mut name = self.file.file_name().unwrap_or_default().to_owned();
-        name.push(".corrupt");
-        self.keep_old = Some(self.file.with_file_name(name));
+        self.keep_old = Some(materia_common::layout::corrupt_beside(&self.file));
     }
 
     /// Rename it over the lakehouse. Every connection to both files must be closed:

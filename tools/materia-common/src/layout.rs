@@ -10,6 +10,7 @@
 //!     psd/{year}/{month}/{etag}.csv.gzip
 //!   lakehouse.duckdb                 lake-transform's database (its exclusive writer)
 //!   lakehouse.duckdb.lock            lock shared by lake-transform and serve-export
+//!   lakehouse.duckdb.corrupt         the corrupt file a `run --rebuild` replaced, kept for a look (materia-status shows it)
 //!   spill/lake-transform/            where DuckDB spills past its memory limit (stale spill files removed each run)
 //!   analytics.duckdb                 what the web app reads (serve-export publishes it)
 //!   analytics.duckdb.prev            the export before it (serve-export --rollback swaps them)
@@ -218,6 +219,14 @@ pub struct Layout {
     state_db: PathBuf,
 }
 
+/// `FILE.corrupt`, beside the lakehouse file `file` (its real path): where a rebuild
+/// keeps the corrupt file it replaced ([`Layout::kept_corrupt_lakehouse`]).
+pub fn corrupt_beside(file: &Path) -> PathBuf {
+    let mut name = file.file_name().unwrap_or_default().to_owned();
+    name.push(".corrupt");
+    file.with_file_name(name)
+}
+
 impl Layout {
     /// A layout rooted at `data_dir`; `state_db` overrides the default state DB path.
     pub fn new(data_dir: impl Into<PathBuf>, state_db: Option<PathBuf>) -> Self {
@@ -249,6 +258,13 @@ impl Layout {
     /// `DATA_DIR/lakehouse.duckdb.lock`: held by whoever opens the lakehouse.
     pub fn lakehouse_lock(&self) -> PathBuf {
         self.data_dir.join("lakehouse.duckdb.lock")
+    }
+
+    /// Where a `lake-transform run --rebuild` keeps the corrupt lakehouse file it
+    /// replaced: `lakehouse.duckdb.corrupt` beside the file itself (beside where a
+    /// symlink at [`Self::lakehouse`] points).
+    pub fn kept_corrupt_lakehouse(&self) -> PathBuf {
+        corrupt_beside(&std::fs::canonicalize(self.lakehouse()).unwrap_or_else(|_| self.lakehouse()))
     }
 
     /// `DATA_DIR/spill/{tool}`: where the tool's DuckDB spills past its memory limit.

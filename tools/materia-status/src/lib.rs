@@ -1,5 +1,6 @@
 //! materia-status: for each step, its last run (result, duration, what it did) and its
-//! next scheduled run (from systemd when it runs the timers), and the backup lag.
+//! next scheduled run (from systemd when it runs the timers), the backup lag, what is
+//! quarantined, and a corrupt lakehouse file a rebuild kept.
 //! Reads the state DB read-only (WAL: never blocks, never waits for, a running step).
 
 use std::io::IsTerminal as _;
@@ -45,11 +46,19 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Some(db) => quarantined(db)?,
         None => json!([]),
     };
+    // lake-transform's file (README, "lake-transform"): disk to take back once looked at.
+    let kept = layout.kept_corrupt_lakehouse();
+    let kept_corrupt = match std::fs::metadata(&kept) {
+        Ok(m) => json!({"path": kept.display().to_string(), "bytes": m.len()}),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Value::Null,
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", kept.display()))),
+    };
     let report = json!({
         "state_db": layout.state_db().display().to_string(),
         "steps": steps,
         "backup_lag_files": backup_lag,
         "quarantined": quarantined,
+        "kept_corrupt_lakehouse": kept_corrupt,
     });
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -157,6 +166,10 @@ fn print_table(report: &Value, tty: bool) {
     for q in report["quarantined"].as_array().into_iter().flatten() {
         let t = |k: &str| q[k].as_str().unwrap_or("?").to_owned();
         println!("quarantined: {} ({}, by {} at {})", t("path"), t("reason"), t("by"), t("at"));
+    }
+    if let Some(path) = report["kept_corrupt_lakehouse"]["path"].as_str() {
+        let mib = report["kept_corrupt_lakehouse"]["bytes"].as_u64().unwrap_or(0) as f64 / 1048576.0;
+        println!("kept: {path} ({mib:.1} MiB), the corrupt lakehouse a rebuild replaced: remove it when done with it");
     }
     match report["backup_lag_files"].as_i64() {
         Some(n) => println!("backup lag: {n} landed file(s) not yet backed up"),

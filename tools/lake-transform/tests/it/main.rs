@@ -504,6 +504,7 @@ fn a_corrupt_lakehouse_file_is_an_integrity_error_until_rebuild() {
     assert_eq!(serving_state(&env), built);
     // The corrupt bytes are kept beside it, for a look (the last ones only).
     let kept = env.data.join("lakehouse.duckdb.corrupt");
+    assert_eq!(materia_common::layout::Layout::new(&env.data, None).kept_corrupt_lakehouse(), kept, "where materia-status looks");
     assert!(run.stderr.contains(&format!("kept the corrupt file as {}", kept.display())), "{}", run.stderr);
     assert_eq!(std::fs::read(&kept).unwrap(), bad_checksum_bytes);
     assert_eq!(env.run(&["run"]).code, 3);
