@@ -425,6 +425,7 @@ fn the_release_lifecycle_under_a_real_systemd() {
     let step = |name: &str| status["steps"].as_array().unwrap().iter().find(|s| s["step"] == name).unwrap().clone();
     for s in ["psd-extract", "lake-transform", "serve-export", "tag-deploy"] {
         assert_eq!(step(s)["last_run"]["status"].as_str().map(|v| v == "success" || v == "unchanged"), Some(true), "{s}: {status}");
+        assert!(step(s)["unit_failed"].is_null(), "{s}: {status}");
     }
     assert_eq!(status["backup_lag_files"], 1, "one landed file, no backup yet");
     assert!(step("psd-extract")["next_run"].as_str().is_some_and(|n| n.contains("UTC")), "the timer's next firing, from systemd: {status}");
@@ -741,6 +742,23 @@ fn the_release_lifecycle_under_a_real_systemd() {
         "{journal}"
     );
     assert!(!journal.contains("root-only-s3cret"), "{journal}");
+    // It stopped before it opened the state DB, so no run records it: materia-status
+    // shows it from systemd, as the unit's failed last start.
+    let status = c.ok(&["/opt/materia/current/bin/materia-status", "--data-dir", "/data/materia", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let backup = status["steps"].as_array().unwrap().iter().find(|s| s["step"] == "landing-backup").unwrap().clone();
+    assert_eq!(backup["last_run"]["status"], "success", "the last run it recorded: {status}");
+    assert_eq!(
+        (&backup["unit_failed"]["unit"], &backup["unit_failed"]["result"], &backup["unit_failed"]["exit_status"]),
+        (&serde_json::json!("landing-backup.service"), &serde_json::json!("exit-code"), &serde_json::json!(2)),
+        "{status}"
+    );
+    let table = c.ok(&["/opt/materia/current/bin/materia-status", "--data-dir", "/data/materia"]);
+    assert!(
+        table.contains("landing-backup: systemd's last start failed (exit-code, exit status 2, at ")
+            && table.contains("journalctl -u landing-backup.service"),
+        "{table}"
+    );
 }
 
 #[test]

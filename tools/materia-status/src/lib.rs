@@ -1,5 +1,6 @@
-//! materia-status: for each step, its last run (result, duration, what it did) and its
-//! next scheduled run (from systemd when it runs the timers), the backup lag, what is
+//! materia-status: for each step, its last run (result, duration, what it did), its
+//! next scheduled run and a failed last start of its unit (from systemd when it runs
+//! the timers: a failure no run records), the backup lag, what is
 //! quarantined, and a corrupt lakehouse file a rebuild kept.
 //! Reads the state DB read-only (WAL: never blocks, never waits for, a running step).
 
@@ -36,7 +37,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             Some(db) => last_run(db, tool)?,
             None => Value::Null,
         };
-        steps.push(json!({"step": tool, "last_run": last, "next_run": next_elapse(timer)}));
+        let service = timer.replace(".timer", ".service");
+        steps.push(json!({"step": tool, "last_run": last, "next_run": next_elapse(timer), "unit_failed": unit_failure(&service)}));
     }
     let backup_lag = match &db {
         Some(db) => backup_lag(db)?,
@@ -135,6 +137,28 @@ fn next_elapse(timer: &str) -> Option<String> {
     (out.status.success() && !v.is_empty() && v != "n/a").then_some(v)
 }
 
+/// How systemd's last start of `service` ended, if it failed: it also sees the failures
+/// no run records (a usage error or an unreadable secrets file, found before the tool
+/// opens its state DB; a run systemd ended at its timeout). None when it succeeded, or
+/// systemd does not run the units here.
+fn unit_failure(service: &str) -> Option<Value> {
+    let out = std::process::Command::new("systemctl")
+        .args(["show", service, "--property=Result,ExecMainStatus,ExecMainExitTimestamp"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let prop = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)?.strip_prefix('=')).unwrap_or_default().to_owned();
+    let result = prop("Result");
+    if result.is_empty() || result == "success" {
+        return None;
+    }
+    Some(json!({"unit": service, "result": result, "exit_status": prop("ExecMainStatus").parse::<i64>().ok(), "at": prop("ExecMainExitTimestamp")}))
+}
+
 fn print_table(report: &Value, tty: bool) {
     let rows: Vec<[String; 6]> = report["steps"]
         .as_array()
@@ -162,6 +186,19 @@ fn print_table(report: &Value, tty: bool) {
     println!("{}", line(head));
     for r in &rows {
         println!("{}", line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]));
+    }
+    for s in report["steps"].as_array().into_iter().flatten() {
+        let f = &s["unit_failed"];
+        if f.is_object() {
+            let status = f["exit_status"].as_i64().map(|n| format!(", exit status {n}")).unwrap_or_default();
+            println!(
+                "{}: systemd's last start failed ({}{status}, at {}): journalctl -u {}",
+                s["step"].as_str().unwrap_or("?"),
+                f["result"].as_str().unwrap_or("?"),
+                f["at"].as_str().unwrap_or("?"),
+                f["unit"].as_str().unwrap_or("?")
+            );
+        }
     }
     for q in report["quarantined"].as_array().into_iter().flatten() {
         let t = |k: &str| q[k].as_str().unwrap_or("?").to_owned();
