@@ -90,8 +90,10 @@ fn publish(common: &CommonArgs, lakehouse: &LakehouseArgs) -> anyhow::Result<Out
             }
             Target::DuckLake { .. } => None,
         };
+        let t = std::time::Instant::now();
         let db = Connection::open_in_memory_with_flags(duckdb_config::config(DEV_EXTENSIONS)?)?;
         let snapshot = lakehouse.attach_read(&db)?;
+        log::debug!("attached {} in {:?}", lakehouse.describe(), t.elapsed());
         // A corrupt block of the local file, found as the reads below reach it: exit 6,
         // naming the fix, as when the file does not open.
         let reading = |e| lakehouse.corrupt(e);
@@ -99,7 +101,7 @@ fn publish(common: &CommonArgs, lakehouse: &LakehouseArgs) -> anyhow::Result<Out
             log::info!("reading {} at snapshot {id}", lakehouse.describe());
         }
         let state = lakehouse_state(&db).map_err(reading)?;
-        if let Some(meta) = published_meta(&layout.analytics())
+        if let Some(meta) = published_meta(&db, &layout.analytics())
             && meta.lakehouse_state == state
         {
             let summary = format!("nothing to do: the lakehouse is unchanged since export {}", meta.export_id);
@@ -107,6 +109,7 @@ fn publish(common: &CommonArgs, lakehouse: &LakehouseArgs) -> anyhow::Result<Out
             println!("{}", meta.export_id);
             return Ok(Report { outcome: Outcome::Unchanged, summary, stats: serde_json::json!({}), failure: None });
         }
+        log::debug!("read its state and the published _meta in {:?}", t.elapsed());
         let tables = source_tables(&db).map_err(reading)?;
         if tables.is_empty() {
             anyhow::bail!("the lakehouse has no serving tables to export");
@@ -114,13 +117,18 @@ fn publish(common: &CommonArgs, lakehouse: &LakehouseArgs) -> anyhow::Result<Out
         let export_id = format!("{}-{}", step.run_id, &state[..12]);
         let tmp = layout.data_dir().join(format!("{TMP_PREFIX}tmp-{}", std::process::id()));
         let guard = TempGuard(tmp.clone());
+        log::debug!("listed {} serving tables in {:?}", tables.len(), t.elapsed());
         copy(&db, &tmp, &tables, &export_id, &state, snapshot).map_err(reading)?;
-        drop(db);
+        log::debug!("copied them in {:?}", t.elapsed());
+        db.execute_batch("DETACH lakehouse")?;
         drop(lock); // the lakehouse is not needed any more
-        verify(&tmp, &tables, &export_id)?;
+        verify(&db, &tmp, &tables, &export_id)?;
+        drop(db);
+        log::debug!("verified the copy in {:?}", t.elapsed());
         let bytes = std::fs::metadata(&tmp)?.len();
         publish_file(&tmp, &layout)?;
         guard.disarm();
+        log::debug!("published in {:?}", t.elapsed());
         let rows: i64 = tables.iter().map(|t| t.rows).sum();
         record(step, "publish", &export_id, &state, Some((tables.len(), rows, bytes)))?;
         println!("{export_id}");
@@ -146,7 +154,8 @@ fn rollback(common: &CommonArgs) -> anyhow::Result<Outcome> {
             std::fs::rename(&prev, &current).with_context(|| format!("renaming {}", prev.display()))?;
         }
         materia_common::atomic::sync_dir(layout.data_dir())?;
-        let meta = published_meta(&current).ok_or_else(|| anyhow!("{} has no readable _meta after the swap", current.display()))?;
+        let db = Connection::open_in_memory_with_flags(duckdb_config::config(DEV_EXTENSIONS)?)?;
+        let meta = published_meta(&db, &current).ok_or_else(|| anyhow!("{} has no readable _meta after the swap", current.display()))?;
         record(step, "rollback", &meta.export_id, &meta.lakehouse_state, None)?;
         println!("{}", meta.export_id);
         let summary = format!("rolled back: export {} is published again", meta.export_id);
@@ -210,25 +219,47 @@ fn source_tables(db: &Connection) -> anyhow::Result<Vec<Table>> {
     for v in views.query_map([lakehouse::SERVING_SCHEMA], |r| r.get::<_, String>(0))? {
         log::warn!("serving.{} is a view: only tables are exported", v?);
     }
-    let mut st = db.prepare("SELECT table_name FROM duckdb_tables() WHERE database_name = 'lakehouse' AND schema_name = ? ORDER BY 1")?;
-    let names: Vec<String> = st.query_map([lakehouse::SERVING_SCHEMA], |r| r.get(0))?.collect::<Result<_, _>>()?;
-    names.into_iter().map(|n| describe(db, "lakehouse", &n)).collect()
+    serving_tables(db, "lakehouse")
 }
 
-fn describe(db: &Connection, catalog: &str, table: &str) -> anyhow::Result<Table> {
+/// Every serving table of `catalog`, by name: its columns and its row count (two queries
+/// in all, not two a table).
+fn serving_tables(db: &Connection, catalog: &str) -> anyhow::Result<Vec<Table>> {
     let mut st = db.prepare(
-        "SELECT column_name, data_type FROM duckdb_columns()
-         WHERE database_name = ? AND schema_name = 'serving' AND table_name = ? ORDER BY column_index",
+        "SELECT t.table_name, c.column_name, c.data_type
+         FROM duckdb_tables() t JOIN duckdb_columns() c USING (database_name, schema_name, table_name)
+         WHERE t.database_name = ? AND t.schema_name = ? ORDER BY t.table_name, c.column_index",
     )?;
-    let columns = st.query_map([catalog, table], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
-    let rows = db.query_row(&format!("SELECT count(*) FROM {}.serving.{}", ident(catalog), ident(table)), [], |r| r.get(0))?;
-    Ok(Table { name: table.to_owned(), columns, rows })
+    let mut tables: Vec<Table> = Vec::new();
+    for row in st.query_map([catalog, lakehouse::SERVING_SCHEMA], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))? {
+        let (table, column, data_type) = row?;
+        match tables.last_mut() {
+            Some(t) if t.name == table => t.columns.push((column, data_type)),
+            _ => tables.push(Table { name: table, columns: vec![(column, data_type)], rows: 0 }),
+        }
+    }
+    if tables.is_empty() {
+        return Ok(tables);
+    }
+    let counts = tables
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("SELECT {i} AS i, count(*) AS n FROM {}.serving.{}", ident(catalog), ident(&t.name)))
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    let mut st = db.prepare(&counts)?;
+    for row in st.query_map([], |r| Ok((r.get::<_, usize>(0)?, r.get::<_, i64>(1)?)))? {
+        let (i, n) = row?;
+        tables[i].rows = n;
+    }
+    Ok(tables)
 }
 
 /// `snapshot`: the DuckLake snapshot read (`_meta.lakehouse_snapshot`; NULL for the file).
 fn copy(db: &Connection, tmp: &Path, tables: &[Table], export_id: &str, state: &str, snapshot: Option<i64>) -> anyhow::Result<()> {
     let contents = serde_json::Value::Object(tables.iter().map(|t| (t.name.clone(), serde_json::Value::from(t.rows))).collect());
-    let mut sql = format!("ATTACH {} AS export_target; CREATE SCHEMA export_target.serving;", sql_str(tmp));
+    // One transaction: one commit (one WAL sync) for the whole copy, not one a table.
+    let mut sql = format!("ATTACH {} AS export_target; BEGIN; CREATE SCHEMA export_target.serving;", sql_str(tmp));
     for t in tables {
         sql.push_str(&format!("CREATE TABLE export_target.serving.{n} AS SELECT * FROM lakehouse.serving.{n};", n = ident(&t.name)));
     }
@@ -243,24 +274,32 @@ fn copy(db: &Connection, tmp: &Path, tables: &[Table], export_id: &str, state: &
     ));
     if std::env::var(layout::ENV_SERVE_EXPORT_FAULT).as_deref() == Ok("alter-copy") {
         // Tests only: make the copy differ from its source, as a failing disk or bug would.
-        sql.push_str(&format!("DELETE FROM export_target.serving.{} WHERE rowid = 0;", ident(&tables[0].name)));
+        sql.push_str(&format!(
+            "DELETE FROM export_target.serving.{n} WHERE rowid = (SELECT min(rowid) FROM export_target.serving.{n});",
+            n = ident(&tables[0].name)
+        ));
     }
-    sql.push_str("CHECKPOINT export_target; DETACH export_target;");
+    sql.push_str("COMMIT; CHECKPOINT export_target; DETACH export_target;");
     db.execute_batch(&sql).with_context(|| format!("copying the serving tables into {}", tmp.display()))?;
     Ok(())
 }
 
-/// Open the copy on its own and check it holds what the lakehouse had.
-fn verify(tmp: &Path, want: &[Table], export_id: &str) -> anyhow::Result<()> {
+/// Open the copy on its own and check it holds what the lakehouse had. Attached anew
+/// (read-only, as its own catalog) after the copy's connection detached it, so every
+/// block is read back from the file, none from what the copy cached.
+fn verify(db: &Connection, tmp: &Path, want: &[Table], export_id: &str) -> anyhow::Result<()> {
     if wal(tmp).exists() {
         return Err(Integrity(format!("{} was left with a WAL after its checkpoint", tmp.display())).into());
     }
-    let cfg = duckdb_config::config(DEV_EXTENSIONS)?.access_mode(duckdb::AccessMode::ReadOnly)?;
-    let db = Connection::open_with_flags(tmp, cfg).with_context(|| format!("reopening {} to verify it", tmp.display()))?;
-    let catalog: String = db.query_row("SELECT current_database()", [], |r| r.get(0))?;
-    let mut st = db.prepare("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'serving' ORDER BY 1")?;
-    let names: Vec<String> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-    let got: Vec<Table> = names.iter().map(|n| describe(&db, &catalog, n)).collect::<anyhow::Result<_>>()?;
+    db.execute_batch(&format!("ATTACH {} AS export_check (READ_ONLY)", sql_str(tmp)))
+        .with_context(|| format!("reopening {} to verify it", tmp.display()))?;
+    let checked = check_copy(db, want, export_id);
+    db.execute_batch("DETACH export_check")?;
+    checked
+}
+
+fn check_copy(db: &Connection, want: &[Table], export_id: &str) -> anyhow::Result<()> {
+    let got = serving_tables(db, "export_check")?;
     if got != want {
         let diff = want
             .iter()
@@ -280,7 +319,7 @@ fn verify(tmp: &Path, want: &[Table], export_id: &str) -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("{} tables in the lakehouse, {} in the copy", want.len(), got.len()));
         return Err(Integrity(format!("the export did not verify: {diff}; nothing was published")).into());
     }
-    let id: String = db.query_row("SELECT export_id FROM _meta", [], |r| r.get(0))?;
+    let id: String = db.query_row("SELECT export_id FROM export_check.main._meta", [], |r| r.get(0))?;
     if id != export_id {
         return Err(Integrity(format!("the export's _meta says {id}, expected {export_id}")).into());
     }
@@ -302,15 +341,18 @@ fn publish_file(tmp: &Path, layout: &Layout) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `_meta` of a published file, if it has a readable one.
-fn published_meta(path: &Path) -> Option<Meta> {
+/// `_meta` of a published file, if it has a readable one (attached to `db` to read it).
+fn published_meta(db: &Connection, path: &Path) -> Option<Meta> {
     if !path.exists() {
         return None;
     }
     let read = || -> anyhow::Result<Meta> {
-        let cfg = duckdb_config::config(DEV_EXTENSIONS)?.access_mode(duckdb::AccessMode::ReadOnly)?;
-        let db = Connection::open_with_flags(path, cfg)?;
-        Ok(db.query_row("SELECT export_id, lakehouse_state FROM _meta", [], |r| Ok(Meta { export_id: r.get(0)?, lakehouse_state: r.get(1)? }))?)
+        db.execute_batch(&format!("ATTACH {} AS published (READ_ONLY)", sql_str(path)))?;
+        let meta = db.query_row("SELECT export_id, lakehouse_state FROM published.main._meta", [], |r| {
+            Ok(Meta { export_id: r.get(0)?, lakehouse_state: r.get(1)? })
+        });
+        db.execute_batch("DETACH published")?;
+        Ok(meta?)
     };
     match read() {
         Ok(m) => Some(m),
