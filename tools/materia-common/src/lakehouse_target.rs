@@ -318,7 +318,7 @@ impl Lakehouse {
 const CORRUPT: &[&str] = &["is not a valid DuckDB database file", "Corrupt database file"];
 
 /// Does DuckDB say, somewhere in `e`, that a database file is corrupt?
-fn says_corrupt(e: &anyhow::Error) -> bool {
+pub fn says_corrupt(e: &anyhow::Error) -> bool {
     e.chain().any(|c| CORRUPT.iter().any(|p| c.to_string().contains(p)))
 }
 

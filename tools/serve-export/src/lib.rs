@@ -281,6 +281,14 @@ fn copy(db: &Connection, tmp: &Path, tables: &[Table], export_id: &str, state: &
     }
     sql.push_str("COMMIT; CHECKPOINT export_target; DETACH export_target;");
     db.execute_batch(&sql).with_context(|| format!("copying the serving tables into {}", tmp.display()))?;
+    if std::env::var(layout::ENV_SERVE_EXPORT_FAULT).as_deref() == Ok("corrupt-copy") {
+        // Tests only: break the copy's first block on disk (past DuckDB's three 4 KiB
+        // headers and the block's checksum), as a failing disk would.
+        use std::io::{Seek as _, Write as _};
+        let mut f = std::fs::OpenOptions::new().write(true).open(tmp)?;
+        f.seek(std::io::SeekFrom::Start(3 * 4096 + 64))?;
+        f.write_all(&[0xa5; 64])?;
+    }
     Ok(())
 }
 
@@ -291,11 +299,27 @@ fn verify(db: &Connection, tmp: &Path, want: &[Table], export_id: &str) -> anyho
     if wal(tmp).exists() {
         return Err(Integrity(format!("{} was left with a WAL after its checkpoint", tmp.display())).into());
     }
-    db.execute_batch(&format!("ATTACH {} AS export_check (READ_ONLY)", sql_str(tmp)))
-        .with_context(|| format!("reopening {} to verify it", tmp.display()))?;
-    let checked = check_copy(db, want, export_id);
-    db.execute_batch("DETACH export_check")?;
-    checked
+    let checked = db
+        .execute_batch(&format!("ATTACH {} AS export_check (READ_ONLY)", sql_str(tmp)))
+        .with_context(|| format!("reopening {} to verify it", tmp.display()))
+        .and_then(|()| {
+            let checked = check_copy(db, want, export_id);
+            db.execute_batch("DETACH export_check")?;
+            checked
+        });
+    // The copy, just written, read back corrupt: its disk, not the lakehouse.
+    checked.map_err(|e| {
+        if materia_common::lakehouse_target::says_corrupt(&e) && !e.chain().any(|c| c.is::<Integrity>()) {
+            Integrity(format!(
+                "the export does not read back whole ({}); nothing was published (the lakehouse is not at fault: check the disk under {})",
+                materia_common::exit::one_line(&e),
+                tmp.parent().unwrap_or(Path::new(".")).display()
+            ))
+            .into()
+        } else {
+            e
+        }
+    })
 }
 
 fn check_copy(db: &Connection, want: &[Table], export_id: &str) -> anyhow::Result<()> {

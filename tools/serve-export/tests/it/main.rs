@@ -177,6 +177,18 @@ fn a_copy_that_does_not_verify_is_never_published() {
     assert_eq!((std::fs::metadata(env.analytics()).unwrap().ino(), env.read(&env.analytics())), before);
     assert!(env.strays().is_empty(), "{:?}", env.strays());
     assert_eq!(env.state("SELECT status FROM runs ORDER BY run_id DESC LIMIT 1"), ["failed"]);
+
+    // A copy whose block the disk broke reads back corrupt: the same exit 6, nothing
+    // published, and the fault named as the copy's, not the lakehouse's (no rebuild).
+    let o = env.cmd().env("SERVE_EXPORT_FAULT", "corrupt-copy").output().unwrap();
+    assert_eq!(o.status.code(), Some(6), "{o:?}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("the export does not read back whole (") && stderr.contains("Corrupt database file"), "{stderr}");
+    assert!(stderr.contains("the lakehouse is not at fault") && !stderr.contains("--rebuild"), "{stderr}");
+    assert_eq!((std::fs::metadata(env.analytics()).unwrap().ino(), env.read(&env.analytics())), before);
+    assert!(env.strays().is_empty(), "{:?}", env.strays());
+    assert_eq!(env.state("SELECT CAST(exit_code AS TEXT) FROM runs ORDER BY run_id DESC LIMIT 1"), ["6"]);
+    assert_eq!(env.run(&[]).code, 0, "the next export publishes");
 }
 
 #[test]
