@@ -17,12 +17,15 @@ use anyhow::{Context as _, anyhow};
 use clap::Parser;
 use duckdb::Connection;
 use materia_common::duckdb_config::{self, wal_path as wal};
-use materia_common::exit::Integrity;
 use materia_common::lakehouse;
 use materia_common::lakehouse_target::{LakehouseArgs, Target};
-use materia_common::layout::{self, Layout};
+use materia_common::layout::Layout;
 use materia_common::{CommonArgs, Outcome, Report, Step};
 use sha2::{Digest as _, Sha256};
+
+use crate::copy::{copy, source_tables, sql_str, verify};
+
+mod copy;
 
 /// The tool's name: binary, step lock and `runs.tool`.
 pub const TOOL: &str = "serve-export";
@@ -56,14 +59,6 @@ pub struct Cli {
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     materia_common::init_logging(&cli.common);
     if cli.rollback { rollback(&cli.common) } else { publish(&cli.common, &cli.lakehouse) }
-}
-
-/// A serving table as the lakehouse has it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Table {
-    name: String,
-    columns: Vec<(String, String)>,
-    rows: i64,
 }
 
 /// What `_meta` of a published file says.
@@ -193,14 +188,6 @@ impl Drop for TempGuard {
     }
 }
 
-fn sql_str(p: &Path) -> String {
-    duckdb_config::sql_string(&p.display().to_string())
-}
-
-fn ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
 /// The lakehouse's state: a digest of its change marker (the contract in
 /// `materia_common::lakehouse`). It changes whenever a run changed anything.
 fn lakehouse_state(db: &Connection) -> anyhow::Result<String> {
@@ -212,142 +199,6 @@ fn lakehouse_state(db: &Connection) -> anyhow::Result<String> {
         h.update(format!("{n}\0{f}\0{run}\0{rows}\n").as_bytes());
     }
     Ok(materia_common::hex(&h.finalize()))
-}
-
-fn source_tables(db: &Connection) -> anyhow::Result<Vec<Table>> {
-    let mut views = db.prepare("SELECT view_name FROM duckdb_views() WHERE database_name = 'lakehouse' AND schema_name = ? ORDER BY 1")?;
-    for v in views.query_map([lakehouse::SERVING_SCHEMA], |r| r.get::<_, String>(0))? {
-        log::warn!("serving.{} is a view: only tables are exported", v?);
-    }
-    serving_tables(db, "lakehouse")
-}
-
-/// Every serving table of `catalog`, by name: its columns and its row count (two queries
-/// in all, not two a table).
-fn serving_tables(db: &Connection, catalog: &str) -> anyhow::Result<Vec<Table>> {
-    let mut st = db.prepare(
-        "SELECT t.table_name, c.column_name, c.data_type
-         FROM duckdb_tables() t JOIN duckdb_columns() c USING (database_name, schema_name, table_name)
-         WHERE t.database_name = ? AND t.schema_name = ? ORDER BY t.table_name, c.column_index",
-    )?;
-    let mut tables: Vec<Table> = Vec::new();
-    for row in st.query_map([catalog, lakehouse::SERVING_SCHEMA], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))? {
-        let (table, column, data_type) = row?;
-        match tables.last_mut() {
-            Some(t) if t.name == table => t.columns.push((column, data_type)),
-            _ => tables.push(Table { name: table, columns: vec![(column, data_type)], rows: 0 }),
-        }
-    }
-    if tables.is_empty() {
-        return Ok(tables);
-    }
-    let counts = tables
-        .iter()
-        .enumerate()
-        .map(|(i, t)| format!("SELECT {i} AS i, count(*) AS n FROM {}.serving.{}", ident(catalog), ident(&t.name)))
-        .collect::<Vec<_>>()
-        .join(" UNION ALL ");
-    let mut st = db.prepare(&counts)?;
-    for row in st.query_map([], |r| Ok((r.get::<_, usize>(0)?, r.get::<_, i64>(1)?)))? {
-        let (i, n) = row?;
-        tables[i].rows = n;
-    }
-    Ok(tables)
-}
-
-/// `snapshot`: the DuckLake snapshot read (`_meta.lakehouse_snapshot`; NULL for the file).
-fn copy(db: &Connection, tmp: &Path, tables: &[Table], export_id: &str, state: &str, snapshot: Option<i64>) -> anyhow::Result<()> {
-    let contents = serde_json::Value::Object(tables.iter().map(|t| (t.name.clone(), serde_json::Value::from(t.rows))).collect());
-    // One transaction: one commit (one WAL sync) for the whole copy, not one a table.
-    let mut sql = format!("ATTACH {} AS export_target; BEGIN; CREATE SCHEMA export_target.serving;", sql_str(tmp));
-    for t in tables {
-        sql.push_str(&format!("CREATE TABLE export_target.serving.{n} AS SELECT * FROM lakehouse.serving.{n};", n = ident(&t.name)));
-    }
-    sql.push_str(&format!(
-        "CREATE TABLE export_target.main._meta AS SELECT {} AS export_id, now()::TIMESTAMP AS exported_at,
-            {} AS lakehouse_state, {} AS tables, {} AS row_counts, CAST({} AS BIGINT) AS lakehouse_snapshot;",
-        sql_str(Path::new(export_id)),
-        sql_str(Path::new(state)),
-        tables.len(),
-        sql_str(Path::new(&contents.to_string())),
-        snapshot.map_or("NULL".to_owned(), |s| s.to_string())
-    ));
-    if std::env::var(layout::ENV_SERVE_EXPORT_FAULT).as_deref() == Ok("alter-copy") {
-        // Tests only: make the copy differ from its source, as a failing disk or bug would.
-        sql.push_str(&format!(
-            "DELETE FROM export_target.serving.{n} WHERE rowid = (SELECT min(rowid) FROM export_target.serving.{n});",
-            n = ident(&tables[0].name)
-        ));
-    }
-    sql.push_str("COMMIT; CHECKPOINT export_target; DETACH export_target;");
-    db.execute_batch(&sql).with_context(|| format!("copying the serving tables into {}", tmp.display()))?;
-    if std::env::var(layout::ENV_SERVE_EXPORT_FAULT).as_deref() == Ok("corrupt-copy") {
-        // Tests only: break the copy's first block on disk (past DuckDB's three 4 KiB
-        // headers and the block's checksum), as a failing disk would.
-        use std::io::{Seek as _, Write as _};
-        let mut f = std::fs::OpenOptions::new().write(true).open(tmp)?;
-        f.seek(std::io::SeekFrom::Start(3 * 4096 + 64))?;
-        f.write_all(&[0xa5; 64])?;
-    }
-    Ok(())
-}
-
-/// Open the copy on its own and check it holds what the lakehouse had. Attached anew
-/// (read-only, as its own catalog) after the copy's connection detached it, so every
-/// block is read back from the file, none from what the copy cached.
-fn verify(db: &Connection, tmp: &Path, want: &[Table], export_id: &str) -> anyhow::Result<()> {
-    if wal(tmp).exists() {
-        return Err(Integrity(format!("{} was left with a WAL after its checkpoint", tmp.display())).into());
-    }
-    let checked = db
-        .execute_batch(&format!("ATTACH {} AS export_check (READ_ONLY)", sql_str(tmp)))
-        .with_context(|| format!("reopening {} to verify it", tmp.display()))
-        .and_then(|()| {
-            let checked = check_copy(db, want, export_id);
-            db.execute_batch("DETACH export_check")?;
-            checked
-        });
-    // The copy, just written, read back corrupt: its disk, not the lakehouse.
-    checked.map_err(|e| {
-        if materia_common::lakehouse_target::says_corrupt(&e) && !e.chain().any(|c| c.is::<Integrity>()) {
-            Integrity(format!(
-                "the export does not read back whole ({}); nothing was published (the lakehouse is not at fault: check the disk under {})",
-                materia_common::exit::one_line(&e),
-                tmp.parent().unwrap_or(Path::new(".")).display()
-            ))
-            .into()
-        } else {
-            e
-        }
-    })
-}
-
-fn check_copy(db: &Connection, want: &[Table], export_id: &str) -> anyhow::Result<()> {
-    let got = serving_tables(db, "export_check")?;
-    if got != want {
-        let diff = want
-            .iter()
-            .zip(got.iter().chain(std::iter::repeat(&Table { name: "(missing)".into(), columns: vec![], rows: 0 })))
-            .find(|(w, g)| w != g)
-            .map(|(w, g)| {
-                format!(
-                    "serving.{}: {} rows, {} columns in the lakehouse; the copy has {} with {} rows, {} columns",
-                    w.name,
-                    w.rows,
-                    w.columns.len(),
-                    g.name,
-                    g.rows,
-                    g.columns.len()
-                )
-            })
-            .unwrap_or_else(|| format!("{} tables in the lakehouse, {} in the copy", want.len(), got.len()));
-        return Err(Integrity(format!("the export did not verify: {diff}; nothing was published")).into());
-    }
-    let id: String = db.query_row("SELECT export_id FROM export_check.main._meta", [], |r| r.get(0))?;
-    if id != export_id {
-        return Err(Integrity(format!("the export's _meta says {id}, expected {export_id}")).into());
-    }
-    Ok(())
 }
 
 /// fsync the new file, keep the current one as .prev, rename the new one in, fsync the dir.
