@@ -169,6 +169,31 @@ fn what_psd_extract_lands_the_models_load() {
     assert_eq!((status["quarantined"][0]["reason"].as_str(), status["quarantined"][0]["by"].as_str()), (Some("checking a revision"), Some("ops")));
     let table = String::from_utf8(tool("materia-status", &[]).stdout).unwrap();
     assert!(table.contains(&format!("quarantined: {landed} (checking a revision, by ops at ")), "{table}");
+
+    // The lakehouse file broken (here: not a DuckDB file any more, as a failing disk
+    // could leave it): the rebuild lake-transform names replaces it and keeps the corrupt
+    // bytes beside it; materia-status shows them until they are removed.
+    let q = tool("lake-transform", &["quarantine", "--undo", &landed]);
+    assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+    let broken = vec![0x5a_u8; 3 << 20];
+    std::fs::write(data.join("lakehouse.duckdb"), &broken).unwrap();
+    let transform = |args: &[&str]| {
+        let mut c = materia_test_support::tool(bin_dir().join("lake-transform"));
+        c.arg("--data-dir").arg(&data).args(args).env(materia_common::layout::ENV_MODELS, repo().join("models")).output().unwrap()
+    };
+    let run = transform(&["run"]);
+    assert_eq!(run.status.code(), Some(6), "{}", String::from_utf8_lossy(&run.stderr));
+    let rebuild = transform(&["run", "--rebuild"]);
+    assert!(rebuild.status.success(), "{}", String::from_utf8_lossy(&rebuild.stderr));
+    let kept = data.join("lakehouse.duckdb.corrupt");
+    assert_eq!(std::fs::read(&kept).unwrap(), broken);
+    let status: serde_json::Value = serde_json::from_slice(&tool("materia-status", &["--json"]).stdout).unwrap();
+    assert_eq!(status["kept_corrupt_lakehouse"], serde_json::json!({"path": kept.display().to_string(), "bytes": 3 << 20}));
+    let table = String::from_utf8(tool("materia-status", &[]).stdout).unwrap();
+    assert!(table.contains(&format!("kept: {} (3.0 MiB), the corrupt lakehouse a rebuild replaced", kept.display())), "{table}");
+    std::fs::remove_file(&kept).unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&tool("materia-status", &["--json"]).stdout).unwrap();
+    assert!(status["kept_corrupt_lakehouse"].is_null(), "{status}");
 }
 
 /// Every serving table of a published analytics.duckdb, row for row, as the web app
