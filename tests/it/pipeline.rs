@@ -1,4 +1,7 @@
 //! The pipeline as `scripts/run-all.sh` runs it: the built tools chained through files.
+//!
+//! Why this long: each test drives several tools end to end (one of them also on a
+//! DuckLake), with the shared helpers to run them at the top.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
