@@ -95,7 +95,13 @@ pub(crate) fn copy(db: &Connection, tmp: &Path, tables: &[Table], export_id: &st
         ));
     }
     sql.push_str("COMMIT; CHECKPOINT export_target; DETACH export_target;");
-    db.execute_batch(&sql).with_context(|| format!("copying the serving tables into {}", tmp.display()))?;
+    if let Err(e) = db.execute_batch(&sql) {
+        // Rolled back and detached before the temp file is removed, so DuckDB writes
+        // nothing there after (as the compaction's copy does).
+        let _ = db.execute_batch("ROLLBACK");
+        let _ = db.execute_batch("DETACH DATABASE IF EXISTS export_target");
+        return Err(anyhow::Error::new(e).context(format!("copying the serving tables into {}", tmp.display())));
+    }
     if std::env::var(layout::ENV_SERVE_EXPORT_FAULT).as_deref() == Ok("corrupt-copy") {
         // Tests only: break the copy's first block on disk (past DuckDB's three 4 KiB
         // headers and the block's checksum), as a failing disk would.
