@@ -256,6 +256,7 @@ fn a_corrupt_lakehouse_is_an_integrity_error_naming_the_fix() {
     assert!(!line.contains("attaching") && line.contains("Corrupt database file"), "found reading, not attaching: {line}");
     assert!(line.contains("`lake-transform run --rebuild` writes it anew"), "{line}");
     assert!(!env.analytics().exists());
+    assert!(env.strays().is_empty(), "a copy that failed midway leaves nothing: {:?}", env.strays());
 }
 
 #[test]
@@ -263,13 +264,19 @@ fn kill_9_at_any_moment_leaves_a_complete_published_file() {
     let env = Env::new();
     env.lakehouse(0, 1000);
     assert_eq!(env.run(&[]).code, 0);
+    // How long one export of this size takes here: the kills land at random moments
+    // within it (a fixed window would miss a faster export or machine).
+    env.lakehouse(1, 2_000_000);
+    let t = std::time::Instant::now();
+    assert_eq!(env.run(&[]).code, 0);
+    let window = t.elapsed().as_millis().max(1) as u64;
     let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut published = 0;
+    let mut published = 1;
     let mut killed_mid_run = 0;
-    for generation in 1..=20 {
+    for generation in 2..=21 {
         env.lakehouse(generation, 2_000_000);
         seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-        let delay = Duration::from_millis(seed >> 33 & 0x1ff); // 0–511 ms
+        let delay = Duration::from_millis((seed >> 33) % window);
         let mut child = env.cmd().stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         std::thread::sleep(delay);
         if child.try_wait().unwrap().is_none() {
@@ -287,7 +294,7 @@ fn kill_9_at_any_moment_leaves_a_complete_published_file() {
     assert!(killed_mid_run >= 5, "only {killed_mid_run} kills landed mid-run");
     let run = env.run(&[]);
     assert!(run.code == 0 || run.code == 3, "{run:?}");
-    assert_eq!(env.read(&env.analytics()).0, 20);
+    assert_eq!(env.read(&env.analytics()).0, 21);
     assert!(env.strays().is_empty(), "the next run cleared what the killed ones left: {:?}", env.strays());
 }
 
