@@ -309,12 +309,15 @@ fn transform(
             failure: None,
         });
     }
+    let mut new_file = false;
     let out = match &target.target {
         // Every model is built (a first build, --rebuild): into a new file, renamed over
         // the lakehouse when the whole run succeeded; the old one is closed meanwhile.
         Target::File(path) if steps.iter().all(|s| matches!(s.action, Action::Build | Action::Drop)) => {
-            // No connection: the rebuild found the file corrupt (opening or planning).
-            let replaces_corrupt = conn.is_none();
+            // Keep what it replaces when the rebuild found the file corrupt (no connection:
+            // opening or planning), or an earlier run or `maintain` did.
+            let replaces_corrupt = conn.is_none() || lakehouse_file::found_corrupt_since_new_file(&step.db, step.run_id)?;
+            new_file = true;
             drop(conn);
             run::build_new_file(path, &project, &steps, step.run_id, &order, memory, &step.layout, &landing, replaces_corrupt)?
         }
@@ -335,6 +338,7 @@ fn transform(
         "audits": out.audits.len(),
         "audits_failed": failed_audits,
         "committed": out.failure.is_none(),
+        "new_file": new_file,
     });
     if out.failure.is_none() {
         for m in &out.models {

@@ -322,6 +322,10 @@ pub fn says_corrupt(e: &anyhow::Error) -> bool {
     e.chain().any(|c| CORRUPT.iter().any(|p| c.to_string().contains(p)))
 }
 
+/// What a run's recorded error says when DuckDB found the lakehouse file corrupt (a rebuild
+/// looks for it among the earlier runs' errors to keep the file it replaces).
+pub const FOUND_CORRUPT: &str = "the file is corrupt";
+
 /// `e`, or, when DuckDB says in it that the lakehouse file `path` is corrupt (whether
 /// opening it or reading a block of it), an [`Integrity`] failure (exit 6, an alert) that
 /// names the fix: the lakehouse is made from landing/ alone.
@@ -330,7 +334,7 @@ fn corrupt_file(path: &std::path::Path, e: anyhow::Error) -> anyhow::Error {
         return e;
     }
     Integrity(format!(
-        "{}: the file is corrupt ({}); the lakehouse is made from landing/ alone: `lake-transform run --rebuild` writes it anew",
+        "{}: {FOUND_CORRUPT} ({}); the lakehouse is made from landing/ alone: `lake-transform run --rebuild` writes it anew",
         path.display(),
         crate::exit::one_line(&e)
     ))

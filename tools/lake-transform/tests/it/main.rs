@@ -547,7 +547,17 @@ fn a_corrupt_lakehouse_file_is_an_integrity_error_until_rebuild() {
     assert!(!names.iter().any(|n| n.contains("-tmp-")), "{names:?}");
     let last = env.state_rows("SELECT tool, status, exit_code FROM runs ORDER BY run_id DESC LIMIT 1");
     assert_eq!(last, ["Text(\"lake-maintain\")|Text(\"failed\")|Integer(6)"]);
-    assert_eq!(env.run(&["run", "--rebuild"]).code, 0);
+    // The rebuild that fix names reads no block of the file, yet keeps it: `maintain`
+    // found it corrupt, and nothing has written a new file since.
+    let run = env.run(&["run", "--rebuild"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains(&format!("kept the corrupt file as {}", kept.display())), "{}", run.stderr);
+    assert_eq!(std::fs::read(&kept).unwrap(), bytes, "the file maintain found corrupt kept");
+    // The next rebuild replaces a file no one found corrupt: nothing kept this time.
+    std::fs::remove_file(&kept).unwrap();
+    let run = env.run(&["run", "--rebuild"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(!run.stderr.contains("kept the corrupt file") && !kept.exists(), "{}", run.stderr);
     assert_eq!(env.run(&["maintain"]).code, 0);
     assert_eq!(serving_state(&env), built);
 }
