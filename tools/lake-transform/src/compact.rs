@@ -38,7 +38,7 @@ pub(crate) fn compact(conn: Connection, path: &Path) -> anyhow::Result<Compacted
     if let Err(e) = copy_and_verify(&conn, &catalog, new.tmp()) {
         // Detached before the temp file is removed, so DuckDB writes nothing there after.
         let _ = conn.execute_batch("DETACH DATABASE IF EXISTS materia_compact");
-        return Err(e);
+        return Err(whose_corrupt_block(&conn, &catalog, new.tmp(), e));
     }
     drop(conn);
     new.publish()?;
@@ -46,19 +46,70 @@ pub(crate) fn compact(conn: Connection, path: &Path) -> anyhow::Result<Compacted
 }
 
 fn copy_and_verify(conn: &Connection, catalog: &str, tmp: &Path) -> anyhow::Result<()> {
-    conn.execute_batch(&format!(
-        "ATTACH {} AS materia_compact {}; COPY FROM DATABASE \"{}\" TO materia_compact;",
+    let mut sql = format!(
+        "ATTACH {} AS materia_compact {}; COPY FROM DATABASE {} TO materia_compact;",
         sql_string(&tmp.display().to_string()),
         duckdb_config::attach_options(duckdb_config::Write::Whole),
-        catalog.replace('"', "\"\"")
-    ))
-    .with_context(|| format!("copying the lakehouse into {}", tmp.display()))?;
+        quote(catalog)
+    );
+    if std::env::var(layout::ENV_LAKE_TRANSFORM_FAULT).as_deref() == Ok("corrupt-compact-midway") {
+        // Tests only: a block the copy wrote breaks on disk and the copy reads it back (as
+        // DuckDB does with a block it evicted under memory pressure).
+        conn.execute_batch(&format!(
+            "ATTACH {} AS materia_compact; CREATE TABLE materia_compact.main.written AS SELECT * FROM {}.raw.psd; CHECKPOINT materia_compact;",
+            sql_string(&tmp.display().to_string()),
+            quote(catalog)
+        ))?;
+        let ids: Vec<u64> = conn
+            .prepare("SELECT DISTINCT block_id FROM pragma_storage_info('materia_compact.main.written') WHERE block_id >= 0")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let block_size: u64 =
+            conn.query_row("SELECT block_size FROM pragma_database_size() WHERE database_name = 'materia_compact'", [], |r| r.get(0))?;
+        conn.execute_batch("DETACH materia_compact")?;
+        materia_common::fault::break_duckdb_blocks(tmp, block_size, &ids)?;
+        sql.push_str("CREATE TABLE materia_compact.main.read_back AS SELECT * FROM materia_compact.main.written;");
+    }
+    conn.execute_batch(&sql).with_context(|| format!("copying the lakehouse into {}", tmp.display()))?;
     if std::env::var(layout::ENV_LAKE_TRANSFORM_FAULT).as_deref() == Ok("alter-compact") {
         // Tests only: make the copy differ from its original, as a failing disk or bug would.
         conn.execute_batch("DELETE FROM materia_compact.raw.psd WHERE rowid = 0")?;
     }
     verify(conn, catalog, "materia_compact")?;
     conn.execute_batch("CHECKPOINT materia_compact; DETACH materia_compact;").context("writing the copy")
+}
+
+/// `s` as a quoted SQL identifier.
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// The error `e` of a compaction: when DuckDB found a block corrupt in it, whose? The copy
+/// reads the lakehouse and may read back a block it wrote (DuckDB's message names neither
+/// file). Every table of the lakehouse is read again, every column: whole, the new file's
+/// disk is at fault (exit 6, the lakehouse left as it was, no rebuild named); corrupt
+/// again, `e` stays the lakehouse's (the caller names the rebuild).
+fn whose_corrupt_block(conn: &Connection, catalog: &str, tmp: &Path, e: anyhow::Error) -> anyhow::Error {
+    if !materia_common::lakehouse_target::says_corrupt(&e) || e.chain().any(|c| c.is::<Integrity>()) {
+        return e;
+    }
+    let tables = conn
+        .prepare("SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = ? ORDER BY 1, 2")
+        .and_then(|mut st| st.query_map([catalog], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?.collect::<Result<Vec<_>, _>>());
+    let Ok(tables) = tables else { return e };
+    let names: Vec<String> = tables.iter().map(|(s, t)| format!("{}.{}.{}", quote(catalog), quote(s), quote(t))).collect();
+    match materia_common::lakehouse_target::read_whole(conn, &names) {
+        Ok(()) => Integrity(format!(
+            "the compacted copy reads back corrupt as it is written ({}); the lakehouse was left as it was (it is not at fault: check the disk under {})",
+            materia_common::exit::one_line(&e),
+            tmp.parent().unwrap_or(Path::new(".")).display()
+        ))
+        .into(),
+        Err(again) => {
+            log::debug!("the lakehouse read again: {}", materia_common::exit::one_line(&again));
+            e
+        }
+    }
 }
 
 /// Every table (columns, types, rows) and view (SQL) of `a` is in `b`, and nothing else.
@@ -79,8 +130,8 @@ fn verify(conn: &Connection, a: &str, b: &str) -> anyhow::Result<()> {
         let mut tables = conn.prepare("SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = ? ORDER BY 1, 2")?;
         let names: Vec<(String, String)> = tables.query_map([catalog], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
         for (schema, table) in names {
-            let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-            let rows: i64 = conn.query_row(&format!("SELECT count(*) FROM {}.{}.{}", q(catalog), q(&schema), q(&table)), [], |r| r.get(0))?;
+            let rows: i64 =
+                conn.query_row(&format!("SELECT count(*) FROM {}.{}.{}", quote(catalog), quote(&schema), quote(&table)), [], |r| r.get(0))?;
             items.push(format!("rows {schema}.{table}: {rows}"));
         }
         Ok(items)

@@ -326,6 +326,18 @@ pub fn says_corrupt(e: &anyhow::Error) -> bool {
 /// looks for it among the earlier runs' errors to keep the file it replaces).
 pub const FOUND_CORRUPT: &str = "the file is corrupt";
 
+/// Read every column of each of `tables` (qualified, quoted names) to its end. How a copy
+/// that met a corrupt block tells whose it was, as DuckDB's message names no file: the
+/// source's, if it fails again here; else the new file's (a block DuckDB wrote, evicted
+/// under memory pressure and read back).
+pub fn read_whole(conn: &Connection, tables: &[String]) -> anyhow::Result<()> {
+    for t in tables {
+        conn.query_row(&format!("SELECT max(hash(COLUMNS(*))) FROM {t}"), [], |_| Ok(()))
+            .map_err(|e| anyhow::Error::new(e).context(format!("reading {t} again")))?;
+    }
+    Ok(())
+}
+
 /// `e`, or, when DuckDB says in it that the lakehouse file `path` is corrupt (whether
 /// opening it or reading a block of it), an [`Integrity`] failure (exit 6, an alert) that
 /// names the fix: the lakehouse is made from landing/ alone.

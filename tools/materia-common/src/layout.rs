@@ -52,8 +52,8 @@
 //! | `MATERIA_DUCKDB_EXTENSIONS` | lake-transform, serve-export | DuckDB's offline extension directory (default: the release's `lib/extensions`) |
 //! | `MATERIA_TAG`, `MATERIA_RELEASE_DIR` | tag-deploy → build, hooks | the tag being deployed and its release dir |
 //! | `MATERIA_RELEASE_BUILD` | tag-deploy, bootstrap.sh → build | `1`: binaries record no build-machine path (rpath `$ORIGIN/../lib` only) |
-//! | `SERVE_EXPORT_FAULT` | serve-export | tests only: `alter-copy` makes the copy differ, `corrupt-copy` breaks a block of it on disk, to exercise verification |
-//! | `LAKE_TRANSFORM_FAULT` | lake-transform maintain | tests only: `alter-compact` makes the compacted copy differ, to exercise its check |
+//! | `SERVE_EXPORT_FAULT` | serve-export | tests only: `alter-copy` makes the copy differ, `corrupt-copy` breaks a block of it on disk before its check, `corrupt-copy-midway` one the copy reads back, to exercise verification and blame |
+//! | `LAKE_TRANSFORM_FAULT` | lake-transform maintain | tests only: `alter-compact` makes the compacted copy differ, `corrupt-compact-midway` breaks a block the copy reads back, to exercise its check and blame |
 //! | `MATERIA_BIN_DIR`, `MATERIA_IMPORT`, `MATERIA_RELEASE`, `MATERIA_DOTENV` | scripts/run-all.sh | prebuilt tools; offline import; the dotenv file it reads (default `.env`) |
 //! | `MATERIA_NOTIFY_URL` | scripts/notify-failure.sh (materia-notify@) | webhook for a failed unit's journal lines |
 //! | `MATERIA_PING_URL` | scripts/ping.sh (materia-ping@) | healthchecks.io-style base URL: `/STEP/start`, `/STEP`, `/STEP/fail` |

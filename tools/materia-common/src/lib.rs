@@ -12,6 +12,7 @@ pub mod atomic;
 #[cfg(feature = "duckdb")]
 pub mod duckdb_config;
 pub mod exit;
+pub mod fault;
 pub mod glob;
 pub mod lakehouse;
 #[cfg(feature = "duckdb")]

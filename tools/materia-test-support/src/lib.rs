@@ -90,13 +90,8 @@ impl Drop for TestDir {
 /// DuckDB file `path`, whose blocks are `block_size` bytes (`pragma_database_size`):
 /// DuckDB finds it when a query reads one of them, not when it opens the file.
 pub fn corrupt_duckdb_blocks(path: &Path, block_size: usize, ids: &[usize]) {
-    let mut bytes = std::fs::read(path).unwrap();
-    for id in ids {
-        // After the file's three 4 KiB headers, each block's checksum, then its data.
-        let at = 3 * 4096 + id * block_size + 64;
-        bytes[at..at + 16].fill(0xa5);
-    }
-    std::fs::write(path, &bytes).unwrap();
+    let ids: Vec<u64> = ids.iter().map(|&i| i as u64).collect();
+    materia_common::fault::break_duckdb_blocks(path, block_size as u64, &ids).unwrap();
 }
 
 #[cfg(test)]

@@ -87,6 +87,18 @@ pub(crate) fn copy(db: &Connection, tmp: &Path, tables: &[Table], export_id: &st
         sql_str(Path::new(&contents.to_string())),
         snapshot.map_or("NULL".to_owned(), |s| s.to_string())
     ));
+    if std::env::var(layout::ENV_SERVE_EXPORT_FAULT).as_deref() == Ok("corrupt-copy-midway") {
+        // Tests only: a block the copy wrote breaks on disk and the copy reads it back (as
+        // DuckDB does with a block it evicted under memory pressure): a first table written
+        // and checkpointed, its block broken, then read by the copy's own transaction.
+        db.execute_batch(&format!(
+            "ATTACH {} AS export_target; CREATE TABLE export_target.main.written AS SELECT * FROM lakehouse.serving.{}; DETACH export_target;",
+            sql_str(tmp),
+            ident(&tables[0].name)
+        ))?;
+        materia_common::fault::break_duckdb_blocks(tmp, 0, &[0])?; // block 0: its offset needs no block size
+        sql.push_str("CREATE TABLE export_target.main.read_back AS SELECT * FROM export_target.main.written;");
+    }
     if std::env::var(layout::ENV_SERVE_EXPORT_FAULT).as_deref() == Ok("alter-copy") {
         // Tests only: make the copy differ from its source, as a failing disk or bug would.
         sql.push_str(&format!(
@@ -103,14 +115,39 @@ pub(crate) fn copy(db: &Connection, tmp: &Path, tables: &[Table], export_id: &st
         return Err(anyhow::Error::new(e).context(format!("copying the serving tables into {}", tmp.display())));
     }
     if std::env::var(layout::ENV_SERVE_EXPORT_FAULT).as_deref() == Ok("corrupt-copy") {
-        // Tests only: break the copy's first block on disk (past DuckDB's three 4 KiB
-        // headers and the block's checksum), as a failing disk would.
-        use std::io::{Seek as _, Write as _};
-        let mut f = std::fs::OpenOptions::new().write(true).open(tmp)?;
-        f.seek(std::io::SeekFrom::Start(3 * 4096 + 64))?;
-        f.write_all(&[0xa5; 64])?;
+        // Tests only: a block of the copy breaks on disk before its check reads it back.
+        materia_common::fault::break_duckdb_blocks(tmp, 0, &[0])?; // block 0: its offset needs no block size
     }
     Ok(())
+}
+
+/// The error `e` of a copy: when DuckDB found a block corrupt in it, whose? The copy reads
+/// the lakehouse, and may read back a block it wrote to the new file (one DuckDB evicted
+/// under memory pressure), and DuckDB's message names neither. The lakehouse's serving
+/// tables are read again, every column: whole, the new file's disk is at fault (exit 6,
+/// no rebuild named); corrupt again, `e` stays the lakehouse's.
+pub(crate) fn whose_corrupt_block(db: &Connection, tables: &[Table], tmp: &Path, e: anyhow::Error) -> anyhow::Error {
+    if !materia_common::lakehouse_target::says_corrupt(&e) || e.chain().any(|c| c.is::<Integrity>()) {
+        return e;
+    }
+    let names: Vec<String> = tables.iter().map(|t| format!("lakehouse.serving.{}", ident(&t.name))).collect();
+    match materia_common::lakehouse_target::read_whole(db, &names) {
+        Ok(()) => copy_disk_at_fault(tmp, &e, "reads back corrupt as it is written"),
+        Err(again) => {
+            log::debug!("the lakehouse read again: {}", materia_common::exit::one_line(&again));
+            e
+        }
+    }
+}
+
+/// The new file read back corrupt: an integrity failure that names its disk.
+fn copy_disk_at_fault(tmp: &Path, e: &anyhow::Error, how: &str) -> anyhow::Error {
+    Integrity(format!(
+        "the export {how} ({}); nothing was published (the lakehouse is not at fault: check the disk under {})",
+        materia_common::exit::one_line(e),
+        tmp.parent().unwrap_or(Path::new(".")).display()
+    ))
+    .into()
 }
 
 /// Open the copy on its own and check it holds what the lakehouse had. Attached anew
@@ -131,12 +168,7 @@ pub(crate) fn verify(db: &Connection, tmp: &Path, want: &[Table], export_id: &st
     // The copy, just written, read back corrupt: its disk, not the lakehouse.
     checked.map_err(|e| {
         if materia_common::lakehouse_target::says_corrupt(&e) && !e.chain().any(|c| c.is::<Integrity>()) {
-            Integrity(format!(
-                "the export does not read back whole ({}); nothing was published (the lakehouse is not at fault: check the disk under {})",
-                materia_common::exit::one_line(&e),
-                tmp.parent().unwrap_or(Path::new(".")).display()
-            ))
-            .into()
+            copy_disk_at_fault(tmp, &e, "does not read back whole")
         } else {
             e
         }

@@ -113,7 +113,7 @@ fn publish(common: &CommonArgs, lakehouse: &LakehouseArgs) -> anyhow::Result<Out
         let tmp = layout.data_dir().join(format!("{TMP_PREFIX}tmp-{}", std::process::id()));
         let guard = TempGuard(tmp.clone());
         log::debug!("listed {} serving tables in {:?}", tables.len(), t.elapsed());
-        copy(&db, &tmp, &tables, &export_id, &state, snapshot).map_err(reading)?;
+        copy(&db, &tmp, &tables, &export_id, &state, snapshot).map_err(|e| reading(copy::whose_corrupt_block(&db, &tables, &tmp, e)))?;
         log::debug!("copied them in {:?}", t.elapsed());
         db.execute_batch("DETACH lakehouse")?;
         drop(lock); // the lakehouse is not needed any more

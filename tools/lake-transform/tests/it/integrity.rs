@@ -244,6 +244,19 @@ fn maintain_compacts_the_local_file_checked_and_the_runs_go_on() {
     assert_eq!(left(&env), Vec::<String>::new());
     assert_eq!(env.snapshot(), before, "the lakehouse was left as it was");
 
+    // A block of the copy read back corrupt as it is written (DuckDB's message names no
+    // file): the lakehouse, read again, is whole, so the copy's disk is named, not a
+    // rebuild; the same exit 6, nothing replaced, nothing left.
+    let mut cmd = env.cmd();
+    cmd.env(materia_common::layout::ENV_LAKE_TRANSFORM_FAULT, "corrupt-compact-midway").arg("maintain");
+    let run = Run::from(cmd.output().unwrap());
+    assert_eq!(run.code, 6, "{run:?}");
+    let line = run.error_line();
+    assert!(line.contains("the compacted copy reads back corrupt as it is written (") && line.contains("Corrupt database file"), "{line}");
+    assert!(line.contains("it is not at fault") && !line.contains("--rebuild"), "{line}");
+    assert_eq!(left(&env), Vec::<String>::new());
+    assert_eq!(env.snapshot(), before, "the lakehouse was left as it was");
+
     // What a killed maintain left is removed by the next, which compacts.
     std::fs::write(env.data.join(".lakehouse.compact-tmp-999999"), b"half a copy").unwrap();
     let run = env.run(&["maintain"]);
@@ -307,7 +320,11 @@ fn maintain_compacts_the_local_file_checked_and_the_runs_go_on() {
     assert_eq!((only(&incremental, &rebuilt), only(&rebuilt, &incremental)), (vec![], vec![]), "incremental (left) and rebuild (right) differ");
     assert_eq!(
         env.state_rows("SELECT tool, status, exit_code FROM runs WHERE tool = 'lake-maintain' ORDER BY run_id"),
-        ["Text(\"lake-maintain\")|Text(\"failed\")|Integer(6)", "Text(\"lake-maintain\")|Text(\"success\")|Integer(0)"]
+        [
+            "Text(\"lake-maintain\")|Text(\"failed\")|Integer(6)",
+            "Text(\"lake-maintain\")|Text(\"failed\")|Integer(6)",
+            "Text(\"lake-maintain\")|Text(\"success\")|Integer(0)"
+        ]
     );
 
     // A lakehouse the operator moved to another volume and linked back stays there: a

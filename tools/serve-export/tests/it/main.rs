@@ -188,6 +188,16 @@ fn a_copy_that_does_not_verify_is_never_published() {
     assert_eq!((std::fs::metadata(env.analytics()).unwrap().ino(), env.read(&env.analytics())), before);
     assert!(env.strays().is_empty(), "{:?}", env.strays());
     assert_eq!(env.state("SELECT CAST(exit_code AS TEXT) FROM runs ORDER BY run_id DESC LIMIT 1"), ["6"]);
+
+    // A block of the new file read back corrupt during the copy itself (DuckDB's message
+    // names no file): the lakehouse, read again, is whole, so the copy's disk is named.
+    let o = env.cmd().env("SERVE_EXPORT_FAULT", "corrupt-copy-midway").output().unwrap();
+    assert_eq!(o.status.code(), Some(6), "{o:?}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("the export reads back corrupt as it is written (") && stderr.contains("Corrupt database file"), "{stderr}");
+    assert!(stderr.contains("the lakehouse is not at fault") && !stderr.contains("--rebuild"), "{stderr}");
+    assert_eq!((std::fs::metadata(env.analytics()).unwrap().ino(), env.read(&env.analytics())), before);
+    assert!(env.strays().is_empty(), "{:?}", env.strays());
     assert_eq!(env.run(&[]).code, 0, "the next export publishes");
 }
 
@@ -227,15 +237,16 @@ fn a_corrupt_lakehouse_is_an_integrity_error_naming_the_fix() {
     assert!(line.contains("is not a valid DuckDB database file") && line.contains("`lake-transform run --rebuild` writes it anew"), "{line}");
     assert!(!env.analytics().exists());
 
-    // Every block of table data corrupt, the headers and the catalog intact: the file
-    // attaches, and DuckDB finds it as the export reads.
+    // Every block of the serving tables corrupt, the headers, the catalog and the change
+    // marker intact: the file attaches, and DuckDB finds it as the export copies; the
+    // lakehouse, read again, is corrupt again: its fault, not the copy's.
     let file = env.data.join("lakehouse.duckdb");
     std::fs::remove_file(&file).unwrap();
     env.lakehouse(1, 10);
     let blocks: Vec<usize> = {
         let c = duckdb::Connection::open(&file).unwrap();
         let tables: Vec<String> = c
-            .prepare("SELECT schema_name || '.' || table_name FROM duckdb_tables()")
+            .prepare("SELECT schema_name || '.' || table_name FROM duckdb_tables() WHERE schema_name = 'serving'")
             .unwrap()
             .query_map([], |r| r.get(0))
             .unwrap()
@@ -253,8 +264,8 @@ fn a_corrupt_lakehouse_is_an_integrity_error_naming_the_fix() {
     let run = env.run(&[]);
     assert_eq!(run.code, 6, "{run:?}");
     let line = run.error_line();
-    assert!(!line.contains("attaching") && line.contains("Corrupt database file"), "found reading, not attaching: {line}");
-    assert!(line.contains("`lake-transform run --rebuild` writes it anew"), "{line}");
+    assert!(line.contains("copying the serving tables") && line.contains("Corrupt database file"), "found copying: {line}");
+    assert!(line.contains("`lake-transform run --rebuild` writes it anew") && !line.contains("not at fault"), "{line}");
     assert!(!env.analytics().exists());
     assert!(env.strays().is_empty(), "a copy that failed midway leaves nothing: {:?}", env.strays());
 }
