@@ -197,6 +197,42 @@ fn what_psd_extract_lands_the_models_load() {
     std::fs::remove_file(&kept).unwrap();
     let status: serde_json::Value = serde_json::from_slice(&tool("materia-status", &["--json"]).stdout).unwrap();
     assert!(status["kept_corrupt_lakehouse"].is_null(), "{status}");
+
+    // The serving tables' blocks broken, which no transform with nothing to do reads:
+    // serve-export finds them as it copies (exit 6, naming the rebuild), and the rebuild,
+    // which reads no block of the old file, still keeps it, from serve-export's record.
+    let (block_size, blocks) = serving_blocks(&data.join("lakehouse.duckdb"));
+    materia_test_support::corrupt_duckdb_blocks(&data.join("lakehouse.duckdb"), block_size, &blocks);
+    let corrupted = std::fs::read(data.join("lakehouse.duckdb")).unwrap();
+    assert_eq!(transform(&["run"]).status.code(), Some(3), "nothing to do: no serving block read");
+    let export = tool("serve-export", &[]);
+    let stderr = String::from_utf8_lossy(&export.stderr);
+    assert_eq!(export.status.code(), Some(6), "{stderr}");
+    assert!(stderr.contains("the file is corrupt") && stderr.contains("`lake-transform run --rebuild`"), "{stderr}");
+    let rebuild = transform(&["run", "--rebuild"]);
+    let stderr = String::from_utf8_lossy(&rebuild.stderr);
+    assert!(rebuild.status.success(), "{stderr}");
+    assert!(stderr.contains("kept the corrupt file as"), "{stderr}");
+    assert_eq!(std::fs::read(&kept).unwrap(), corrupted, "the file serve-export found corrupt");
+    assert_eq!(tool("serve-export", &[]).status.code(), Some(0), "the rebuilt lakehouse exports");
+}
+
+/// The block size of the DuckDB file `db` and the blocks its serving tables are stored in
+/// (read with the Python DuckDB, read-only).
+fn serving_blocks(db: &Path) -> (usize, Vec<usize>) {
+    let script = r#"
+import duckdb, sys
+c = duckdb.connect(sys.argv[1], read_only=True)
+print(c.execute("SELECT block_size FROM pragma_database_size()").fetchone()[0])
+for t, in c.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'serving'").fetchall():
+    for b, in c.execute(f"SELECT DISTINCT block_id FROM pragma_storage_info('serving.{t}') WHERE block_id >= 0").fetchall():
+        print(b)
+"#;
+    let o = Command::new(materia_test_support::test_venv().join("bin/python")).arg("-c").arg(script).arg(db).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let numbers: Vec<usize> = String::from_utf8(o.stdout).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+    assert!(numbers.len() > 1, "no serving blocks: {numbers:?}");
+    (numbers[0], numbers[1..].to_vec())
 }
 
 /// Every serving table of a published analytics.duckdb, row for row, as the web app

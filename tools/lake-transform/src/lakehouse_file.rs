@@ -121,18 +121,19 @@ fn sweep(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Did a run or `maintain` find the lakehouse file corrupt (recorded in the state DB) since
-/// a whole new file was last written (a first build or rebuild, a compaction)? A rebuild
-/// then keeps the file it replaces, though it reads no corrupt block itself: `maintain`
-/// reads every block, a run only those it needs, the rebuild none.
+/// Did any step (a run, `maintain`, an export) find the lakehouse file corrupt (its
+/// recorded error says so: only `lakehouse_target` writes those words) since a whole new
+/// file was last written (a first build or rebuild, a compaction)? A rebuild then keeps
+/// the file it replaces, though it reads no corrupt block itself: `maintain` reads every
+/// block, a run or an export only those it needs, the rebuild none.
 pub(crate) fn found_corrupt_since_new_file(db: &materia_common::StateDb, run_id: i64) -> anyhow::Result<bool> {
     let found: Option<bool> = db
         .conn()
         .query_row(
             "SELECT status = 'failed' FROM runs
-             WHERE tool IN (?1, ?2) AND run_id < ?3
+             WHERE run_id < ?3
                AND ((status = 'failed' AND instr(coalesce(error, ''), ?4) > 0)
-                 OR (status = 'success' AND (tool = ?2 OR json_extract(stats, '$.new_file') = 1)))
+                 OR (status = 'success' AND (tool = ?2 OR (tool = ?1 AND json_extract(stats, '$.new_file') = 1))))
              ORDER BY run_id DESC LIMIT 1",
             rusqlite::params![crate::TOOL, materia_common::layout::MAINTAIN_STEP, run_id, materia_common::lakehouse_target::FOUND_CORRUPT],
             |r| r.get(0),
