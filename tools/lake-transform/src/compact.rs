@@ -12,7 +12,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use duckdb::Connection;
-use materia_common::duckdb_config::{self, sql_string};
+use materia_common::duckdb_config::{self, sql_ident, sql_string};
 use materia_common::exit::Integrity;
 use materia_common::layout;
 
@@ -50,7 +50,7 @@ fn copy_and_verify(conn: &Connection, catalog: &str, tmp: &Path) -> anyhow::Resu
         "ATTACH {} AS materia_compact {}; COPY FROM DATABASE {} TO materia_compact;",
         sql_string(&tmp.display().to_string()),
         duckdb_config::attach_options(duckdb_config::Write::Whole),
-        quote(catalog)
+        sql_ident(catalog)
     );
     if std::env::var(layout::ENV_LAKE_TRANSFORM_FAULT).as_deref() == Ok("corrupt-compact-midway") {
         // Tests only: a block the copy wrote breaks on disk and the copy reads it back (as
@@ -58,7 +58,7 @@ fn copy_and_verify(conn: &Connection, catalog: &str, tmp: &Path) -> anyhow::Resu
         conn.execute_batch(&format!(
             "ATTACH {} AS materia_compact; CREATE TABLE materia_compact.main.written AS SELECT * FROM {}.raw.psd; CHECKPOINT materia_compact;",
             sql_string(&tmp.display().to_string()),
-            quote(catalog)
+            sql_ident(catalog)
         ))?;
         let ids: Vec<u64> = conn
             .prepare("SELECT DISTINCT block_id FROM pragma_storage_info('materia_compact.main.written') WHERE block_id >= 0")?
@@ -79,37 +79,23 @@ fn copy_and_verify(conn: &Connection, catalog: &str, tmp: &Path) -> anyhow::Resu
     conn.execute_batch("CHECKPOINT materia_compact; DETACH materia_compact;").context("writing the copy")
 }
 
-/// `s` as a quoted SQL identifier.
-fn quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-/// The error `e` of a compaction: when DuckDB found a block corrupt in it, whose? The copy
-/// reads the lakehouse and may read back a block it wrote (DuckDB's message names neither
-/// file). Every table of the lakehouse is read again, every column: whole, the new file's
-/// disk is at fault (exit 6, the lakehouse left as it was, no rebuild named); corrupt
-/// again, `e` stays the lakehouse's (the caller names the rebuild).
+/// The error `e` of a compaction: a corrupt block of the new file names its disk (exit 6,
+/// the lakehouse left as it was, no rebuild named), not the lakehouse
+/// (`lakehouse_target::whose_corrupt_block`, over every table of the lakehouse).
 fn whose_corrupt_block(conn: &Connection, catalog: &str, tmp: &Path, e: anyhow::Error) -> anyhow::Error {
-    if !materia_common::lakehouse_target::says_corrupt(&e) || e.chain().any(|c| c.is::<Integrity>()) {
-        return e;
-    }
     let tables = conn
         .prepare("SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = ? ORDER BY 1, 2")
         .and_then(|mut st| st.query_map([catalog], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?.collect::<Result<Vec<_>, _>>());
     let Ok(tables) = tables else { return e };
-    let names: Vec<String> = tables.iter().map(|(s, t)| format!("{}.{}.{}", quote(catalog), quote(s), quote(t))).collect();
-    match materia_common::lakehouse_target::read_whole(conn, &names) {
-        Ok(()) => Integrity(format!(
+    let names: Vec<String> = tables.iter().map(|(s, t)| format!("{}.{}.{}", sql_ident(catalog), sql_ident(s), sql_ident(t))).collect();
+    materia_common::lakehouse_target::whose_corrupt_block(conn, &names, e, |e| {
+        Integrity(format!(
             "the compacted copy reads back corrupt as it is written ({}); the lakehouse was left as it was (it is not at fault: check the disk under {})",
-            materia_common::exit::one_line(&e),
+            materia_common::exit::one_line(e),
             tmp.parent().unwrap_or(Path::new(".")).display()
         ))
-        .into(),
-        Err(again) => {
-            log::debug!("the lakehouse read again: {}", materia_common::exit::one_line(&again));
-            e
-        }
-    }
+        .into()
+    })
 }
 
 /// Every table (columns, types, rows) and view (SQL) of `a` is in `b`, and nothing else.
@@ -131,7 +117,9 @@ fn verify(conn: &Connection, a: &str, b: &str) -> anyhow::Result<()> {
         let names: Vec<(String, String)> = tables.query_map([catalog], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
         for (schema, table) in names {
             let rows: i64 =
-                conn.query_row(&format!("SELECT count(*) FROM {}.{}.{}", quote(catalog), quote(&schema), quote(&table)), [], |r| r.get(0))?;
+                conn.query_row(&format!("SELECT count(*) FROM {}.{}.{}", sql_ident(catalog), sql_ident(&schema), sql_ident(&table)), [], |r| {
+                    r.get(0)
+                })?;
             items.push(format!("rows {schema}.{table}: {rows}"));
         }
         Ok(items)

@@ -16,6 +16,12 @@ pub fn wal_path(path: &std::path::Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// `s` as a quoted SQL identifier (double quotes doubled), for the catalog, schema and
+/// table names the tools splice into DuckDB statements.
+pub fn sql_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
 /// `s` as a SQL string literal (single quotes doubled), for the paths and settings the
 /// tools splice into DuckDB statements.
 pub fn sql_string(s: &str) -> String {

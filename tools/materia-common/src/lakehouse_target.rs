@@ -326,16 +326,27 @@ pub fn says_corrupt(e: &anyhow::Error) -> bool {
 /// looks for it among the earlier runs' errors to keep the file it replaces).
 pub const FOUND_CORRUPT: &str = "the file is corrupt";
 
-/// Read every column of each of `tables` (qualified, quoted names) to its end. How a copy
-/// that met a corrupt block tells whose it was, as DuckDB's message names no file: the
-/// source's, if it fails again here; else the new file's (a block DuckDB wrote, evicted
-/// under memory pressure and read back).
-pub fn read_whole(conn: &Connection, tables: &[String]) -> anyhow::Result<()> {
-    for t in tables {
-        conn.query_row(&format!("SELECT max(hash(COLUMNS(*))) FROM {t}"), [], |_| Ok(()))
-            .map_err(|e| anyhow::Error::new(e).context(format!("reading {t} again")))?;
+/// The error `e` of a copy from the lakehouse into a new file: when DuckDB found a block
+/// corrupt in it, whose? The copy reads the lakehouse and may read back a block it wrote
+/// (one DuckDB evicted under memory pressure), and DuckDB's message names neither file.
+/// Every column of the copied `tables` (qualified, quoted names) is read again: whole,
+/// `e` becomes `new_file_at_fault(&e)`; corrupt again, `e` stays the lakehouse's.
+pub fn whose_corrupt_block(
+    conn: &Connection,
+    tables: &[String],
+    e: anyhow::Error,
+    new_file_at_fault: impl FnOnce(&anyhow::Error) -> anyhow::Error,
+) -> anyhow::Error {
+    if !says_corrupt(&e) || e.chain().any(|c| c.is::<Integrity>()) {
+        return e;
     }
-    Ok(())
+    for t in tables {
+        if let Err(again) = conn.query_row(&format!("SELECT max(hash(COLUMNS(*))) FROM {t}"), [], |_| Ok(())) {
+            log::debug!("the lakehouse read again: {t}: {}", crate::exit::one_line(&again.into()));
+            return e;
+        }
+    }
+    new_file_at_fault(&e)
 }
 
 /// `e`, or, when DuckDB says in it that the lakehouse file `path` is corrupt (whether

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use duckdb::Connection;
-use materia_common::duckdb_config::{self, wal_path as wal};
+use materia_common::duckdb_config::{self, sql_ident, wal_path as wal};
 use materia_common::exit::Integrity;
 use materia_common::{lakehouse, layout};
 
@@ -21,11 +21,6 @@ pub(crate) struct Table {
 /// `p` as a SQL string literal.
 pub(crate) fn sql_str(p: &Path) -> String {
     duckdb_config::sql_string(&p.display().to_string())
-}
-
-/// `s` as a quoted SQL identifier.
-pub(crate) fn ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 /// The lakehouse's serving tables (a view there is named, and left out).
@@ -59,7 +54,7 @@ fn serving_tables(db: &Connection, catalog: &str) -> anyhow::Result<Vec<Table>> 
     let counts = tables
         .iter()
         .enumerate()
-        .map(|(i, t)| format!("SELECT {i} AS i, count(*) AS n FROM {}.serving.{}", ident(catalog), ident(&t.name)))
+        .map(|(i, t)| format!("SELECT {i} AS i, count(*) AS n FROM {}.serving.{}", sql_ident(catalog), sql_ident(&t.name)))
         .collect::<Vec<_>>()
         .join(" UNION ALL ");
     let mut st = db.prepare(&counts)?;
@@ -76,7 +71,7 @@ pub(crate) fn copy(db: &Connection, tmp: &Path, tables: &[Table], export_id: &st
     // One transaction: one commit (one WAL sync) for the whole copy, not one a table.
     let mut sql = format!("ATTACH {} AS export_target; BEGIN; CREATE SCHEMA export_target.serving;", sql_str(tmp));
     for t in tables {
-        sql.push_str(&format!("CREATE TABLE export_target.serving.{n} AS SELECT * FROM lakehouse.serving.{n};", n = ident(&t.name)));
+        sql.push_str(&format!("CREATE TABLE export_target.serving.{n} AS SELECT * FROM lakehouse.serving.{n};", n = sql_ident(&t.name)));
     }
     sql.push_str(&format!(
         "CREATE TABLE export_target.main._meta AS SELECT {} AS export_id, now()::TIMESTAMP AS exported_at,
@@ -94,7 +89,7 @@ pub(crate) fn copy(db: &Connection, tmp: &Path, tables: &[Table], export_id: &st
         db.execute_batch(&format!(
             "ATTACH {} AS export_target; CREATE TABLE export_target.main.written AS SELECT * FROM lakehouse.serving.{}; DETACH export_target;",
             sql_str(tmp),
-            ident(&tables[0].name)
+            sql_ident(&tables[0].name)
         ))?;
         materia_common::fault::break_duckdb_blocks(tmp, 0, &[0])?; // block 0: its offset needs no block size
         sql.push_str("CREATE TABLE export_target.main.read_back AS SELECT * FROM export_target.main.written;");
@@ -103,7 +98,7 @@ pub(crate) fn copy(db: &Connection, tmp: &Path, tables: &[Table], export_id: &st
         // Tests only: make the copy differ from its source, as a failing disk or bug would.
         sql.push_str(&format!(
             "DELETE FROM export_target.serving.{n} WHERE rowid = (SELECT min(rowid) FROM export_target.serving.{n});",
-            n = ident(&tables[0].name)
+            n = sql_ident(&tables[0].name)
         ));
     }
     sql.push_str("COMMIT; CHECKPOINT export_target; DETACH export_target;");
@@ -121,23 +116,11 @@ pub(crate) fn copy(db: &Connection, tmp: &Path, tables: &[Table], export_id: &st
     Ok(())
 }
 
-/// The error `e` of a copy: when DuckDB found a block corrupt in it, whose? The copy reads
-/// the lakehouse, and may read back a block it wrote to the new file (one DuckDB evicted
-/// under memory pressure), and DuckDB's message names neither. The lakehouse's serving
-/// tables are read again, every column: whole, the new file's disk is at fault (exit 6,
-/// no rebuild named); corrupt again, `e` stays the lakehouse's.
+/// The error `e` of a copy: a corrupt block of the new file names its disk, not the
+/// lakehouse (`lakehouse_target::whose_corrupt_block`).
 pub(crate) fn whose_corrupt_block(db: &Connection, tables: &[Table], tmp: &Path, e: anyhow::Error) -> anyhow::Error {
-    if !materia_common::lakehouse_target::says_corrupt(&e) || e.chain().any(|c| c.is::<Integrity>()) {
-        return e;
-    }
-    let names: Vec<String> = tables.iter().map(|t| format!("lakehouse.serving.{}", ident(&t.name))).collect();
-    match materia_common::lakehouse_target::read_whole(db, &names) {
-        Ok(()) => copy_disk_at_fault(tmp, &e, "reads back corrupt as it is written"),
-        Err(again) => {
-            log::debug!("the lakehouse read again: {}", materia_common::exit::one_line(&again));
-            e
-        }
-    }
+    let names: Vec<String> = tables.iter().map(|t| format!("lakehouse.serving.{}", sql_ident(&t.name))).collect();
+    materia_common::lakehouse_target::whose_corrupt_block(db, &names, e, |e| copy_disk_at_fault(tmp, e, "reads back corrupt as it is written"))
 }
 
 /// The new file read back corrupt: an integrity failure that names its disk.
