@@ -35,10 +35,9 @@ pub(crate) fn maintain(common: &CommonArgs, lakehouse: &LakehouseArgs, keep_days
         let _lock = materia_common::lock::lakehouse(&step.layout, Duration::from_secs(common.wait_lock))?;
         let _lake_lock = target.writer_lock(Duration::from_secs(common.wait_lock))?;
         // Never creates one: a lake that does not exist yet is an error, as a missing file.
-        if target.open_existing()?.is_none() {
+        let Some(conn) = target.open_existing_writable()? else {
             anyhow::bail!("{} does not exist yet: run lake-transform first", target.describe());
-        }
-        let conn = target.open(false)?;
+        };
         memory.bound(&conn, &step.layout)?;
         let mut done = serde_json::Map::new();
         if let Target::File(path) = &target.target {

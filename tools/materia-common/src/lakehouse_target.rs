@@ -137,10 +137,21 @@ impl Lakehouse {
     /// Open it read-only, if there is one yet (a plan touches nothing: it does not create
     /// a file, nor a DuckLake's catalog tables).
     pub fn open_existing(&self) -> anyhow::Result<Option<Connection>> {
+        self.open_if_exists(true)
+    }
+
+    /// Open it for writing, if there is one yet, in one attach (`maintain` never creates
+    /// a lake: a missing one is an error, as a missing file).
+    pub fn open_existing_writable(&self) -> anyhow::Result<Option<Connection>> {
+        self.open_if_exists(false)
+    }
+
+    fn open_if_exists(&self, read_only: bool) -> anyhow::Result<Option<Connection>> {
         match &self.target {
             Target::File(p) if !p.exists() => Ok(None),
-            Target::File(_) => self.open(true).map(Some),
-            Target::DuckLake { .. } => match self.open(true) {
+            Target::File(_) => self.open_as(read_only, false).map(Some),
+            // DuckLake says so only in words (pinned by the tests of plan and maintain).
+            Target::DuckLake { .. } => match self.open_as(read_only, false) {
                 Err(e) if e.to_string().contains("creating a new DuckLake is explicitly disabled") => Ok(None),
                 other => other.map(Some),
             },
@@ -220,6 +231,12 @@ impl Lakehouse {
 
     /// Open it as the default catalog `lakehouse` (creating a new one on first use).
     pub fn open(&self, read_only: bool) -> anyhow::Result<Connection> {
+        self.open_as(read_only, !read_only)
+    }
+
+    /// `create`: a DuckLake's catalog tables may be created (a read-only attach never
+    /// creates them; the local file is created by the write that needs it).
+    fn open_as(&self, read_only: bool, create: bool) -> anyhow::Result<Connection> {
         let cfg = duckdb_config::config(self.dev)?;
         match &self.target {
             Target::File(path) => {
@@ -234,7 +251,11 @@ impl Lakehouse {
             Target::DuckLake { catalog, data_path, s3 } => {
                 let conn = Connection::open_in_memory_with_flags(cfg)?;
                 self.prepare_ducklake(&conn, data_path, s3.as_ref())?;
-                let mode = if read_only { ", READ_ONLY" } else { "" };
+                let mode = match (read_only, create) {
+                    (true, _) => ", READ_ONLY",
+                    (false, true) => "",
+                    (false, false) => ", CREATE_IF_NOT_EXISTS false",
+                };
                 conn.execute_batch(&format!(
                     "ATTACH {} AS lakehouse (DATA_PATH {}{mode}); USE lakehouse;",
                     quote(&format!("ducklake:postgres:{catalog}")),

@@ -70,6 +70,11 @@ fn the_models_run_on_ducklake_as_on_the_local_file_one_snapshot_a_run() {
         if i == 0 {
             let plan = lake.run(&on_lake, &["plan"]);
             assert!(plan.code == 0 && plan.stdout.contains("raw.psd\tbuild\tnew model: loading 1 file"), "a plan on a new lake: {plan:?}");
+            // maintain never creates a lake: a missing one is an error, no catalog made.
+            let maintain = lake.run(&on_lake, &["maintain"]);
+            assert!(maintain.code != 0 && maintain.error_line().contains("does not exist yet: run lake-transform first"), "{maintain:?}");
+            let catalog = "SELECT count(*) FROM information_schema.tables WHERE table_name LIKE 'ducklake%'";
+            assert_eq!(lake.pg.query("lake", catalog), "0", "neither plan nor maintain created the catalog");
         }
         assert_eq!(local.run(&["run"]).code, 0);
         let before = if i == 0 { None } else { Some(lake.snapshots()) };
@@ -129,7 +134,8 @@ fn the_models_run_on_ducklake_as_on_the_local_file_one_snapshot_a_run() {
     assert_eq!(run.code, 0, "{run:?}");
     // Each recorded as a step of its own: the transform's last run stays the transform's.
     assert_eq!(local.state_rows("SELECT tool, status FROM runs ORDER BY run_id DESC LIMIT 1"), ["Text(\"lake-maintain\")|Text(\"success\")"]);
-    assert_eq!(on_lake.state_rows("SELECT status FROM runs WHERE tool = 'lake-maintain'"), ["Text(\"success\")"]);
+    // (The first, before the lake existed, failed.)
+    assert_eq!(on_lake.state_rows("SELECT status FROM runs WHERE tool = 'lake-maintain' ORDER BY run_id"), ["Text(\"failed\")", "Text(\"success\")"]);
 }
 
 #[test]

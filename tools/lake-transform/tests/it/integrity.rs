@@ -220,6 +220,10 @@ fn maintain_compacts_the_local_file_checked_and_the_runs_go_on() {
     let Some(real) = real_csv() else { return };
     let env = Env::new();
     let lakehouse = env.data.join("lakehouse.duckdb");
+    // Before any run there is nothing to compact, and maintain creates no file.
+    let run = env.run(&["maintain"]);
+    assert!(run.code != 0 && run.error_line().contains("lakehouse.duckdb does not exist yet: run lake-transform first"), "{run:?}");
+    assert!(!lakehouse.exists());
     for (i, month) in ["2023-01", "2023-02", "2023-03"].into_iter().enumerate() {
         env.land(month, &revised(&real, i as f64));
         assert_eq!(env.run(&["run"]).code, 0);
@@ -321,6 +325,7 @@ fn maintain_compacts_the_local_file_checked_and_the_runs_go_on() {
     assert_eq!(
         env.state_rows("SELECT tool, status, exit_code FROM runs WHERE tool = 'lake-maintain' ORDER BY run_id"),
         [
+            "Text(\"lake-maintain\")|Text(\"failed\")|Integer(1)",
             "Text(\"lake-maintain\")|Text(\"failed\")|Integer(6)",
             "Text(\"lake-maintain\")|Text(\"failed\")|Integer(6)",
             "Text(\"lake-maintain\")|Text(\"success\")|Integer(0)"
