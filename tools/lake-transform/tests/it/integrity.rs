@@ -37,7 +37,7 @@ fn a_corrupt_lakehouse_file_is_an_integrity_error_until_rebuild() {
     let built = serving_state(&env);
     let file = env.data.join("lakehouse.duckdb");
     // Not a DuckDB file at all; then DuckDB's magic with a header whose checksum fails:
-    // DuckDB's two ways of saying so (lakehouse_target::CORRUPT).
+    // DuckDB's two ways of saying so (lakehouse_target::corrupt::CORRUPT).
     let mut bad_checksum = vec![0x5a_u8; 16384];
     bad_checksum[8..12].copy_from_slice(b"DUCK");
     let bad_checksum_bytes = bad_checksum.clone();
