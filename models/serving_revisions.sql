@@ -20,24 +20,31 @@ MODEL (
 
 -- Build: a window over every release; only the changed values are kept. The window
 -- partitions by a number per key (staging.psd_latest has one row per key of
--- staging.psd_values) instead of the four key columns: sorting every release by an
--- integer, not three strings, is 1.25x faster over 100 coffee releases, join included.
-(WITH keys AS (
+-- staging.psd_values) instead of the four key columns, and sorts only that number, the
+-- release, the value and the attribute: the few changed rows get their key columns back
+-- from the number afterwards (sorting every release by an integer, not three strings, is
+-- 1.25x faster over 100 coffee releases, join included; leaving the key columns out of
+-- the sort another 1.4x). MATERIALIZED: both reads of keys see the same numbering.
+(WITH keys AS MATERIALIZED (
   SELECT commodity_code, country_code, market_year, attribute_id, row_number() OVER () AS key
   FROM staging.psd_latest
   WHERE NOT @is_incremental
+), changed AS (
+  SELECT key, attribute, release, previous_release, value, previous_value
+  FROM (
+    SELECT k.key, v.attribute, v.release, v.value,
+           lag(v.release) OVER w AS previous_release, lag(v.value) OVER w AS previous_value
+    FROM staging.psd_values v
+    JOIN keys k USING (commodity_code, country_code, market_year, attribute_id)
+    WHERE NOT @is_incremental
+    WINDOW w AS (PARTITION BY k.key ORDER BY v.release)
+  )
+  WHERE previous_release IS NOT NULL AND value IS DISTINCT FROM previous_value
 )
-SELECT commodity_code, country_code, market_year, attribute_id, attribute,
-       release, previous_release, value, previous_value, value - previous_value AS change
-FROM (
-  SELECT commodity_code, country_code, market_year, attribute_id, v.attribute, v.release, v.value,
-         lag(v.release) OVER w AS previous_release, lag(v.value) OVER w AS previous_value
-  FROM staging.psd_values v
-  JOIN keys k USING (commodity_code, country_code, market_year, attribute_id)
-  WHERE NOT @is_incremental
-  WINDOW w AS (PARTITION BY k.key ORDER BY v.release)
-)
-WHERE previous_release IS NOT NULL AND value IS DISTINCT FROM previous_value)
+SELECT k.commodity_code, k.country_code, k.market_year, k.attribute_id, c.attribute,
+       c.release, c.previous_release, c.value, c.previous_value, c.value - c.previous_value AS change
+FROM changed c
+JOIN keys k USING (key))
 
 UNION ALL
 
