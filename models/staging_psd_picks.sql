@@ -16,11 +16,18 @@ MODEL (
 -- all partitions. The rows are first reduced to one per file and commodity (a grouping
 -- on plain columns), then the file landed last is chosen among those few: 4x faster
 -- than building the struct for every row, and 3x faster than a window.
+-- A build and a merge are two branches, not one filter: `NOT @is_incremental OR (…) IN
+-- (…)` still ran the merge's subquery in a build, a second read of every release and a
+-- join of each row with it (0.25 of the model's 0.47 s of CPU at 100 coffee releases).
 WITH files AS (
   SELECT DISTINCT release, commodity_code, landed_order, file, _run_id
   FROM raw.psd
   WHERE NOT @is_incremental
-     OR (release, commodity_code) IN (SELECT DISTINCT release, commodity_code FROM raw.psd WHERE _run_id = @run_id)
+  UNION ALL
+  SELECT DISTINCT release, commodity_code, landed_order, file, _run_id
+  FROM raw.psd
+  WHERE @is_incremental
+    AND (release, commodity_code) IN (SELECT DISTINCT release, commodity_code FROM raw.psd WHERE _run_id = @run_id)
 ), chosen AS (
   SELECT release, commodity_code, max({'landed': coalesce(landed_order, 9223372036854775807), 'file': file, 'run_id': _run_id}) AS pick
   FROM files
