@@ -16,6 +16,7 @@ mod lakehouse_file;
 pub mod landing_order;
 pub mod model;
 pub mod plan;
+pub mod profile;
 pub mod project;
 pub mod quarantine;
 pub mod run;
@@ -96,6 +97,10 @@ enum Command {
         /// Forget the engine state and rebuild every model from every landing file.
         #[arg(long)]
         rebuild: bool,
+        /// Profile each statement that writes a model's rows, and each audit, with DuckDB's
+        /// EXPLAIN ANALYZE into DIR/run-<run id>/ (JSON, and profile.tsv: a line each).
+        #[arg(long, value_name = "DIR", env = layout::ENV_PROFILE_DIR)]
+        profile: Option<PathBuf>,
     },
     /// Print what `run` would do and why, touching nothing.
     Plan {
@@ -151,9 +156,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         None => release_models_dir(),
     };
     match cli.command {
-        Command::Run { rebuild } => {
+        Command::Run { rebuild, profile } => {
             let memory = Memory { limit: cli.memory_limit.clone(), spill_dir: cli.spill_dir.clone() };
-            run_models(&cli.common, models, rebuild, &memory, &cli.lakehouse)
+            run_models(&cli.common, models, rebuild, &memory, &cli.lakehouse, profile.as_deref())
         }
         Command::Plan { rebuild } => plan(&cli.common, &models()?, rebuild, &cli.lakehouse),
         Command::Test { filter, ducklake } => unittest::command(&models()?, filter.as_deref(), ducklake.as_deref()),
@@ -235,12 +240,13 @@ fn run_models(
     rebuild: bool,
     memory: &Memory,
     lakehouse: &LakehouseArgs,
+    profile: Option<&Path>,
 ) -> anyhow::Result<Outcome> {
     materia_common::run_step(TOOL, common, |step| {
         let target = lakehouse.lakehouse(step.layout.lakehouse(), DEV_EXTENSIONS)?;
         // DuckDB finding the local file corrupt, when it opens it or reads a block of it:
         // exit 6, naming the fix.
-        match transform(step, common, models, rebuild, memory, &target) {
+        match transform(step, common, models, rebuild, memory, &target, profile) {
             Ok(Report { failure: Some(e), outcome, summary, stats }) => Ok(Report { failure: Some(target.corrupt(e)), outcome, summary, stats }),
             Ok(report) => Ok(report),
             Err(e) => Err(target.corrupt(e)),
@@ -256,6 +262,7 @@ fn transform(
     rebuild: bool,
     memory: &Memory,
     target: &Lakehouse,
+    profile: Option<&Path>,
 ) -> anyhow::Result<Report> {
     // Missing or bad models fail the run, recorded, before the lakehouse is opened.
     let models = models()?;
@@ -309,6 +316,8 @@ fn transform(
             failure: None,
         });
     }
+    let profiler = profile.map(|dir| profile::Profiler::create(dir, step.run_id)).transpose()?;
+    let profiler = profiler.as_ref();
     let mut new_file = false;
     let out = match &target.target {
         // Every model is built (a first build, --rebuild): into a new file, renamed over
@@ -319,11 +328,11 @@ fn transform(
             let replaces_corrupt = conn.is_none() || lakehouse_file::found_corrupt_since_new_file(&step.db, step.run_id)?;
             new_file = true;
             drop(conn);
-            run::build_new_file(path, &project, &steps, step.run_id, &order, memory, &step.layout, &landing, replaces_corrupt)?
+            run::build_new_file(path, &project, &steps, step.run_id, &order, memory, &step.layout, &landing, replaces_corrupt, profiler)?
         }
         _ => {
             let conn = conn.context("no lakehouse connection for a run that changes it in place")?;
-            let out = run::run(&project, &conn, &steps, step.run_id, &order, !target.is_ducklake(), run::Commit::Once);
+            let out = run::run(&project, &conn, &steps, step.run_id, &order, !target.is_ducklake(), run::Commit::Once, profiler);
             drop(conn);
             out
         }

@@ -18,6 +18,7 @@ use crate::engine_state::{STATE_DDL, record_model};
 use crate::landing_order::LandingOrder;
 use crate::model::{Kind, Model};
 use crate::plan::{Action, PlannedModel};
+use crate::profile::Profiler;
 use crate::project::Project;
 use crate::write::{check_columns, drop_model, execute, replaced_partitions};
 
@@ -77,6 +78,8 @@ pub enum Commit {
 /// Run `steps` on `conn`, committing as `commit` says.
 /// `checkpoint`: fold the WAL into the database file after the commit (a local file;
 /// a DuckLake has no WAL, and its CHECKPOINT is the maintenance, not for every run).
+/// `profile`: profile each statement that writes rows, and each audit (profile.rs).
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     project: &Project,
     conn: &Connection,
@@ -85,13 +88,14 @@ pub fn run(
     order: &LandingOrder,
     checkpoint: bool,
     commit: Commit,
+    profile: Option<&Profiler>,
 ) -> RunOutcome {
     let mut out = RunOutcome::default();
     if let Err(e) = conn.execute_batch("BEGIN TRANSACTION") {
         out.failure = Some(anyhow!(e).context("starting the transaction"));
         return out;
     }
-    let result = run_in_tx(project, conn, steps, run_id, order, commit, &mut out);
+    let result = run_in_tx(project, conn, steps, run_id, order, commit, profile, &mut out);
     let t = Instant::now();
     let end = match result {
         Ok(()) => conn.execute_batch("COMMIT").context("committing the run"),
@@ -132,6 +136,7 @@ pub(crate) fn build_new_file(
     layout: &materia_common::layout::Layout,
     landing: &Path,
     replaces_corrupt: bool,
+    profile: Option<&Profiler>,
 ) -> anyhow::Result<RunOutcome> {
     let mut new = crate::lakehouse_file::NewLakehouse::start(path, "build")?;
     if replaces_corrupt {
@@ -142,7 +147,7 @@ pub(crate) fn build_new_file(
     memory.bound(&conn, layout)?;
     sandbox(&conn, landing, &[])?;
     log::debug!("building every model into {}", new.tmp().display());
-    let out = run(project, &conn, steps, run_id, order, true, Commit::EachModel);
+    let out = run(project, &conn, steps, run_id, order, true, Commit::EachModel, profile);
     drop(conn);
     if out.failure.is_none() {
         new.publish()?;
@@ -150,6 +155,7 @@ pub(crate) fn build_new_file(
     Ok(out)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_in_tx(
     project: &Project,
     conn: &Connection,
@@ -157,6 +163,7 @@ fn run_in_tx(
     run_id: i64,
     order: &LandingOrder,
     commit: Commit,
+    profile: Option<&Profiler>,
     out: &mut RunOutcome,
 ) -> anyhow::Result<()> {
     conn.execute_batch(STATE_DDL).context("creating the _materia state tables")?;
@@ -176,7 +183,7 @@ fn run_in_tx(
             continue;
         }
         let start = Instant::now();
-        let (loaded, new_rows) = with_session_properties(conn, m, || execute(m, conn, step, run_id, order))
+        let (loaded, new_rows) = with_session_properties(conn, m, || execute(m, conn, step, run_id, order, profile))
             .map_err(first_line)
             .with_context(|| format!("building {} ({})", m.name, m.path.display()))?;
         log::debug!("{}: {} executed in {:?}", m.name, step.action.label(), start.elapsed());
@@ -199,7 +206,7 @@ fn run_in_tx(
             conn.execute_batch("COMMIT; BEGIN TRANSACTION").with_context(|| format!("committing {} to the new file", m.name))?;
         }
         let t = Instant::now();
-        run_audits(project, conn, m, &audited, &loaded_now, out)?;
+        run_audits(project, conn, m, &audited, &loaded_now, profile, out)?;
         log::debug!("{}: audits in {:?}", m.name, t.elapsed());
     }
     for step in steps {
@@ -305,7 +312,15 @@ pub fn sandbox(conn: &Connection, readable: &Path, data_paths: &[String]) -> any
         .context("closing DuckDB's access to files outside the landing dir")
 }
 
-fn run_audits(project: &Project, conn: &Connection, m: &Model, table: &str, loaded_now: &[String], out: &mut RunOutcome) -> anyhow::Result<()> {
+fn run_audits(
+    project: &Project,
+    conn: &Connection,
+    m: &Model,
+    table: &str,
+    loaded_now: &[String],
+    profile: Option<&Profiler>,
+    out: &mut RunOutcome,
+) -> anyhow::Result<()> {
     for call in &m.audits {
         let a = audit::resolve(call, table, project.audits.get(&call.name))
             .map_err(|e| materia_common::exit::Usage(format!("{}:{}: {e}", m.path.display(), call.line)))?;
@@ -316,13 +331,15 @@ fn run_audits(project: &Project, conn: &Connection, m: &Model, table: &str, load
         // vector of size 0", then the database is invalidated; duckdb/duckdb#25713), which
         // failed a run here once.
         let (mut failing, mut sample) = (0_i64, Vec::new());
-        let mut st = conn
-            .prepare(&format!(
-                "WITH failing AS MATERIALIZED ({}) SELECT (SELECT count(*) FROM failing), CAST(sub AS VARCHAR) FROM failing sub LIMIT 5",
-                a.sql
-            ))
-            .map_err(|e| first_line(e.into()))
-            .with_context(|| format!("running audit {} on {}", a.name, m.name))?;
+        let query =
+            format!("WITH failing AS MATERIALIZED ({}) SELECT (SELECT count(*) FROM failing), CAST(sub AS VARCHAR) FROM failing sub LIMIT 5", a.sql);
+        if let Some(p) = profile {
+            // Profiled, then run again for its rows (a profile returns no rows).
+            p.execute(conn, &m.name, &format!("audit-{}", a.name), &query)
+                .map_err(first_line)
+                .with_context(|| format!("running audit {} on {}", a.name, m.name))?;
+        }
+        let mut st = conn.prepare(&query).map_err(|e| first_line(e.into())).with_context(|| format!("running audit {} on {}", a.name, m.name))?;
         let rows = st
             .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
             .map_err(|e| first_line(e.into()))

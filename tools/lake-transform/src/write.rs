@@ -12,6 +12,7 @@ use crate::engine_state::sha256_file;
 use crate::landing_order::LandingOrder;
 use crate::model::{Kind, Model};
 use crate::plan::{Action, PlannedModel};
+use crate::profile::Profiler;
 
 /// The temp table holding the partitions an INCREMENTAL_BY_PARTITION merge replaced in
 /// this run, for the models whose `partitions_from` names it.
@@ -44,7 +45,7 @@ impl NewRows {
 /// Insert the result of `sql` into `m`'s table (a model that declares its columns has
 /// them checked first, before any row reaches the table); returns where the new rows are,
 /// checked: the rows at or past the returned id are exactly those this insert made.
-fn insert_new(conn: &Connection, m: &Model, sql: &str) -> anyhow::Result<NewRows> {
+fn insert_new(conn: &Connection, profile: Option<&Profiler>, m: &Model, sql: &str) -> anyhow::Result<NewRows> {
     let name = &m.name;
     if !m.columns.is_empty() {
         check_columns(conn, m, &format!("({sql})"))?;
@@ -52,13 +53,22 @@ fn insert_new(conn: &Connection, m: &Model, sql: &str) -> anyhow::Result<NewRows
     let first = next_row_id(conn, name)?;
     // DuckDB reads a table as it was when the statement began, so a model reading
     // @this_model does not see the rows it is inserting.
-    let inserted = conn.execute(&format!("INSERT INTO {name} BY NAME SELECT * FROM ({sql})"), [])?;
+    let inserted = write_rows(conn, profile, m, "insert", &format!("INSERT INTO {name} BY NAME SELECT * FROM ({sql})"))?;
     let new_rows = NewRows { first };
     let found: i64 = conn.query_row(&format!("SELECT count(*) FROM {}", new_rows.sql(name)), [], |r| r.get(0))?;
     if found != inserted as i64 {
         anyhow::bail!("{name}: inserted {inserted} rows but {found} have row ids from {first} on (DuckDB's row ids changed meaning?)");
     }
     Ok(new_rows)
+}
+
+/// Run one statement that writes `m`'s rows (profiled under `--profile`): the rows it
+/// created, inserted or deleted.
+fn write_rows(conn: &Connection, profile: Option<&Profiler>, m: &Model, statement: &str, sql: &str) -> anyhow::Result<usize> {
+    match profile {
+        Some(p) => Ok(usize::try_from(p.execute(conn, &m.name, statement, sql)?.rows)?),
+        None => Ok(conn.execute(sql, [])?),
+    }
 }
 
 /// The row id past every stored row of `table`. DuckDB numbers a table's rows by their
@@ -97,6 +107,7 @@ pub(crate) fn execute(
     step: &PlannedModel,
     run_id: i64,
     order: &LandingOrder,
+    profile: Option<&Profiler>,
 ) -> anyhow::Result<(Loaded, Option<NewRows>)> {
     conn.execute_batch(&format!("CREATE SCHEMA IF NOT EXISTS {}", m.schema()))?;
     let sql = m.render(run_id, step.action == Action::Merge);
@@ -132,23 +143,20 @@ pub(crate) fn execute(
         }
         (Action::Build, Kind::LandingIngest { .. }) => {
             conn.execute("DELETE FROM _materia.landing_ledger WHERE model = ?", [name])?;
-            conn.execute_batch(&format!("CREATE OR REPLACE TABLE {name} AS {sql}"))?;
+            write_rows(conn, profile, m, "build", &format!("CREATE OR REPLACE TABLE {name} AS {sql}"))?;
             None
         }
         (Action::Build, _) => {
-            conn.execute_batch(&format!("CREATE OR REPLACE TABLE {name} AS {sql}"))?;
+            write_rows(conn, profile, m, "build", &format!("CREATE OR REPLACE TABLE {name} AS {sql}"))?;
             None
         }
-        (Action::Append(_), _) => Some(insert_new(conn, m, &sql)?),
+        (Action::Append(_), _) => Some(insert_new(conn, profile, m, &sql)?),
         // A merge inserts its new rows, then deletes the stored rows they replace.
         (Action::Merge, Kind::IncrementalByUniqueKey { unique_key }) => {
-            let new_rows = insert_new(conn, m, &sql)?;
+            let new_rows = insert_new(conn, profile, m, &sql)?;
             let new = new_rows.sql(name);
-            conn.execute_batch(&format!(
-                "DELETE FROM {name} t USING {new} n WHERE {} AND {}",
-                new_rows.stored("t"),
-                matching(conn, &new, unique_key)?
-            ))?;
+            let delete = format!("DELETE FROM {name} t USING {new} n WHERE {} AND {}", new_rows.stored("t"), matching(conn, &new, unique_key)?);
+            write_rows(conn, profile, m, "delete", &delete)?;
             Some(new_rows)
         }
         (Action::Merge, Kind::IncrementalByPartition { partitioned_by }) => {
@@ -161,13 +169,11 @@ pub(crate) fn execute(
                 .map(|up| format!(" UNION SELECT {cols} FROM {}", replaced_partitions(up)))
                 .unwrap_or_default();
             let replaced = replaced_partitions(name);
-            let new_rows = insert_new(conn, m, &sql)?;
+            let new_rows = insert_new(conn, profile, m, &sql)?;
             conn.execute_batch(&format!("CREATE OR REPLACE TEMP TABLE {replaced} AS SELECT DISTINCT {cols} FROM {}{upstream}", new_rows.sql(name)))?;
-            conn.execute_batch(&format!(
-                "DELETE FROM {name} t USING {replaced} n WHERE {} AND {}",
-                new_rows.stored("t"),
-                matching(conn, &replaced, partitioned_by)?
-            ))?;
+            let delete =
+                format!("DELETE FROM {name} t USING {replaced} n WHERE {} AND {}", new_rows.stored("t"), matching(conn, &replaced, partitioned_by)?);
+            write_rows(conn, profile, m, "delete", &delete)?;
             Some(new_rows)
         }
         (a, k) => anyhow::bail!("cannot {} a {k} model", a.label()),

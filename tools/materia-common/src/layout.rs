@@ -33,6 +33,7 @@
 //! | `MATERIA_MODELS` | lake-transform | the models folder (default: the release's `models/`) |
 //! | `MATERIA_MEMORY_LIMIT` | lake-transform | DuckDB's memory limit, past which it spills to disk (default `4GB`) |
 //! | `MATERIA_SPILL_DIR` | lake-transform | where DuckDB spills (default `DATA_DIR/spill/lake-transform`) |
+//! | `MATERIA_PROFILE_DIR` | lake-transform run | profile every statement into this dir (`--profile`) |
 //! | `MATERIA_LAKEHOUSE` | lake-transform | where the lakehouse is: unset, the local `DATA_DIR/lakehouse.duckdb`; `ducklake:postgres:CONNINFO`, a DuckLake |
 //! | `MATERIA_LAKE_DATA_PATH` | lake-transform | a DuckLake's data files, e.g. `s3://BUCKET/PREFIX/` |
 //! | `MATERIA_LAKE_S3_ENDPOINT`, `MATERIA_LAKE_S3_KEY_ID`, `MATERIA_LAKE_S3_SECRET` | lake-transform | the S3 (R2) endpoint URL and credentials of the DuckLake's data path (the secret is never logged) |
@@ -118,6 +119,8 @@ pub const ENV_MODELS: &str = "MATERIA_MODELS";
 pub const ENV_MEMORY_LIMIT: &str = "MATERIA_MEMORY_LIMIT";
 /// lake-transform: where DuckDB spills past its memory limit.
 pub const ENV_SPILL_DIR: &str = "MATERIA_SPILL_DIR";
+/// lake-transform run: profile every statement into this directory.
+pub const ENV_PROFILE_DIR: &str = "MATERIA_PROFILE_DIR";
 /// lake-transform: where the lakehouse is (unset: the local file).
 pub const ENV_LAKEHOUSE: &str = "MATERIA_LAKEHOUSE";
 /// lake-transform: a DuckLake's data path.
@@ -150,6 +153,7 @@ pub const ENV_VARS: &[&str] = &[
     ENV_MODELS,
     ENV_MEMORY_LIMIT,
     ENV_SPILL_DIR,
+    ENV_PROFILE_DIR,
     ENV_LAKEHOUSE,
     ENV_LAKE_DATA_PATH,
     ENV_LAKE_S3_ENDPOINT,

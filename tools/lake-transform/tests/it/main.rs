@@ -17,6 +17,7 @@ use materia_test_support::postgres::Postgres;
 mod ducklake;
 mod integrity;
 mod models;
+mod plans;
 mod runs;
 
 const HEADER: &str = "Commodity_Code,Commodity_Description,Country_Code,Country_Name,Market_Year,\

@@ -1,0 +1,113 @@
+//! The plans DuckDB runs, read from `run --profile`: what the benchmarks measure in time
+//! (scripts/bench/lake-transform.sh), held here as shapes. A first build reads the
+//! releases once in each model (no second read, no copy of them materialised), and a run
+//! that lands a release reads no older release of raw.psd.
+
+use super::*;
+
+/// The real release with every 50th value (from the `k`th) revised: another release, as
+/// USDA's monthly ones revise a small share.
+fn revised(csv: &[u8], k: usize) -> Vec<u8> {
+    let text = String::from_utf8(csv.to_vec()).unwrap();
+    let mut out = String::new();
+    for (n, line) in text.split_terminator("\r\n").enumerate() {
+        match line.rsplit_once(',') {
+            Some((head, value)) if n > 0 && n % 50 == k => {
+                let v: f64 = value.parse().unwrap();
+                out.push_str(&format!("{head},{:.4}\r\n", v * 1.01 + 1.0));
+            }
+            _ => out.push_str(&format!("{line}\r\n")),
+        }
+    }
+    out.into_bytes()
+}
+
+/// The profiles of the run whose profile dir is `run`: (file name, JSON), by name.
+fn profiles(run: &Path) -> Vec<(String, serde_json::Value)> {
+    let mut out: Vec<_> = std::fs::read_dir(run)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| (p.file_name().unwrap().to_str().unwrap().to_owned(), serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn operators(profile: &serde_json::Value) -> Vec<&serde_json::Value> {
+    let mut out = Vec::new();
+    lake_transform::profile::operators_of(profile, &mut out);
+    out
+}
+
+/// The scans of raw.psd in a plan (or a part of one).
+fn raw_scans(node: &serde_json::Value) -> Vec<&serde_json::Value> {
+    let mut all = vec![node];
+    all.extend(operators(node));
+    all.into_iter().filter(|o| o["operator_type"] == "TABLE_SCAN" && o["extra_info"]["Table"] == "lakehouse.raw.psd").collect()
+}
+
+/// The run dir `profile --dir` made for the latest run.
+fn latest_run(dir: &Path) -> PathBuf {
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    runs.sort_by_key(|p| p.file_name().unwrap().to_str().unwrap().trim_start_matches("run-").parse::<i64>().unwrap());
+    runs.pop().unwrap()
+}
+
+#[test]
+fn a_build_reads_the_releases_once_per_model_and_a_new_release_reads_no_older_one() {
+    let Some(real) = real_csv() else { return };
+    let env = Env::new();
+    for (k, month) in ["2024-01", "2024-02", "2024-03"].into_iter().enumerate() {
+        env.land(month, &revised(&real, k));
+    }
+    let dir = env.root.join("profiles");
+    let run = env.run(&["run", "--profile", dir.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let build = latest_run(&dir);
+    let tsv = std::fs::read_to_string(build.join("profile.tsv")).unwrap();
+    assert!(tsv.lines().any(|l| l.starts_with("1\traw.psd\tbuild\t")), "{tsv}");
+
+    // raw.psd's rows, and how many a scan of it read (row groups its filters left).
+    let total = 3 * (real.iter().filter(|&&b| b == b'\n').count() as u64 - 1);
+    let scanned = |scan: &serde_json::Value| scan["operator_rows_scanned"].as_u64().unwrap();
+    let mut readers = Vec::new();
+    for (name, profile) in profiles(&build).iter().filter(|(n, _)| n.ends_with(".build.json")) {
+        // A merge branch, dead in a build, may start its read and stop after the first
+        // vectors: a read of more than half the releases is a read of them all.
+        let whole: Vec<_> = raw_scans(profile).into_iter().filter(|s| scanned(s) > total / 2).collect();
+        assert!(whole.len() <= 1, "{name} reads every release {} times in a build:\n{profile:#}", whole.len());
+        // Nor once into memory: a CTE (as DuckDB's common-subplan optimizer makes of two
+        // equal reads) holding every release.
+        for cte in operators(profile).into_iter().filter(|o| o["operator_type"] == "CTE") {
+            let held = raw_scans(&cte["children"][0]).into_iter().filter(|s| scanned(s) > total / 2).count();
+            assert_eq!(held, 0, "{name} materialises every release of raw.psd:\n{profile:#}");
+        }
+        if !whole.is_empty() {
+            readers.push(name.split_once('-').unwrap().1.trim_end_matches(".build.json").to_owned());
+        }
+    }
+    // The shapes above are checked where they matter: each model that reads every release.
+    for model in ["serving.releases", "staging.psd_picks", "staging.psd_latest", "serving.revisions"] {
+        assert!(readers.iter().any(|r| r == model), "{model} does not read raw.psd in a build? readers: {readers:?}");
+    }
+
+    // A new release: each raw.psd read of a model's statements prunes every older
+    // release's row groups by their min/max (a run's cost follows the new data, not the
+    // history). Audits read the new rows by row id, which DuckDB counts as the whole table.
+    env.land("2024-04", &revised(&real, 3));
+    let run = env.run(&["run", "--profile", dir.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let release = total / 3;
+    let mut checked = 0;
+    for (name, profile) in profiles(&latest_run(&dir)).iter().filter(|(n, _)| !n.contains(".audit-")) {
+        for scan in raw_scans(profile) {
+            let rows = scanned(scan);
+            // The new release's rows, and at most one row group of a run's appends besides.
+            let most = release + u64::from(materia_common::duckdb_config::ROW_GROUP_SIZE);
+            assert!(rows <= most, "{name} reads {rows} rows of raw.psd for a release of {release}:\n{profile:#}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "only {checked} reads of raw.psd were checked");
+}
