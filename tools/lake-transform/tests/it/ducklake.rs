@@ -124,9 +124,14 @@ fn the_models_run_on_ducklake_as_on_the_local_file_one_snapshot_a_run() {
     let later = with_wheat(&coffee(140.0, "VN"), &balance("US", 2023, 60.0));
     on_lake.land("2024-05", &later);
     local.land("2024-05", &later);
-    let run = lake.run(&on_lake, &["run"]);
+    // Profiled (EXPLAIN ANALYZE on the lake's tables), with the same result.
+    let profiles = on_lake.root.join("profiles");
+    let run = lake.run(&on_lake, &["run", "--profile", profiles.to_str().unwrap()]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("raw.psd\tappend"), "{}", run.stdout);
+    let run_dir = std::fs::read_dir(&profiles).unwrap().next().unwrap().unwrap().path();
+    let tsv = std::fs::read_to_string(run_dir.join("profile.tsv")).unwrap();
+    assert!(tsv.lines().any(|l| l.starts_with("1\traw.psd\tinsert\t")), "{tsv}");
     assert_eq!(local.run(&["run"]).code, 0);
     assert_eq!(state_of(|sql| lake.rows(sql)), serving_state(&local));
     // On the local file, maintain compacts it (tested on its own below).
