@@ -7,7 +7,8 @@
 # SQLMesh runs the project sqlmesh_project.py writes from lake-transform's own model
 # files (a FULL raw model over every file; the new release is picked up with
 # `plan --restate-model raw.psd`, its equivalent of an ingest). Both use the pinned DuckDB (scripts/duckdb-lib.sh).
-# Wall time and peak RSS (GNU time) per step, ratios SQLMesh / lake-transform.
+# Wall time and peak RSS (GNU time) per step, ratios SQLMesh / lake-transform; then
+# where our first build's time goes at the largest history (`run --profile`).
 #
 # Installs SQLMesh 0.236.4 into scripts/bench/.venv on first use (PyPI).
 set -euo pipefail
@@ -72,3 +73,17 @@ for n in "${sizes[@]}"; do
     row "$n releases" "no change" "$o_same" "$s_same"
     row "$n releases" "+1 release" "$o_new" "$s_new"
 done
+
+# Where our first build's time goes, at the largest history (its n + 1 releases): a
+# profiled --rebuild (`run --profile`), not one of the timed runs above (a profiled run
+# runs its audits twice). The slowest statements, seconds of wall and of CPU.
+if ! "$ours" -q --data-dir "$work/n$max/data" --models "$models" run --rebuild --profile "$work/profile" >/dev/null 2>"$work/stderr"; then
+    echo "bench: the profiled rebuild failed:" >&2
+    tail -n 20 "$work/stderr" >&2
+    exit 1
+fi
+tsv=$(find "$work/profile" -name profile.tsv)
+echo
+echo "where a first build of $((max + 1)) releases goes (lake-transform run --profile; slowest statements):"
+tail -n +2 "$tsv" | sort -t$'\t' -k4 -gr | head -n 6 |
+    awk -F'\t' '{ printf "  %-26s %-38s %8.3f s %8.3f s CPU  %s\n", $2, $3, $4, $5, $8 }'
