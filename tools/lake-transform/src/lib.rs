@@ -268,6 +268,8 @@ fn transform(
     let models = models()?;
     let project = Project::load(&models)?;
     log::info!("models from {} into {}", models.display(), target.describe());
+    let profiler = profile::Profiler::for_run(profile, step.run_id)?; // before the lakehouse is opened
+    let profiler = profiler.as_ref();
     let _lock = materia_common::lock::lakehouse(&step.layout, Duration::from_secs(common.wait_lock))?;
     // A DuckLake's writers may be on other machines: its own lock, seen by all.
     let _lake_lock = target.writer_lock(Duration::from_secs(common.wait_lock))?;
@@ -316,8 +318,6 @@ fn transform(
             failure: None,
         });
     }
-    let profiler = profile.map(|dir| profile::Profiler::create(dir, step.run_id)).transpose()?;
-    let profiler = profiler.as_ref();
     let mut new_file = false;
     let out = match &target.target {
         // Every model is built (a first build, --rebuild): into a new file, renamed over

@@ -42,6 +42,16 @@ pub struct Summary {
 const TSV_HEADER: &str = "seq\tmodel\tstatement\tseconds\tcpu_seconds\tpeak_memory_mib\trows_scanned\tslowest_operators\n";
 
 impl Profiler {
+    /// The profiler of run `run_id` if `--profile` gave a dir; a dir that cannot be made
+    /// is a bad flag (exit 2).
+    pub fn for_run(base: Option<&Path>, run_id: i64) -> anyhow::Result<Option<Profiler>> {
+        base.map(|dir| {
+            Profiler::create(dir, run_id)
+                .map_err(|e| materia_common::exit::Usage(format!("--profile: {}", materia_common::exit::one_line(&e))).into())
+        })
+        .transpose()
+    }
+
     /// Profiles go to `base/run-<run_id>/`, a new directory (a run's profiles are never
     /// mixed with another's).
     pub fn create(base: &Path, run_id: i64) -> anyhow::Result<Profiler> {
@@ -52,11 +62,6 @@ impl Profiler {
         tsv.write_all(TSV_HEADER.as_bytes())?;
         log::info!("profiling every statement into {}", dir.display());
         Ok(Profiler { dir, next: Cell::new(1), tsv: RefCell::new(tsv) })
-    }
-
-    /// The run's profile directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Execute `sql` (one statement) profiled, as `model`'s `statement` (`build`,

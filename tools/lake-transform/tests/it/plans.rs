@@ -111,3 +111,20 @@ fn a_build_reads_the_releases_once_per_model_and_a_new_release_reads_no_older_on
     }
     assert!(checked >= 4, "only {checked} reads of raw.psd were checked");
 }
+
+#[test]
+fn a_profile_dir_that_cannot_be_made_is_a_bad_flag_and_the_lakehouse_is_untouched() {
+    let env = Env::new();
+    let (a, _) = two_releases();
+    env.land("2024-01", &a);
+    let not_a_dir = env.root.join("profiles");
+    std::fs::write(&not_a_dir, "a file").unwrap();
+    let run = env.run(&["run", "--profile", not_a_dir.to_str().unwrap()]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.error_line().contains("--profile: creating the profile dir"), "{run:?}");
+    assert_eq!(run.stderr.lines().filter(|l| l.contains("error")).count(), 1, "one error line: {}", run.stderr);
+    assert!(!env.data.join("lakehouse.duckdb").exists(), "nothing built");
+    assert_eq!(env.state_rows("SELECT status FROM runs WHERE tool = 'lake-transform'"), ["Text(\"failed\")"], "recorded once");
+    // Without it, the same landing builds.
+    assert_eq!(env.run(&["run"]).code, 0);
+}
