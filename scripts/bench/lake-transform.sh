@@ -9,12 +9,21 @@
 # `plan --restate-model raw.psd`, its equivalent of an ingest). Both use the pinned DuckDB (scripts/duckdb-lib.sh).
 # Wall time and peak RSS (GNU time) per step, ratios SQLMesh / lake-transform; then
 # where our first build's time goes at the largest history (`run --profile`).
+# The first builds are run MATERIA_BENCH_FIRST_BUILDS times (default 3), the two tools
+# alternating, each from nothing (no lakehouse; no SQLMesh warehouse or cache): the
+# table gives each tool's median, and a line after it every pair's ratio, since this
+# machine's speed moves by a third from one minute to the next.
 #
 # Installs SQLMesh 0.236.4 into scripts/bench/.venv on first use (PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 sizes=("$@")
 ((${#sizes[@]})) || sizes=(1 10 100)
+first_builds=${MATERIA_BENCH_FIRST_BUILDS:-3}
+if ! [[ $first_builds =~ ^[1-9][0-9]*$ ]]; then
+    echo "bench: MATERIA_BENCH_FIRST_BUILDS must be a whole number ≥ 1, not '$first_builds'" >&2
+    exit 2
+fi
 
 real=../shared/fixtures/psd_coffee_csv.zip
 if [[ ! -f $real ]]; then
@@ -45,6 +54,7 @@ for n in "${sizes[@]}"; do ((n > max)) && max=$n; done
 echo "bench: making $((max + 1)) synthetic releases" >&2
 python3 scripts/bench/gen_releases.py "$real" "$work/releases" 0 "$((max + 1))"
 
+ratios=()
 header sqlmesh
 for n in "${sizes[@]}"; do
     data=$work/n$n/data
@@ -61,7 +71,17 @@ for n in "${sizes[@]}"; do
     lt() { measure "$ours" -q --data-dir "$data" --models "$models" run; }
     sm() { (cd "$project" && measure "$sqlmesh" "$@"); }
 
-    o_first=$(lt); s_first=$(sm plan --auto-apply --no-prompts)
+    # First builds, alternating, each from nothing; the last pair's state goes on.
+    o_all=() s_all=() pairs=()
+    for ((r = 1; r <= first_builds; r++)); do
+        rm -f "$data/lakehouse.duckdb" "$data/lakehouse.duckdb.wal"
+        rm -rf "$work/n$n/warehouse.duckdb" "$work/n$n/warehouse.duckdb.wal" "$project/.cache" "$project/logs"
+        o=$(lt); s=$(sm plan --auto-apply --no-prompts)
+        o_all+=("$o") s_all+=("$s")
+        pairs+=("$(awk -v o="${o%% *}" -v s="${s%% *}" 'BEGIN { printf "%.2f", s / o }')")
+    done
+    o_first=$(printf '%s\n' "${o_all[@]}" | median); s_first=$(printf '%s\n' "${s_all[@]}" | median)
+    ratios+=("$n releases, first build, each pair (SQLMesh ÷ ours): ${pairs[*]}")
     o_same=$(lt); s_same=$(sm run)
     src=$(find "$work/releases" -name "synthetic-$n.csv.gzip")
     dst=$data/landing/${src#"$work/releases/"}
@@ -73,6 +93,8 @@ for n in "${sizes[@]}"; do
     row "$n releases" "no change" "$o_same" "$s_same"
     row "$n releases" "+1 release" "$o_new" "$s_new"
 done
+
+printf '%s\n' "${ratios[@]}"
 
 # Where our first build's time goes, at the largest history (its n + 1 releases): a
 # profiled --rebuild (`run --profile`), not one of the timed runs above (a profiled run
