@@ -45,11 +45,23 @@ UNION ALL
 ), history AS (
   -- A backfilled or re-landed month: from the commodity's whole history.
   SELECT commodity_code FROM touched EXCEPT SELECT commodity_code FROM forward
+), one_release AS (
+  SELECT count(DISTINCT release) <= 1 AS yes
+  FROM staging.psd_values WHERE @is_incremental AND _run_id = @run_id
 ), new_rows AS (
   -- A forward commodity's new rows: each key's newest, with the one before it among them.
+  -- A run that loaded one release has one new row per key and none before it: no window
+  -- (at 2M rows the window was a third of this merge). @is_incremental in both: the
+  -- scalar subquery keeps DuckDB from stopping a build's read at the empty `forward`.
+  SELECT commodity_code, country_code, market_year, attribute_id, attribute, release, value,
+         NULL::DATE AS new_previous_release, NULL::DOUBLE AS new_previous_value
+  FROM staging.psd_values WHERE @is_incremental AND _run_id = @run_id AND commodity_code IN (SELECT commodity_code FROM forward)
+    AND (SELECT yes FROM one_release)
+  UNION ALL
   SELECT commodity_code, country_code, market_year, attribute_id, attribute, release, value,
          lag(release) OVER w AS new_previous_release, lag(value) OVER w AS new_previous_value
-  FROM staging.psd_values WHERE _run_id = @run_id AND commodity_code IN (SELECT commodity_code FROM forward)
+  FROM staging.psd_values WHERE @is_incremental AND _run_id = @run_id AND commodity_code IN (SELECT commodity_code FROM forward)
+    AND NOT (SELECT yes FROM one_release)
   WINDOW w AS (PARTITION BY commodity_code, country_code, market_year, attribute_id ORDER BY release)
   QUALIFY lead(release) OVER w IS NULL
 ), forward_rows AS (
