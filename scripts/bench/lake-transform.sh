@@ -9,6 +9,10 @@
 # `plan --restate-model raw.psd`, its equivalent of an ingest). Both use the pinned DuckDB (scripts/duckdb-lib.sh).
 # Wall time and peak RSS (GNU time) per step, ratios SQLMesh / lake-transform; then
 # where our first build's time goes at the largest history (`run --profile`).
+# A +1 release is also set against the floor on that run's machine: DuckDB reading the
+# new release's file into a table of a new database (floor_read_csv.py's own time,
+# Python's start-up left out; the median of 3), as this machine's speed differs by 2x
+# from one day to another.
 # The first builds are run MATERIA_BENCH_FIRST_BUILDS times (default 3), the two tools
 # alternating, each from nothing (no lakehouse; no SQLMesh warehouse or cache): the
 # table gives each tool's median, and a line after it every pair's ratio, since this
@@ -88,6 +92,12 @@ for n in "${sizes[@]}"; do
     mkdir -p "$(dirname "$dst")"
     ln "$src" "$dst"
     o_new=$(lt); s_new=$(sm plan --restate-model raw.psd --auto-apply --no-prompts)
+    fl=$(for _ in 1 2 3; do
+        rm -f "$work/floor.duckdb"
+        "$venv/bin/python" scripts/bench/floor_read_csv.py "$work/floor.duckdb" "$src"
+    done | sort -g | sed -n 2p)
+    ratios+=("$(awk -v n="$n" -v o="${o_new%% *}" -v f="$fl" 'BEGIN {
+        printf "%s releases, +1 release: %.3f s, %.2fx the floor (DuckDB reading its file into a new table: %.3f s)", n, o, o / f, f }')")
 
     row "$n releases" "first build" "$o_first" "$s_first"
     row "$n releases" "no change" "$o_same" "$s_same"
