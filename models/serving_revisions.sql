@@ -60,17 +60,22 @@ UNION ALL
 ), older AS (
   SELECT commodity_code, release FROM months EXCEPT SELECT commodity_code, release FROM newest
 ), previous AS (
+  -- @is_incremental in this branch's reads of staging.psd_values too, though `older` is
+  -- empty in a build: on a DuckLake, DuckDB's common-subplan optimizer otherwise
+  -- materialised this read with the build branch's, every release in memory (1.9 GiB
+  -- and 1.3 s of a 100-release coffee build; tests/it/plans.rs).
   SELECT o.commodity_code, o.release AS at_release, v.country_code, v.market_year, v.attribute_id,
          max(v.release) AS previous_release, max_by(v.value, v.release) AS previous_value
   FROM staging.psd_values v
   JOIN older o ON v.commodity_code = o.commodity_code AND v.release < o.release
+  WHERE @is_incremental
   GROUP BY o.commodity_code, o.release, v.country_code, v.market_year, v.attribute_id
 )
 SELECT l.commodity_code, l.country_code, l.market_year, l.attribute_id, l.attribute,
        l.release, l.previous_release, l.value, l.previous_value, l.value - l.previous_value AS change
 FROM staging.psd_latest l
 JOIN newest n ON n.commodity_code = l.commodity_code AND n.release = l.release
-WHERE l.previous_release IS NOT NULL AND l.value IS DISTINCT FROM l.previous_value
+WHERE @is_incremental AND l.previous_release IS NOT NULL AND l.value IS DISTINCT FROM l.previous_value
 UNION ALL
 SELECT c.commodity_code, c.country_code, c.market_year, c.attribute_id, c.attribute,
        c.release, p.previous_release, c.value, p.previous_value, c.value - p.previous_value AS change
@@ -79,4 +84,4 @@ JOIN older o ON o.commodity_code = c.commodity_code AND o.release = c.release
 JOIN previous p
   ON p.commodity_code = c.commodity_code AND p.at_release = c.release AND p.country_code = c.country_code
  AND p.market_year = c.market_year AND p.attribute_id = c.attribute_id
-WHERE c.value IS DISTINCT FROM p.previous_value)
+WHERE @is_incremental AND c.value IS DISTINCT FROM p.previous_value)

@@ -11,21 +11,21 @@ fn an_incremental_by_unique_key_model_merges_on_ducklake_too() {
 
 /// A DuckLake for the tests: a real PostgreSQL as its catalog (database `lake`), moto as
 /// the S3 its data goes to (`s3://bkt/lake/`).
-struct Lake {
+pub(super) struct Lake {
     pg: Postgres,
     moto: Moto,
 }
 
 impl Lake {
     /// None (the test skips, saying so) where no PostgreSQL server is installed.
-    fn start() -> Option<Lake> {
+    pub(super) fn start() -> Option<Lake> {
         let pg = Postgres::start()?;
         pg.create_db("lake");
         Some(Lake { pg, moto: Moto::start() })
     }
 
     /// lake-transform on this lake, with `env`'s data dir (landing, state DB, locks).
-    fn run(&self, env: &Env, args: &[&str]) -> Run {
+    pub(super) fn run(&self, env: &Env, args: &[&str]) -> Run {
         let mut c = env.cmd();
         c.arg("--lakehouse").arg(format!("ducklake:postgres:{}", self.pg.conninfo("lake"))).arg("--lake-data-path").arg("s3://bkt/lake/");
         c.env(ENV_LAKE_S3_ENDPOINT, self.moto.endpoint()).env(ENV_LAKE_S3_KEY_ID, "test-key-id").env(ENV_LAKE_S3_SECRET, "test-secret");
