@@ -69,6 +69,15 @@ fn materialising_every_release(profiles: &[(String, serde_json::Value)], total: 
     out
 }
 
+/// Lands three releases of `real`, each revising another fiftieth of its values;
+/// returns raw.psd's rows after they load.
+fn land_three_revisions(env: &Env, real: &[u8]) -> u64 {
+    for (k, month) in ["2024-01", "2024-02", "2024-03"].into_iter().enumerate() {
+        env.land(month, &revised(real, k));
+    }
+    3 * (real.iter().filter(|&&b| b == b'\n').count() as u64 - 1)
+}
+
 /// The run dir `profile --dir` made for the latest run.
 fn latest_run(dir: &Path) -> PathBuf {
     let mut runs: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
@@ -80,9 +89,7 @@ fn latest_run(dir: &Path) -> PathBuf {
 fn a_build_reads_the_releases_once_per_model_and_a_new_release_reads_no_older_one() {
     let Some(real) = real_csv() else { return };
     let env = Env::new();
-    for (k, month) in ["2024-01", "2024-02", "2024-03"].into_iter().enumerate() {
-        env.land(month, &revised(&real, k));
-    }
+    let total = land_three_revisions(&env, &real);
     let dir = env.root.join("profiles");
     let run = env.run(&["run", "--profile", dir.to_str().unwrap()]);
     assert_eq!(run.code, 0, "{run:?}");
@@ -90,8 +97,7 @@ fn a_build_reads_the_releases_once_per_model_and_a_new_release_reads_no_older_on
     let tsv = std::fs::read_to_string(build.join("profile.tsv")).unwrap();
     assert!(tsv.lines().any(|l| l.starts_with("1\traw.psd\tbuild\t")), "{tsv}");
 
-    // raw.psd's rows, and how many a scan of it read (row groups its filters left).
-    let total = 3 * (real.iter().filter(|&&b| b == b'\n').count() as u64 - 1);
+    // How many rows a scan of raw.psd read (row groups its filters left).
     let scanned = |scan: &serde_json::Value| scan["operator_rows_scanned"].as_u64().unwrap();
     let mut readers = Vec::new();
     for (name, profile) in profiles(&build).iter().filter(|(n, _)| n.ends_with(".build.json")) {
@@ -148,14 +154,11 @@ fn a_build_on_ducklake_holds_no_copy_of_the_releases() {
     let Some(real) = real_csv() else { return };
     let Some(lake) = super::ducklake::Lake::start() else { return };
     let env = Env::new();
-    for (k, month) in ["2024-01", "2024-02", "2024-03"].into_iter().enumerate() {
-        env.land(month, &revised(&real, k));
-    }
+    let total = land_three_revisions(&env, &real);
     let dir = env.root.join("profiles");
     let run = lake.run(&env, &["run", "--profile", dir.to_str().unwrap()]);
     assert_eq!(run.code, 0, "{run:?}");
     let build = profiles(&latest_run(&dir));
-    let total = 3 * (real.iter().filter(|&&b| b == b'\n').count() as u64 - 1);
     // The check sees the lake's scans of raw.psd at all: a model reads every release.
     let whole =
         build.iter().filter(|(n, p)| n.ends_with(".build.json") && raw_scans(p).iter().any(|s| s["operator_cardinality"].as_u64() == Some(total)));
