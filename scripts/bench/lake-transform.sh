@@ -13,19 +13,21 @@
 # new release's file into a table of a new database (floor_read_csv.py's own time,
 # Python's start-up left out; the median of 3), as this machine's speed differs by 2x
 # from one day to another.
-# The first builds are run MATERIA_BENCH_FIRST_BUILDS times (default 3), the two tools
-# alternating, each from nothing (no lakehouse; no SQLMesh warehouse or cache): the
-# table gives each tool's median, and a line after it every pair's ratio, since this
-# machine's speed moves by a third from one minute to the next.
+# The first builds and the +1 release runs are each run MATERIA_BENCH_REPEATS times
+# (default 3), the two tools alternating: a first build each from nothing (no lakehouse;
+# no SQLMesh warehouse or cache), a +1 release each from the same state (the data dir
+# and SQLMesh's warehouse as the no-change run left them). The table gives each tool's
+# median, and a line after it every pair's ratio, since this machine's speed moves by a
+# third from one minute to the next.
 #
 # Installs SQLMesh 0.236.4 into scripts/bench/.venv on first use (PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 sizes=("$@")
 ((${#sizes[@]})) || sizes=(1 10 100)
-first_builds=${MATERIA_BENCH_FIRST_BUILDS:-3}
-if ! [[ $first_builds =~ ^[1-9][0-9]*$ ]]; then
-    echo "bench: MATERIA_BENCH_FIRST_BUILDS must be a whole number ≥ 1, not '$first_builds'" >&2
+repeats=${MATERIA_BENCH_REPEATS:-3}
+if ! [[ $repeats =~ ^[1-9][0-9]*$ ]]; then
+    echo "bench: MATERIA_BENCH_REPEATS must be a whole number ≥ 1, not '$repeats'" >&2
     exit 2
 fi
 
@@ -77,7 +79,7 @@ for n in "${sizes[@]}"; do
 
     # First builds, alternating, each from nothing; the last pair's state goes on.
     o_all=() s_all=() pairs=()
-    for ((r = 1; r <= first_builds; r++)); do
+    for ((r = 1; r <= repeats; r++)); do
         rm -f "$data/lakehouse.duckdb" "$data/lakehouse.duckdb.wal"
         rm -rf "$work/n$n/warehouse.duckdb" "$work/n$n/warehouse.duckdb.wal" "$project/.cache" "$project/logs"
         o=$(lt); s=$(sm plan --auto-apply --no-prompts)
@@ -87,11 +89,29 @@ for n in "${sizes[@]}"; do
     o_first=$(printf '%s\n' "${o_all[@]}" | median); s_first=$(printf '%s\n' "${s_all[@]}" | median)
     ratios+=("$n releases, first build, each pair (SQLMesh ÷ ours): ${pairs[*]}")
     o_same=$(lt); s_same=$(sm run)
+
+    # +1 release, each repeat from the state the no-change run left.
     src=$(find "$work/releases" -name "synthetic-$n.csv.gzip")
     dst=$data/landing/${src#"$work/releases/"}
-    mkdir -p "$(dirname "$dst")"
-    ln "$src" "$dst"
-    o_new=$(lt); s_new=$(sm plan --restate-model raw.psd --auto-apply --no-prompts)
+    before=$work/n$n/before
+    mkdir -p "$before"
+    cp -a "$data" "$before/data"
+    cp "$work/n$n/warehouse.duckdb" "$before/warehouse.duckdb"
+    o_all=() s_all=() pairs=()
+    for ((r = 1; r <= repeats; r++)); do
+        if ((r > 1)); then
+            rm -rf "$data" && cp -a "$before/data" "$data"
+            rm -f "$work/n$n/warehouse.duckdb.wal" && cp "$before/warehouse.duckdb" "$work/n$n/warehouse.duckdb"
+        fi
+        mkdir -p "$(dirname "$dst")"
+        ln "$src" "$dst"
+        o=$(lt); s=$(sm plan --restate-model raw.psd --auto-apply --no-prompts)
+        o_all+=("$o") s_all+=("$s")
+        pairs+=("$(awk -v o="${o%% *}" -v s="${s%% *}" 'BEGIN { printf "%.2f", s / o }')")
+    done
+    rm -rf "$before"
+    o_new=$(printf '%s\n' "${o_all[@]}" | median); s_new=$(printf '%s\n' "${s_all[@]}" | median)
+    ratios+=("$n releases, +1 release, each pair (SQLMesh ÷ ours): ${pairs[*]}")
     fl=$(for _ in 1 2 3; do
         rm -f "$work/floor.duckdb"
         "$venv/bin/python" scripts/bench/floor_read_csv.py "$work/floor.duckdb" "$src"
