@@ -60,6 +60,24 @@ for n in "${sizes[@]}"; do ((n > max)) && max=$n; done
 echo "bench: making $((max + 1)) synthetic releases" >&2
 python3 scripts/bench/gen_releases.py "$real" "$work/releases" 0 "$((max + 1))"
 
+# alternate LABEL PREP SQLMESH_ARGS...: $repeats times, PREP (given the repeat's number),
+# then lake-transform's run, then SQLMesh's; sets o_med and s_med to the medians and adds
+# every pair's ratio to $ratios.
+alternate() {
+    local label=$1 prep=$2 o s r o_all=() s_all=() pairs=()
+    shift 2
+    for ((r = 1; r <= repeats; r++)); do
+        "$prep" "$r"
+        o=$(lt)
+        s=$(sm "$@")
+        o_all+=("$o") s_all+=("$s")
+        pairs+=("$(awk -v o="${o%% *}" -v s="${s%% *}" 'BEGIN { printf "%.2f", s / o }')")
+    done
+    o_med=$(printf '%s\n' "${o_all[@]}" | median)
+    s_med=$(printf '%s\n' "${s_all[@]}" | median)
+    ratios+=("$label, each pair (SQLMesh ÷ ours): ${pairs[*]}")
+}
+
 ratios=()
 header sqlmesh
 for n in "${sizes[@]}"; do
@@ -77,41 +95,34 @@ for n in "${sizes[@]}"; do
     lt() { measure "$ours" -q --data-dir "$data" --models "$models" run; }
     sm() { (cd "$project" && measure "$sqlmesh" "$@"); }
 
-    # First builds, alternating, each from nothing; the last pair's state goes on.
-    o_all=() s_all=() pairs=()
-    for ((r = 1; r <= repeats; r++)); do
+    # First builds, each from nothing; the last pair's state goes on.
+    from_nothing() {
         rm -f "$data/lakehouse.duckdb" "$data/lakehouse.duckdb.wal"
         rm -rf "$work/n$n/warehouse.duckdb" "$work/n$n/warehouse.duckdb.wal" "$project/.cache" "$project/logs"
-        o=$(lt); s=$(sm plan --auto-apply --no-prompts)
-        o_all+=("$o") s_all+=("$s")
-        pairs+=("$(awk -v o="${o%% *}" -v s="${s%% *}" 'BEGIN { printf "%.2f", s / o }')")
-    done
-    o_first=$(printf '%s\n' "${o_all[@]}" | median); s_first=$(printf '%s\n' "${s_all[@]}" | median)
-    ratios+=("$n releases, first build, each pair (SQLMesh ÷ ours): ${pairs[*]}")
+    }
+    alternate "$n releases, first build" from_nothing plan --auto-apply --no-prompts
+    o_first=$o_med s_first=$s_med
     o_same=$(lt); s_same=$(sm run)
 
-    # +1 release, each repeat from the state the no-change run left.
+    # +1 release.
     src=$(find "$work/releases" -name "synthetic-$n.csv.gzip")
     dst=$data/landing/${src#"$work/releases/"}
     before=$work/n$n/before
     mkdir -p "$before"
     cp -a "$data" "$before/data"
     cp "$work/n$n/warehouse.duckdb" "$before/warehouse.duckdb"
-    o_all=() s_all=() pairs=()
-    for ((r = 1; r <= repeats; r++)); do
-        if ((r > 1)); then
+    # Each repeat lands it on the state the no-change run left.
+    land_one_more() {
+        if (($1 > 1)); then
             rm -rf "$data" && cp -a "$before/data" "$data"
             rm -f "$work/n$n/warehouse.duckdb.wal" && cp "$before/warehouse.duckdb" "$work/n$n/warehouse.duckdb"
         fi
         mkdir -p "$(dirname "$dst")"
         ln "$src" "$dst"
-        o=$(lt); s=$(sm plan --restate-model raw.psd --auto-apply --no-prompts)
-        o_all+=("$o") s_all+=("$s")
-        pairs+=("$(awk -v o="${o%% *}" -v s="${s%% *}" 'BEGIN { printf "%.2f", s / o }')")
-    done
+    }
+    alternate "$n releases, +1 release" land_one_more plan --restate-model raw.psd --auto-apply --no-prompts
+    o_new=$o_med s_new=$s_med
     rm -rf "$before"
-    o_new=$(printf '%s\n' "${o_all[@]}" | median); s_new=$(printf '%s\n' "${s_all[@]}" | median)
-    ratios+=("$n releases, +1 release, each pair (SQLMesh ÷ ours): ${pairs[*]}")
     fl=$(for _ in 1 2 3; do
         rm -f "$work/floor.duckdb"
         "$venv/bin/python" scripts/bench/floor_read_csv.py "$work/floor.duckdb" "$src"
