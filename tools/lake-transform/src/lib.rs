@@ -14,6 +14,7 @@ pub mod engine_state;
 mod header;
 mod lakehouse_file;
 pub mod landing_order;
+mod memory;
 pub mod model;
 pub mod plan;
 pub mod profile;
@@ -31,9 +32,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use materia_common::lakehouse_target::{Lakehouse, LakehouseArgs, Target};
-use materia_common::layout::{self, Layout};
+use materia_common::layout;
 use materia_common::{CommonArgs, Outcome, Report, exit};
 
+use memory::Memory;
 use plan::Action;
 use project::Project;
 
@@ -74,20 +76,6 @@ pub struct Cli {
 
     #[command(subcommand)]
     command: Command,
-}
-
-/// How much memory a run's DuckDB may use, and where it spills past that.
-struct Memory {
-    limit: String,
-    spill_dir: Option<PathBuf>,
-}
-
-impl Memory {
-    /// Bound `conn` by the limit, spilling to --spill-dir (default `DATA_DIR/spill/lake-transform`).
-    pub(crate) fn bound(&self, conn: &duckdb::Connection, layout: &Layout) -> anyhow::Result<()> {
-        let spill_dir = self.spill_dir.clone().unwrap_or_else(|| layout.spill_dir(TOOL));
-        run::bound_memory(conn, &self.limit, &std::path::absolute(spill_dir)?)
-    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,7 +3,7 @@
 //! for the whole run (models, their audits, the engine's state), or, when every model is
 //! built on the local file, a new file committed model by model and renamed over the
 //! lakehouse only when the run succeeded (lakehouse_file.rs). Also the sandbox model SQL
-//! runs in and its memory bound. How each step writes its table is in write.rs.
+//! runs in (its memory bound: memory.rs). How each step writes its table is in write.rs.
 
 use std::path::Path;
 use std::time::Instant;
@@ -132,7 +132,7 @@ pub(crate) fn build_new_file(
     steps: &[PlannedModel],
     run_id: i64,
     order: &LandingOrder,
-    memory: &crate::Memory,
+    memory: &crate::memory::Memory,
     layout: &materia_common::layout::Layout,
     landing: &Path,
     replaces_corrupt: bool,
@@ -276,27 +276,6 @@ fn blame(conn: &Connection, audit_sql: &str, loaded_now: &[String]) -> Vec<Strin
     files.dedup();
     files.truncate(5);
     files
-}
-
-/// Bound DuckDB's memory to `limit` and let it spill to `spill_dir`. DuckDB's spill
-/// files a killed run left there are removed first (only those: `duckdb_temp*` at the
-/// top, whatever else the dir holds stays); no other run uses them, as this one holds
-/// the lakehouse lock. A limit DuckDB does not accept is a usage error (exit 2).
-pub fn bound_memory(conn: &Connection, limit: &str, spill_dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(spill_dir).with_context(|| format!("creating the spill dir {}", spill_dir.display()))?;
-    for entry in std::fs::read_dir(spill_dir).with_context(|| format!("reading the spill dir {}", spill_dir.display()))? {
-        let path = entry?.path();
-        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("duckdb_temp")) && path.is_file() {
-            std::fs::remove_file(&path).with_context(|| format!("removing a stale spill file {}", path.display()))?;
-            log::info!("removed {} (spilled by a run that did not finish)", path.display());
-        }
-    }
-    let quoted = limit.replace('\'', "''");
-    conn.execute_batch(&format!("SET memory_limit = '{quoted}'"))
-        .map_err(|e| materia_common::exit::Usage(format!("--memory-limit {limit:?}: {}", first_line(e.into()))))?;
-    let dir = spill_dir.display().to_string().replace('\'', "''");
-    conn.execute_batch(&format!("SET temp_directory = '{dir}'")).context("setting DuckDB's spill dir")?;
-    Ok(())
 }
 
 /// Close the connection to the outside before any model runs: DuckDB may then read

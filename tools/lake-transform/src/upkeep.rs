@@ -29,7 +29,7 @@ pub(crate) fn extensions() -> anyhow::Result<Outcome> {
 /// `maintain`: recorded as a run of its own step (`lake-maintain`), under both writer
 /// locks (it rewrites the lake's files), which also keep it from running beside a
 /// transform.
-pub(crate) fn maintain(common: &CommonArgs, lakehouse: &LakehouseArgs, keep_days: u32, memory: &crate::Memory) -> anyhow::Result<Outcome> {
+pub(crate) fn maintain(common: &CommonArgs, lakehouse: &LakehouseArgs, keep_days: u32, memory: &crate::memory::Memory) -> anyhow::Result<Outcome> {
     materia_common::run_step(materia_common::layout::MAINTAIN_STEP, common, |step| {
         let target = lakehouse.lakehouse(step.layout.lakehouse(), DEV_EXTENSIONS)?;
         let _lock = materia_common::lock::lakehouse(&step.layout, Duration::from_secs(common.wait_lock))?;

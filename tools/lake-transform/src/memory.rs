@@ -1,0 +1,168 @@
+//! How much memory a run's DuckDB may use, where it spills past that, and the check that
+//! the limit fits under the memory the kernel allows the process (the unit's
+//! `MemoryMax=`): a limit above it would have the run killed before DuckDB spilled.
+
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::Context as _;
+use duckdb::Connection;
+use materia_common::exit::Usage;
+use materia_common::layout::Layout;
+
+/// The share of the cgroup's memory DuckDB's limit may take: the rest is the process's
+/// own (DuckDB's limit covers its buffer pool, not every allocation: a 24-release
+/// first build peaked at 4.0–4.5 GiB under a 3.7 GiB limit, README "At the
+/// all-commodities size").
+const SHARE_OF_CGROUP: (u64, u64) = (3, 4);
+
+/// How much memory a run's DuckDB may use, and where it spills past that.
+pub(crate) struct Memory {
+    pub(crate) limit: String,
+    pub(crate) spill_dir: Option<PathBuf>,
+}
+
+impl Memory {
+    /// Bound `conn` by the limit, spilling to --spill-dir (default `DATA_DIR/spill/lake-transform`).
+    pub(crate) fn bound(&self, conn: &Connection, layout: &Layout) -> anyhow::Result<()> {
+        let spill_dir = self.spill_dir.clone().unwrap_or_else(|| layout.spill_dir(crate::TOOL));
+        bound_memory(conn, &self.limit, &std::path::absolute(spill_dir)?)
+    }
+}
+
+/// Bound DuckDB's memory to `limit` and let it spill to `spill_dir`. A limit DuckDB does
+/// not accept, or one over the share of the process's cgroup limit, is a usage error
+/// (exit 2), found before anything is touched. DuckDB's spill files a killed run left
+/// are removed (only those: `duckdb_temp*` at the top, whatever else the dir holds
+/// stays); no other run uses them, as this one holds the lakehouse lock.
+fn bound_memory(conn: &Connection, limit: &str, spill_dir: &Path) -> anyhow::Result<()> {
+    let quoted = limit.replace('\'', "''");
+    conn.execute_batch(&format!("SET memory_limit = '{quoted}'"))
+        .map_err(|e| Usage(format!("--memory-limit {limit:?}: {}", e.to_string().lines().next().unwrap_or_default())))?;
+    if let Some(allowed) = cgroup_memory_max(Path::new("/sys/fs/cgroup"), &std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default()) {
+        let set: String = conn.query_row("SELECT current_setting('memory_limit')", [], |r| r.get(0))?;
+        check_fits(limit, &set, allowed)?;
+    }
+    std::fs::create_dir_all(spill_dir).with_context(|| format!("creating the spill dir {}", spill_dir.display()))?;
+    for entry in std::fs::read_dir(spill_dir).with_context(|| format!("reading the spill dir {}", spill_dir.display()))? {
+        let path = entry?.path();
+        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("duckdb_temp")) && path.is_file() {
+            std::fs::remove_file(&path).with_context(|| format!("removing a stale spill file {}", path.display()))?;
+            log::info!("removed {} (spilled by a run that did not finish)", path.display());
+        }
+    }
+    let dir = spill_dir.display().to_string().replace('\'', "''");
+    conn.execute_batch(&format!("SET temp_directory = '{dir}'")).context("setting DuckDB's spill dir")?;
+    Ok(())
+}
+
+/// DuckDB's limit as it reports it (`set`, e.g. `3.7 GiB`) against the bytes the cgroup
+/// allows: over the share, a [`Usage`] error naming both fixes.
+fn check_fits(limit: &str, set: &str, allowed: u64) -> anyhow::Result<()> {
+    let Some(bytes) = parse_duckdb_size(set) else {
+        log::debug!("DuckDB's memory limit {set:?} is not in a form this check reads; not compared with the cgroup's {allowed} bytes");
+        return Ok(());
+    };
+    let (num, den) = SHARE_OF_CGROUP;
+    let most = allowed / den * num;
+    log::debug!("DuckDB's memory limit {set} ({bytes} bytes); the cgroup allows {allowed} bytes");
+    if bytes > most {
+        return Err(Usage(format!(
+            "--memory-limit {limit:?} ({set}) is over {num}/{den} of the {:.1} GiB this process may use (its cgroup's memory.max, the unit's MemoryMax=): the run would be killed before DuckDB spilled; lower MATERIA_MEMORY_LIMIT or raise MemoryMax= in a drop-in",
+            allowed as f64 / GIB
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// The lowest `memory.max` on the way from the process's cgroup (v2, from the
+/// `/proc/self/cgroup` text) up to `root`; None without one (no limit, cgroup v1, or
+/// no memory controller).
+fn cgroup_memory_max(root: &Path, proc_self_cgroup: &str) -> Option<u64> {
+    let path = Path::new(proc_self_cgroup.lines().find_map(|l| l.strip_prefix("0::"))?.trim());
+    // The kernel's own text, but never followed out of `root`.
+    if !path.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_))) {
+        return None;
+    }
+    let mut dir = root.join(path.strip_prefix("/").unwrap_or(path));
+    let mut lowest: Option<u64> = None;
+    while dir.starts_with(root) {
+        if let Some(max) = std::fs::read_to_string(dir.join("memory.max")).ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+            lowest = Some(lowest.map_or(max, |l| l.min(max)));
+        }
+        if dir == root || !dir.pop() {
+            break;
+        }
+    }
+    lowest
+}
+
+/// A size as DuckDB prints one (`476.8 MiB`, `3.7 GiB`, `1000 bytes`) in bytes.
+fn parse_duckdb_size(s: &str) -> Option<u64> {
+    let (number, unit) = s.trim().split_once(' ')?;
+    let number: f64 = number.parse().ok()?;
+    let power = match unit {
+        "byte" | "bytes" => 0,
+        "KiB" => 1,
+        "MiB" => 2,
+        "GiB" => 3,
+        "TiB" => 4,
+        "PiB" => 5,
+        _ => return None,
+    };
+    Some((number * 1024f64.powi(power)) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duckdb_sizes_read_back_as_set() {
+        // DuckDB's own printing, not a copy of it: each limit set, then read back.
+        let conn = Connection::open_in_memory().unwrap();
+        for (limit, bytes) in [("4GB", 4_000_000_000u64), ("500MB", 500_000_000), ("12GiB", 12 << 30), ("2TB", 2_000_000_000_000)] {
+            conn.execute_batch(&format!("SET memory_limit = '{limit}'")).unwrap();
+            let set: String = conn.query_row("SELECT current_setting('memory_limit')", [], |r| r.get(0)).unwrap();
+            let read = parse_duckdb_size(&set).unwrap_or_else(|| panic!("{set:?}"));
+            // DuckDB prints one decimal.
+            assert!(read.abs_diff(bytes) < bytes / 50, "{limit}: {set} read as {read}");
+        }
+        assert_eq!(parse_duckdb_size("1000 bytes"), Some(1000));
+        assert_eq!(parse_duckdb_size("3.7 GB"), None);
+    }
+
+    #[test]
+    fn the_lowest_memory_max_on_the_way_up_counts() {
+        let root = tempfile::tempdir().unwrap();
+        let unit = root.path().join("system.slice/lake-transform.service");
+        std::fs::create_dir_all(&unit).unwrap();
+        let cgroup = "0::/system.slice/lake-transform.service\n";
+        assert_eq!(cgroup_memory_max(root.path(), cgroup), None, "no memory.max anywhere");
+        std::fs::write(unit.join("memory.max"), "max\n").unwrap();
+        std::fs::write(root.path().join("system.slice/memory.max"), "max\n").unwrap();
+        assert_eq!(cgroup_memory_max(root.path(), cgroup), None, "no limit");
+        std::fs::write(unit.join("memory.max"), "8589934592\n").unwrap();
+        assert_eq!(cgroup_memory_max(root.path(), cgroup), Some(8 << 30));
+        std::fs::write(root.path().join("system.slice/memory.max"), "4294967296\n").unwrap();
+        assert_eq!(cgroup_memory_max(root.path(), cgroup), Some(4 << 30), "the slice's is lower");
+        // cgroup v1 only (no `0::` line): nothing to compare with.
+        assert_eq!(cgroup_memory_max(root.path(), "4:memory:/system.slice/x\n"), None);
+        // A path that climbs out of the root is not followed.
+        assert_eq!(cgroup_memory_max(&unit, "0::/../../memory.max\n"), None);
+    }
+
+    #[test]
+    fn a_limit_over_three_quarters_of_the_cgroup_is_refused() {
+        let eight = 8u64 << 30;
+        assert!(check_fits("4GB", "3.7 GiB", eight).is_ok());
+        assert!(check_fits("6GiB", "6.0 GiB", eight).is_ok());
+        let err = check_fits("7GB", "6.5 GiB", eight).unwrap_err();
+        assert!(err.is::<Usage>(), "exit 2");
+        let msg = err.to_string();
+        assert!(msg.contains("\"7GB\" (6.5 GiB)") && msg.contains("8.0 GiB") && msg.contains("MemoryMax="), "{msg}");
+        assert!(check_fits("7GB", "something else", eight).is_ok(), "an unreadable size is not compared");
+    }
+}
