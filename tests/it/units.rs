@@ -119,6 +119,33 @@ const HARDENING: &[&str] = &[
     "PrivateUsers",
 ];
 
+/// A size as systemd reads one (`8G`: 1024-based), in bytes.
+fn systemd_bytes(v: &str) -> u64 {
+    let (n, power) = match v.char_indices().last() {
+        Some((i, u @ ('K' | 'M' | 'G' | 'T'))) => (&v[..i], "KMGT".find(u).unwrap() as u32 + 1),
+        _ => (v, 0),
+    };
+    n.parse::<u64>().unwrap_or_else(|_| panic!("{v}")) * 1024u64.pow(power)
+}
+
+/// The lakehouse's DuckDB steps are capped in memory, with room above DuckDB's default
+/// limit: lake-transform refuses a limit over 3/4 of its cgroup's memory.max
+/// (tools/lake-transform/src/memory.rs), so a cap below that would fail every run.
+#[test]
+fn the_duckdb_steps_memory_cap_leaves_room_above_the_default_limit() {
+    let units = units();
+    let limit = materia_common::layout::DEFAULT_MEMORY_LIMIT;
+    let limit_bytes: u64 = limit.strip_suffix("GB").and_then(|n| n.parse::<u64>().ok()).expect(limit) * 1_000_000_000;
+    for name in ["lake-transform.service", "lake-maintain.service"] {
+        let max = values(&units[name], "MemoryMax");
+        assert_eq!(max.len(), 1, "{name}: one MemoryMax=");
+        let cap = systemd_bytes(max[0]);
+        assert!(limit_bytes <= cap / 4 * 3, "{name}: MemoryMax={} leaves DuckDB's default {limit} no room", max[0]);
+    }
+    assert_eq!(systemd_bytes("8G"), 8 << 30);
+    assert_eq!(systemd_bytes("512M"), 512 << 20);
+}
+
 #[test]
 fn units_follow_the_house_rules() {
     let units = units();

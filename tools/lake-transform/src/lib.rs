@@ -63,7 +63,7 @@ pub struct Cli {
 
     /// DuckDB's memory limit for a run, in DuckDB's syntax (`4GB`, `512MB`): past it,
     /// joins, sorts and aggregates spill to --spill-dir instead of growing.
-    #[arg(long, global = true, value_name = "SIZE", default_value = "4GB", env = layout::ENV_MEMORY_LIMIT)]
+    #[arg(long, global = true, value_name = "SIZE", default_value = layout::DEFAULT_MEMORY_LIMIT, env = layout::ENV_MEMORY_LIMIT)]
     memory_limit: String,
 
     /// Where a run spills past --memory-limit; DuckDB's spill files a killed run left

@@ -117,6 +117,9 @@ pub const ENV_LAKE_TRANSFORM_FAULT: &str = "LAKE_TRANSFORM_FAULT";
 pub const ENV_MODELS: &str = "MATERIA_MODELS";
 /// lake-transform: DuckDB's memory limit.
 pub const ENV_MEMORY_LIMIT: &str = "MATERIA_MEMORY_LIMIT";
+/// lake-transform: DuckDB's memory limit when [`ENV_MEMORY_LIMIT`] is unset, in DuckDB's
+/// syntax (GB: 10^9 bytes). The units' `MemoryMax=` leaves room above it (tests/it/units.rs).
+pub const DEFAULT_MEMORY_LIMIT: &str = "4GB";
 /// lake-transform: where DuckDB spills past its memory limit.
 pub const ENV_SPILL_DIR: &str = "MATERIA_SPILL_DIR";
 /// lake-transform run: profile every statement into this directory.
