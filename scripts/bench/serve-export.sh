@@ -7,6 +7,8 @@
 # 100 synthetic releases (medians of 5); then
 # the latency of a reader that follows the reader contract (reader_latency.py, the
 # Python duckdb of the pinned version) while exports keep replacing analytics.duckdb.
+# MATERIA_BENCH_ALL_COMMODITIES=N adds a lakehouse of N all-commodities releases
+# (gen_series.py: 2M rows, 2 % revised a release; ~1 GB of disk and a few minutes at 24).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 real=../shared/fixtures/psd_coffee_csv.zip
@@ -30,17 +32,31 @@ bump() {
     "$python" -c "import duckdb,sys; c=duckdb.connect(sys.argv[1]); c.execute('UPDATE _materia.models SET run_id = run_id + 1')" "$1/lakehouse.duckdb"
 }
 
+scale=${MATERIA_BENCH_ALL_COMMODITIES:-0}
+if ! [[ $scale =~ ^[0-9]+$ ]]; then
+    echo "bench: MATERIA_BENCH_ALL_COMMODITIES must be a number of releases, not $scale" >&2
+    exit 2
+fi
+cases=(1 100)
+((scale > 0)) && cases+=("all$scale")
+
 header peer
-for n in 1 100; do
+for n in "${cases[@]}"; do
     data=$work/n$n
-    python3 scripts/bench/gen_releases.py "$real" "$data/landing" 0 "$n"
+    if [[ $n == all* ]]; then
+        python3 scripts/bench/gen_series.py 2000000 "$data/landing" "$scale" 0.02 >/dev/null
+    else
+        python3 scripts/bench/gen_releases.py "$real" "$data/landing" 0 "$n"
+    fi
     "$bin/lake-transform" -q --data-dir "$data" --models "$models" run >/dev/null 2>&1 || true
     ours=$(for _ in 1 2 3 4 5; do bump "$data"; measure "$bin/serve-export" -q --data-dir "$data"; done | median)
     original=$(for _ in 1 2 3 4 5; do measure "$python" scripts/bench/python_export.py "$data/lakehouse.duckdb" "$work/python.duckdb"; done | median)
     peer=$(for _ in 1 2 3 4 5; do rm -f "$work/copy"; measure cp "$data/analytics.duckdb" "$work/copy"; done | median)
     size=$(du -m "$data/analytics.duckdb" | cut -f1)
-    row "$n release(s), ${size} MB" "vs Python export" "$ours" "$original"
-    row "$n release(s), ${size} MB" "vs cp" "$ours" "$peer"
+    label="$n release(s), ${size} MB"
+    [[ $n == all* ]] && label="${scale} x 2M rows, ${size} MB"
+    row "$label" "vs Python export" "$ours" "$original"
+    row "$label" "vs cp" "$ours" "$peer"
 done
 
 echo

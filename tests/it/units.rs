@@ -94,8 +94,9 @@ fn systemd_analyze_verify_is_clean() {
     assert!(out.contains("Failed to parse service type"), "{out}");
 }
 
-/// Hardening every service has, or explains with `# no X: reason`.
+/// Hardening (and the memory cap) every service has, or explains with `# no X: reason`.
 const HARDENING: &[&str] = &[
+    "MemoryMax",
     "ProtectSystem",
     "ReadWritePaths",
     "NoNewPrivileges",

@@ -31,7 +31,7 @@ impl Memory {
 
 /// Bound DuckDB's memory to `limit` and let it spill to `spill_dir`. A limit DuckDB does
 /// not accept, or one over the share of the process's cgroup limit, is a usage error
-/// (exit 2), found before anything is touched. DuckDB's spill files a killed run left
+/// (exit 2), found before any model runs. DuckDB's spill files a killed run left
 /// are removed (only those: `duckdb_temp*` at the top, whatever else the dir holds
 /// stays); no other run uses them, as this one holds the lakehouse lock.
 fn bound_memory(conn: &Connection, limit: &str, spill_dir: &Path) -> anyhow::Result<()> {
@@ -67,7 +67,7 @@ fn check_fits(limit: &str, set: &str, allowed: u64) -> anyhow::Result<()> {
     log::debug!("DuckDB's memory limit {set} ({bytes} bytes); the cgroup allows {allowed} bytes");
     if bytes > most {
         return Err(Usage(format!(
-            "--memory-limit {limit:?} ({set}) is over {num}/{den} of the {:.1} GiB this process may use (its cgroup's memory.max, the unit's MemoryMax=): the run would be killed before DuckDB spilled; lower MATERIA_MEMORY_LIMIT or raise MemoryMax= in a drop-in",
+            "--memory-limit {limit:?} ({set}) is over {num}/{den} of the {:.1} GiB this process may use (its cgroup's limit: the unit's MemoryMax=): the run would be killed before DuckDB spilled; lower MATERIA_MEMORY_LIMIT or raise MemoryMax= in a drop-in",
             allowed as f64 / GIB
         ))
         .into());
@@ -77,22 +77,44 @@ fn check_fits(limit: &str, set: &str, allowed: u64) -> anyhow::Result<()> {
 
 const GIB: f64 = (1u64 << 30) as f64;
 
-/// The lowest `memory.max` on the way from the process's cgroup (v2, from the
-/// `/proc/self/cgroup` text) up to `root`; None without one (no limit, cgroup v1, or
-/// no memory controller).
+/// The lowest memory limit on the way from the process's cgroups (from the
+/// `/proc/self/cgroup` text) up to the hierarchy's root under `root`: v2's `memory.max`
+/// (the server's unified hierarchy), v1's `memory.limit_in_bytes` (under `root/memory`,
+/// a hybrid host's). None without one: no limit, or no memory controller.
 fn cgroup_memory_max(root: &Path, proc_self_cgroup: &str) -> Option<u64> {
-    let path = Path::new(proc_self_cgroup.lines().find_map(|l| l.strip_prefix("0::"))?.trim());
-    // The kernel's own text, but never followed out of `root`.
+    let mut lowest: Option<u64> = None;
+    for line in proc_self_cgroup.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next()) else {
+            continue;
+        };
+        let (hierarchy, file) = match controllers {
+            "" => (root.to_path_buf(), "memory.max"),
+            c if c.split(',').any(|c| c == "memory") => (root.join("memory"), "memory.limit_in_bytes"),
+            _ => continue,
+        };
+        if let Some(max) = lowest_on_the_way_up(&hierarchy, Path::new(path.trim()), file) {
+            lowest = Some(lowest.map_or(max, |l| l.min(max)));
+        }
+    }
+    lowest
+}
+
+/// The lowest limit in `file` from `hierarchy/path` up to `hierarchy`.
+fn lowest_on_the_way_up(hierarchy: &Path, path: &Path, file: &str) -> Option<u64> {
+    // The kernel's own text, but never followed out of the hierarchy.
     if !path.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_))) {
         return None;
     }
-    let mut dir = root.join(path.strip_prefix("/").unwrap_or(path));
+    let mut dir = hierarchy.join(path.strip_prefix("/").unwrap_or(path));
     let mut lowest: Option<u64> = None;
-    while dir.starts_with(root) {
-        if let Some(max) = std::fs::read_to_string(dir.join("memory.max")).ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+    loop {
+        // v2 says `max`, v1 a number near 2^63, for no limit.
+        let limit = std::fs::read_to_string(dir.join(file)).ok().and_then(|s| s.trim().parse::<u64>().ok()).filter(|&b| b < 1 << 60);
+        if let Some(max) = limit {
             lowest = Some(lowest.map_or(max, |l| l.min(max)));
         }
-        if dir == root || !dir.pop() {
+        if dir == hierarchy || !dir.pop() || !dir.starts_with(hierarchy) {
             break;
         }
     }
@@ -148,10 +170,18 @@ mod tests {
         assert_eq!(cgroup_memory_max(root.path(), cgroup), Some(8 << 30));
         std::fs::write(root.path().join("system.slice/memory.max"), "4294967296\n").unwrap();
         assert_eq!(cgroup_memory_max(root.path(), cgroup), Some(4 << 30), "the slice's is lower");
-        // cgroup v1 only (no `0::` line): nothing to compare with.
-        assert_eq!(cgroup_memory_max(root.path(), "4:memory:/system.slice/x\n"), None);
         // A path that climbs out of the root is not followed.
         assert_eq!(cgroup_memory_max(&unit, "0::/../../memory.max\n"), None);
+        // v1 (a hybrid host): memory.limit_in_bytes under memory/, "unlimited" a number near 2^63.
+        let v1 = root.path().join("memory/process_api/x");
+        std::fs::create_dir_all(&v1).unwrap();
+        std::fs::write(v1.join("memory.limit_in_bytes"), "9223372036854771712\n").unwrap();
+        let hybrid = "4:memory:/process_api/x\n2:cpuacct,cpu:/\n0::/\n";
+        assert_eq!(cgroup_memory_max(root.path(), hybrid), None);
+        std::fs::write(v1.join("memory.limit_in_bytes"), "2147483648\n").unwrap();
+        assert_eq!(cgroup_memory_max(root.path(), hybrid), Some(2 << 30));
+        // Both: the lower counts.
+        assert_eq!(cgroup_memory_max(root.path(), &format!("{hybrid}{cgroup}")), Some(2 << 30));
     }
 
     #[test]

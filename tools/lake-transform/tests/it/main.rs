@@ -16,6 +16,7 @@ use materia_test_support::postgres::Postgres;
 
 mod ducklake;
 mod integrity;
+mod memory;
 mod models;
 mod plans;
 mod runs;

@@ -1,5 +1,5 @@
 //! Runs: a first build of the real release, incremental releases, all-or-nothing on a
-//! failed audit or a `kill -9`, one writer, the memory bound, model kinds.
+//! failed audit or a `kill -9`, one writer, model kinds (the memory bound: memory.rs).
 
 use super::*;
 
@@ -334,42 +334,4 @@ fn session_properties_apply_to_their_model_only() {
     // 300 MB is 286.1 MiB; DuckDB shows it to 0.1 MiB, so the value put back can be 0.1 lower.
     let after = env.rows("SELECT mem FROM staging.after");
     assert!(after == ["286.1 MiB"] || after == ["286.0 MiB"], "the run's limit, put back: {after:?}");
-}
-
-#[test]
-fn a_run_is_bounded_by_its_memory_limit_and_removes_what_a_killed_run_spilled() {
-    let Some(real) = real_csv() else { return };
-    let env = Env::new();
-    let real = String::from_utf8(real).unwrap();
-    for (i, month) in ["2023-01", "2023-02", "2023-03", "2023-04"].into_iter().enumerate() {
-        // Each month revises a few values (psd-extract lands no content twice).
-        env.land(month, real.replacen(".0000\r\n", ".5000\r\n", i + 1).as_bytes());
-    }
-    // A limit DuckDB does not take is a usage error, before any model runs.
-    let run = env.run(&["--memory-limit", "lots", "run"]);
-    assert_eq!(run.code, 2, "{run:?}");
-    assert!(run.error_line().contains("--memory-limit \"lots\""), "{}", run.error_line());
-    assert!(!env.data.join("lakehouse.duckdb").exists() || env.rows("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'raw'").is_empty());
-
-    // What a killed run spilled is garbage: the next run removes it (only it).
-    let spill = env.data.join("spill/lake-transform");
-    std::fs::create_dir_all(&spill).unwrap();
-    std::fs::write(spill.join("duckdb_temp_storage_S32K-0.tmp"), vec![0u8; 4096]).unwrap();
-    std::fs::write(spill.join("notes.txt"), "an operator's file").unwrap();
-
-    // The limit is applied: 20 MB cannot hold the reader's buffers, so the run fails
-    // cleanly (rolled back, one line naming the memory), instead of growing.
-    let run = env.run(&["--memory-limit", "20MB", "run"]);
-    assert_eq!(run.code, 1, "{run:?}");
-    assert!(run.error_line().contains("Out of Memory"), "{}", run.error_line());
-    assert!(!spill.join("duckdb_temp_storage_S32K-0.tmp").exists(), "the stale spill file is removed");
-    assert_eq!(std::fs::read_to_string(spill.join("notes.txt")).unwrap(), "an operator's file");
-    assert!(env.rows("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'raw'").is_empty(), "nothing half-written");
-
-    // From the environment, as the unit's configuration sets it: a workable limit builds.
-    let run =
-        Run::from(env.cmd().env("MATERIA_MEMORY_LIMIT", "1GB").env("MATERIA_SPILL_DIR", env.root.join("elsewhere")).arg("run").output().unwrap());
-    assert_eq!(run.code, 0, "{run:?}");
-    assert!(env.root.join("elsewhere").is_dir(), "the spill dir from MATERIA_SPILL_DIR is made");
-    assert_eq!(env.rows("SELECT count(*) FROM raw.psd"), [(4 * 77_957).to_string()]);
 }
