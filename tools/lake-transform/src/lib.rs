@@ -266,11 +266,16 @@ fn transform(
     }
     let t = std::time::Instant::now();
     let landing = std::path::absolute(step.layout.landing())?;
-    let mut conn = match target.open(false) {
+    let mut corrupt = false;
+    let mut conn = match target.open_unless_new() {
+        // No local file yet (nor a WAL of one): a first build writes a new file; nothing
+        // is opened, so a run that fails before it (a memory limit refused) creates none.
+        Ok(None) => None,
         // A local file DuckDB finds corrupt: a rebuild writes a new one from landing/
         // without reading it (a run fails, exit 6, naming this fix).
         Err(e) if rebuild && target.is_corrupt(&e) => {
             log::warn!("{}; this run rebuilds it", exit::one_line(&e));
+            corrupt = true;
             // A WAL beside it could only ever be replayed onto that file: it would
             // stop the new file's publish (and must never meet the new file).
             if let Target::File(path) = &target.target
@@ -283,7 +288,7 @@ fn transform(
             None
         }
         conn => {
-            let conn = conn?;
+            let conn = conn?.context("the lakehouse was not opened")?;
             log::debug!("opened {} in {:?}", target.describe(), t.elapsed());
             memory.bound(&conn, &step.layout)?;
             run::sandbox(&conn, &landing, &target.data_paths())?;
@@ -294,7 +299,9 @@ fn transform(
     let aside = quarantine::active(&step.db)?;
     let order = landing_order::read(&step.db)?;
     let aside = aside.keys().cloned().collect();
+    let opened = conn.is_some();
     let steps = plan_steps(&project, &mut conn, target, &landing, rebuild, &aside)?;
+    corrupt |= opened && conn.is_none(); // planning found it corrupt
     log::debug!("planned in {:?}", t.elapsed());
     if steps.iter().all(|s| s.action == Action::Skip) {
         let summary = format!("nothing to do: {} models unchanged", steps.len());
@@ -313,7 +320,7 @@ fn transform(
         Target::File(path) if steps.iter().all(|s| matches!(s.action, Action::Build | Action::Drop)) => {
             // Keep what it replaces when the rebuild found the file corrupt (no connection:
             // opening or planning), or an earlier run or `maintain` did.
-            let replaces_corrupt = conn.is_none() || lakehouse_file::found_corrupt_since_new_file(&step.db, step.run_id)?;
+            let replaces_corrupt = corrupt || lakehouse_file::found_corrupt_since_new_file(&step.db, step.run_id)?;
             new_file = true;
             drop(conn);
             run::build_new_file(path, &project, &steps, step.run_id, &order, memory, &step.layout, &landing, replaces_corrupt, profiler)?

@@ -6,7 +6,7 @@
 //! named `lakehouse`, so the models, the engine's state (`_materia`) and the audits run
 //! unchanged; a run is one transaction, which on DuckLake is one snapshot.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use duckdb::Connection;
 
@@ -238,6 +238,17 @@ impl Lakehouse {
         self.open_as(read_only, !read_only)
     }
 
+    /// Open it for writing, as [`open`](Self::open), but not a local file that is not
+    /// there yet (nor its WAL, nor a symlink to it): `None`, for a writer that then
+    /// builds a whole new file, so nothing is created before it (a DuckLake is opened,
+    /// and created on first use).
+    pub fn open_unless_new(&self) -> anyhow::Result<Option<Connection>> {
+        match &self.target {
+            Target::File(path) if !present(path) && !present(&duckdb_config::wal_path(path)) => Ok(None),
+            _ => self.open(false).map(Some),
+        }
+    }
+
     /// `create`: a DuckLake's catalog tables may be created (a read-only attach never
     /// creates them; the local file is created by the write that needs it).
     fn open_as(&self, read_only: bool, create: bool) -> anyhow::Result<Connection> {
@@ -284,6 +295,11 @@ impl Lakehouse {
             Target::DuckLake { data_path, .. } => vec![data_path.clone()],
         }
     }
+}
+
+/// Is there anything at `path` (a dangling symlink counts: opening it creates its target)?
+fn present(path: &Path) -> bool {
+    !matches!(std::fs::symlink_metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
 }
 
 /// The DuckLake writer lock's key: a PostgreSQL advisory lock in the catalog's database
