@@ -4,7 +4,6 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use anyhow::Context as _;
 use duckdb::Connection;
 use materia_common::exit::Usage;
 use materia_common::layout::Layout;
@@ -42,17 +41,7 @@ fn bound_memory(conn: &Connection, limit: &str, spill_dir: &Path) -> anyhow::Res
         let set: String = conn.query_row("SELECT current_setting('memory_limit')", [], |r| r.get(0))?;
         check_fits(limit, &set, allowed)?;
     }
-    std::fs::create_dir_all(spill_dir).with_context(|| format!("creating the spill dir {}", spill_dir.display()))?;
-    for entry in std::fs::read_dir(spill_dir).with_context(|| format!("reading the spill dir {}", spill_dir.display()))? {
-        let path = entry?.path();
-        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("duckdb_temp")) && path.is_file() {
-            std::fs::remove_file(&path).with_context(|| format!("removing a stale spill file {}", path.display()))?;
-            log::info!("removed {} (spilled by a run that did not finish)", path.display());
-        }
-    }
-    let dir = spill_dir.display().to_string().replace('\'', "''");
-    conn.execute_batch(&format!("SET temp_directory = '{dir}'")).context("setting DuckDB's spill dir")?;
-    Ok(())
+    materia_common::duckdb_config::spill_to(conn, spill_dir)
 }
 
 /// DuckDB's limit as it reports it (`set`, e.g. `3.7 GiB`) against the bytes the cgroup

@@ -126,3 +126,20 @@ pub fn load(conn: &duckdb::Connection, name: &str, dev: Option<&str>) -> anyhow:
         )
     })
 }
+
+/// Let `conn`'s DuckDB spill to `dir` (absolute) past its memory limit instead of
+/// failing, after removing the spill files a killed run left there (only DuckDB's,
+/// `duckdb_temp*` at the top: whatever else the dir holds stays). The caller holds the
+/// lock of the one step that spills there, so no running DuckDB owns those files.
+pub fn spill_to(conn: &duckdb::Connection, dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating the spill dir {}", dir.display()))?;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading the spill dir {}", dir.display()))? {
+        let path = entry?.path();
+        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("duckdb_temp")) && path.is_file() {
+            std::fs::remove_file(&path).with_context(|| format!("removing a stale spill file {}", path.display()))?;
+            log::info!("removed {} (spilled by a run that did not finish)", path.display());
+        }
+    }
+    conn.execute_batch(&format!("SET temp_directory = {}", sql_string(&dir.display().to_string()))).context("setting DuckDB's spill dir")
+}

@@ -87,6 +87,9 @@ fn publish(common: &CommonArgs, lakehouse: &LakehouseArgs) -> anyhow::Result<Out
         };
         let t = std::time::Instant::now();
         let db = Connection::open_in_memory_with_flags(duckdb_config::config(DEV_EXTENSIONS)?)?;
+        // Past DuckDB's memory limit (its default: 80 % of the memory the unit allows) the
+        // copy spills here, not into `.tmp` in the working dir (read-only in the unit).
+        duckdb_config::spill_to(&db, &std::path::absolute(layout.spill_dir(TOOL))?)?;
         let snapshot = lakehouse.attach_read(&db)?;
         log::debug!("attached {} in {:?}", lakehouse.describe(), t.elapsed());
         // A corrupt block of the local file, found as the reads below reach it: exit 6,

@@ -152,6 +152,24 @@ fn kill_9_at_any_moment_leaves_a_complete_published_file() {
     assert!(env.strays().is_empty(), "the next run cleared what the killed ones left: {:?}", env.strays());
 }
 
+/// Past DuckDB's memory limit an export spills to `DATA_DIR/spill/serve-export` (the
+/// unit's working dir is read-only); what a killed export spilled there is removed by
+/// the next one, and only that.
+#[test]
+fn an_export_spills_to_its_own_dir_and_clears_what_a_killed_one_spilled() {
+    let env = Env::new();
+    env.lakehouse(1, 100);
+    let spill = env.data.join("spill/serve-export");
+    std::fs::create_dir_all(&spill).unwrap();
+    std::fs::write(spill.join("duckdb_temp_storage_DEFAULT-0.tmp"), vec![0u8; 4096]).unwrap();
+    std::fs::write(spill.join("notes.txt"), "an operator's file").unwrap();
+    let run = env.run(&[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(!spill.join("duckdb_temp_storage_DEFAULT-0.tmp").exists(), "the stale spill file is removed");
+    assert_eq!(std::fs::read_to_string(spill.join("notes.txt")).unwrap(), "an operator's file");
+    assert_eq!(env.read(&env.analytics()).0, 1);
+}
+
 /// A tmpfs mounted for one test, unmounted on drop.
 struct Tmpfs(PathBuf);
 
