@@ -62,9 +62,11 @@ pub struct Cli {
     models: Option<PathBuf>,
 
     /// DuckDB's memory limit for a run, in DuckDB's syntax (`4GB`, `512MB`): past it,
-    /// joins, sorts and aggregates spill to --spill-dir instead of growing.
-    #[arg(long, global = true, value_name = "SIZE", default_value = layout::DEFAULT_MEMORY_LIMIT, env = layout::ENV_MEMORY_LIMIT)]
-    memory_limit: String,
+    /// joins, sorts and aggregates spill to --spill-dir instead of growing. One over 3/4
+    /// of the memory the process's cgroup allows (the unit's `MemoryMax=`) is refused
+    /// [default: 4GB, or 3/4 of the cgroup's memory when that is less].
+    #[arg(long, global = true, value_name = "SIZE", env = layout::ENV_MEMORY_LIMIT)]
+    memory_limit: Option<String>,
 
     /// Where a run spills past --memory-limit; DuckDB's spill files a killed run left
     /// there are removed by the next [default: DATA_DIR/spill/lake-transform].

@@ -6,7 +6,7 @@ use std::path::{Component, Path, PathBuf};
 
 use duckdb::Connection;
 use materia_common::exit::Usage;
-use materia_common::layout::Layout;
+use materia_common::layout::{DEFAULT_MEMORY_LIMIT, Layout};
 
 /// The share of the cgroup's memory DuckDB's limit may take: the rest is the process's
 /// own (DuckDB's limit covers its buffer pool, not every allocation: a 24-release
@@ -16,7 +16,8 @@ const SHARE_OF_CGROUP: (u64, u64) = (3, 4);
 
 /// How much memory a run's DuckDB may use, and where it spills past that.
 pub(crate) struct Memory {
-    pub(crate) limit: String,
+    /// As given (`--memory-limit`, `MATERIA_MEMORY_LIMIT`); None: [`default_limit`].
+    pub(crate) limit: Option<String>,
     pub(crate) spill_dir: Option<PathBuf>,
 }
 
@@ -24,22 +25,51 @@ impl Memory {
     /// Bound `conn` by the limit, spilling to --spill-dir (default `DATA_DIR/spill/lake-transform`).
     pub(crate) fn bound(&self, conn: &Connection, layout: &Layout) -> anyhow::Result<()> {
         let spill_dir = self.spill_dir.clone().unwrap_or_else(|| layout.spill_dir(crate::TOOL));
-        bound_memory(conn, &self.limit, &std::path::absolute(spill_dir)?)
+        bound_memory(conn, self.limit.as_deref(), &std::path::absolute(spill_dir)?)
     }
 }
 
-/// Bound DuckDB's memory to `limit` and let it spill to `spill_dir`. A limit DuckDB does
-/// not accept, or one over the share of the process's cgroup limit, is a usage error
-/// (exit 2), found before any model runs. DuckDB's spill files a killed run left
+/// The limit when none is given: [`DEFAULT_MEMORY_LIMIT`], or the share of the memory
+/// the cgroup allows (`allowed`, bytes) when that is less (in whole MiB, rounded down),
+/// so a unit given a smaller `MemoryMax=` runs without its limit set as well.
+fn default_limit(allowed: Option<u64>) -> String {
+    let (num, den) = SHARE_OF_CGROUP;
+    match allowed.map(|a| a / den * num) {
+        Some(most) if most < DEFAULT_MEMORY_LIMIT_BYTES => format!("{}MiB", most >> 20),
+        _ => DEFAULT_MEMORY_LIMIT.to_owned(),
+    }
+}
+
+/// [`DEFAULT_MEMORY_LIMIT`] in bytes (DuckDB's GB: 10^9 bytes; a unit test checks it).
+const DEFAULT_MEMORY_LIMIT_BYTES: u64 = 4_000_000_000;
+
+/// Bound DuckDB's memory to `limit` (None: [`default_limit`]) and let it spill to
+/// `spill_dir`. A limit DuckDB does not accept, or one given over the share of the
+/// process's cgroup limit, is a usage error (exit 2), found before any model runs. DuckDB's spill files a killed run left
 /// are removed (only those: `duckdb_temp*` at the top, whatever else the dir holds
 /// stays); no other run uses them, as this one holds the lakehouse lock.
-fn bound_memory(conn: &Connection, limit: &str, spill_dir: &Path) -> anyhow::Result<()> {
-    let quoted = limit.replace('\'', "''");
-    conn.execute_batch(&format!("SET memory_limit = '{quoted}'"))
+fn bound_memory(conn: &Connection, limit: Option<&str>, spill_dir: &Path) -> anyhow::Result<()> {
+    let allowed = cgroup_memory_max(Path::new("/sys/fs/cgroup"), &std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default());
+    let explicit = limit.is_some();
+    let limit = match limit {
+        Some(given) => given.to_owned(),
+        None => {
+            let limit = default_limit(allowed);
+            if limit != DEFAULT_MEMORY_LIMIT {
+                log::info!(
+                    "memory limit {limit}: 3/4 of the {:.1} GiB this process may use, less than the default {DEFAULT_MEMORY_LIMIT}",
+                    allowed.unwrap_or(0) as f64 / GIB
+                );
+            }
+            limit
+        }
+    };
+    conn.execute_batch(&format!("SET memory_limit = {}", materia_common::duckdb_config::sql_string(&limit)))
         .map_err(|e| Usage(format!("--memory-limit {limit:?}: {}", e.to_string().lines().next().unwrap_or_default())))?;
-    if let Some(allowed) = cgroup_memory_max(Path::new("/sys/fs/cgroup"), &std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default()) {
+    // The default fits by its making (DuckDB prints sizes rounded: not compared again).
+    if let Some(allowed) = allowed.filter(|_| explicit) {
         let set: String = conn.query_row("SELECT current_setting('memory_limit')", [], |r| r.get(0))?;
-        check_fits(limit, &set, allowed)?;
+        check_fits(&limit, &set, allowed)?;
     }
     materia_common::duckdb_config::spill_to(conn, spill_dir)
 }
@@ -143,6 +173,24 @@ mod tests {
         }
         assert_eq!(parse_duckdb_size("1000 bytes"), Some(1000));
         assert_eq!(parse_duckdb_size("3.7 GB"), None);
+    }
+
+    #[test]
+    fn the_default_limit_is_lowered_to_what_the_cgroup_allows() {
+        assert_eq!(DEFAULT_MEMORY_LIMIT.strip_suffix("GB").and_then(|n| n.parse::<u64>().ok()), Some(DEFAULT_MEMORY_LIMIT_BYTES / 1_000_000_000));
+        assert_eq!(default_limit(None), DEFAULT_MEMORY_LIMIT);
+        assert_eq!(default_limit(Some(8 << 30)), DEFAULT_MEMORY_LIMIT);
+        assert_eq!(default_limit(Some(4 << 30)), "3072MiB");
+        assert_eq!(default_limit(Some(1000 << 20)), "750MiB");
+        // DuckDB takes it, at 3/4 of the cgroup or less.
+        let conn = Connection::open_in_memory().unwrap();
+        for allowed in [4u64 << 30, 1000 << 20, (5 << 30) + 12345] {
+            let limit = default_limit(Some(allowed));
+            conn.execute_batch(&format!("SET memory_limit = '{limit}'")).unwrap();
+            let set: String = conn.query_row("SELECT current_setting('memory_limit')", [], |r| r.get(0)).unwrap();
+            let bytes = parse_duckdb_size(&set).unwrap();
+            assert!(bytes <= allowed / 4 * 3 + (64 << 20), "{limit} is {set}, for {allowed}"); // DuckDB prints one decimal
+        }
     }
 
     #[test]

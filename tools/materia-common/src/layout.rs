@@ -31,7 +31,7 @@
 //! | `PSD_BASE_URL` | psd-extract | PSD Online base URL (default `https://apps.fas.usda.gov/psdonline`) |
 //! | `PSD_FILES` | psd-extract | comma-separated PSD file names (default `psd_coffee_csv.zip`) |
 //! | `MATERIA_MODELS` | lake-transform | the models folder (default: the release's `models/`) |
-//! | `MATERIA_MEMORY_LIMIT` | lake-transform | DuckDB's memory limit, past which it spills to disk (default `4GB`) |
+//! | `MATERIA_MEMORY_LIMIT` | lake-transform | DuckDB's memory limit, past which it spills to disk (default `4GB`, or 3/4 of the cgroup's memory when less) |
 //! | `MATERIA_SPILL_DIR` | lake-transform | where DuckDB spills (default `DATA_DIR/spill/lake-transform`) |
 //! | `MATERIA_PROFILE_DIR` | lake-transform run | profile every statement into this dir (`--profile`) |
 //! | `MATERIA_LAKEHOUSE` | lake-transform | where the lakehouse is: unset, the local `DATA_DIR/lakehouse.duckdb`; `ducklake:postgres:CONNINFO`, a DuckLake |
@@ -118,7 +118,8 @@ pub const ENV_MODELS: &str = "MATERIA_MODELS";
 /// lake-transform: DuckDB's memory limit.
 pub const ENV_MEMORY_LIMIT: &str = "MATERIA_MEMORY_LIMIT";
 /// lake-transform: DuckDB's memory limit when [`ENV_MEMORY_LIMIT`] is unset, in DuckDB's
-/// syntax (GB: 10^9 bytes). The units' `MemoryMax=` leaves room above it (tests/it/units.rs).
+/// syntax (GB: 10^9 bytes), unless 3/4 of the process's cgroup memory is less. The units'
+/// `MemoryMax=` leaves room above it (tests/it/units.rs).
 pub const DEFAULT_MEMORY_LIMIT: &str = "4GB";
 /// lake-transform: where DuckDB spills past its memory limit.
 pub const ENV_SPILL_DIR: &str = "MATERIA_SPILL_DIR";

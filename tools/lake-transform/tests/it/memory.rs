@@ -97,28 +97,36 @@ impl Drop for MemoryCgroup {
 }
 
 /// Under a unit's `MemoryMax=` the kernel kills a process that outgrows it before DuckDB
-/// would spill; so a limit over 3/4 of the memory the cgroup allows is refused before
-/// any model runs, naming both settings, and one under it runs.
+/// would spill; so a limit given over 3/4 of the memory the cgroup allows is refused
+/// before any model runs, naming both settings, and the default is lowered to fit.
 #[test]
-fn a_memory_limit_the_cgroup_cannot_hold_is_refused_before_the_run() {
+fn a_memory_limit_the_cgroup_cannot_hold_is_refused_and_the_default_fits_it() {
     let Some(cgroup) = MemoryCgroup::new(4 << 30) else { return };
     let env = Env::new();
     env.land("2024-01", &csv(&balance("BR", 2023, 1.0)));
-    // The default, 4GB (3.7 GiB), is over 3/4 of 4 GiB.
+    // 4GB (3.7 GiB), the default outside, is over 3/4 of 4 GiB.
     let mut cmd = env.cmd();
-    cmd.arg("run");
+    cmd.args(["--memory-limit", "4GB", "run"]);
     let run = Run::from(cgroup.wrap(&cmd).output().unwrap());
     assert_eq!(run.code, 2, "{run:?}");
     let line = run.error_line();
     assert!(line.contains(r#"--memory-limit "4GB" (3.7 GiB)"#) && line.contains("4.0 GiB") && line.contains("MemoryMax="), "{line}");
     assert!(!env.data.join("lakehouse.duckdb").exists(), "nothing built, nor an empty lakehouse created");
-    // The failure left nothing that stops the next run, with a limit that fits.
+    // With none given, the default is 3/4 of the cgroup's memory, and the run builds.
     let mut cmd = env.cmd();
-    cmd.args(["--memory-limit", "2GB", "run"]);
+    cmd.arg("run");
     let run = Run::from(cgroup.wrap(&cmd).output().unwrap());
     assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("memory limit 3072MiB: 3/4 of the 4.0 GiB this process may use"), "{}", run.stderr);
     assert_eq!(env.rows("SELECT count(*) > 0 FROM raw.psd"), ["true"]);
-    // Outside the cgroup the default runs as before.
+    // One that fits, from the environment as a unit's configuration sets it.
     env.land("2024-02", &csv(&balance("BR", 2023, 2.0)));
+    let mut cmd = env.cmd();
+    cmd.env("MATERIA_MEMORY_LIMIT", "2GB").arg("run");
+    let run = Run::from(cgroup.wrap(&cmd).output().unwrap());
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(!run.stderr.contains("memory limit"), "{}", run.stderr);
+    // Outside the cgroup the default runs as before.
+    env.land("2024-03", &csv(&balance("BR", 2023, 3.0)));
     assert_eq!(env.run(&["run"]).code, 0);
 }
