@@ -44,10 +44,10 @@ fn default_limit(allowed: Option<u64>) -> String {
 const DEFAULT_MEMORY_LIMIT_BYTES: u64 = 4_000_000_000;
 
 /// Bound DuckDB's memory to `limit` (None: [`default_limit`]) and let it spill to
-/// `spill_dir`. A limit DuckDB does not accept, or one given over the share of the
-/// process's cgroup limit, is a usage error (exit 2), found before any model runs. DuckDB's spill files a killed run left
-/// are removed (only those: `duckdb_temp*` at the top, whatever else the dir holds
-/// stays); no other run uses them, as this one holds the lakehouse lock.
+/// `spill_dir` (`duckdb_config::spill_to`: what a killed run spilled is removed first; no
+/// other run spills there, as this one holds the lakehouse lock). A limit DuckDB does not
+/// accept, or one given over the share of the process's cgroup limit, is a usage error
+/// (exit 2), found before any model runs.
 fn bound_memory(conn: &Connection, limit: Option<&str>, spill_dir: &Path) -> anyhow::Result<()> {
     let allowed = cgroup_memory_max(Path::new("/sys/fs/cgroup"), &std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default());
     let explicit = limit.is_some();
