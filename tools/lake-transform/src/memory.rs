@@ -57,8 +57,8 @@ fn bound_memory(conn: &Connection, limit: Option<&str>, spill_dir: &Path) -> any
             let limit = default_limit(allowed);
             if limit != DEFAULT_MEMORY_LIMIT {
                 log::info!(
-                    "memory limit {limit}: 3/4 of the {:.1} GiB this process may use, less than the default {DEFAULT_MEMORY_LIMIT}",
-                    allowed.unwrap_or(0) as f64 / GIB
+                    "memory limit {limit}: 3/4 of the {} this process may use, less than the default {DEFAULT_MEMORY_LIMIT}",
+                    size(allowed.unwrap_or(0))
                 );
             }
             limit
@@ -86,15 +86,18 @@ fn check_fits(limit: &str, set: &str, allowed: u64) -> anyhow::Result<()> {
     log::debug!("DuckDB's memory limit {set} ({bytes} bytes); the cgroup allows {allowed} bytes");
     if bytes > most {
         return Err(Usage(format!(
-            "--memory-limit {limit:?} ({set}) is over {num}/{den} of the {:.1} GiB this process may use (its cgroup's limit: the unit's MemoryMax=): the run would be killed before DuckDB spilled; lower MATERIA_MEMORY_LIMIT or raise MemoryMax= in a drop-in",
-            allowed as f64 / GIB
+            "--memory-limit {limit:?} ({set}) is over {num}/{den} of the {} this process may use (its cgroup's limit: the unit's MemoryMax=): the run would be killed before DuckDB spilled; lower MATERIA_MEMORY_LIMIT or raise MemoryMax= in a drop-in",
+            size(allowed)
         ))
         .into());
     }
     Ok(())
 }
 
-const GIB: f64 = (1u64 << 30) as f64;
+/// `bytes` for a log line: `4.0 GiB`, or whole MiB under a GiB (`192 MiB`, not `0.2 GiB`).
+fn size(bytes: u64) -> String {
+    if bytes >= 1 << 30 { format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64) } else { format!("{} MiB", bytes >> 20) }
+}
 
 /// The lowest memory limit on the way from the process's cgroups (from the
 /// `/proc/self/cgroup` text) up to the hierarchy's root under `root`: v2's `memory.max`
@@ -231,5 +234,9 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("\"7GB\" (6.5 GiB)") && msg.contains("8.0 GiB") && msg.contains("MemoryMax="), "{msg}");
         assert!(check_fits("7GB", "something else", eight).is_ok(), "an unreadable size is not compared");
+        let msg = check_fits("200MB", "190.7 MiB", 192 << 20).unwrap_err().to_string();
+        assert!(msg.contains("of the 192 MiB this process"), "under a GiB in MiB, not 0.2 GiB: {msg}");
+        assert_eq!(size((1 << 30) - 1), "1023 MiB");
+        assert_eq!(size(1 << 30), "1.0 GiB");
     }
 }

@@ -76,6 +76,23 @@ impl MemoryCgroup {
         Some(cgroup)
     }
 
+    /// The most memory the cgroup's processes were charged at once since it was made
+    /// (v1's `memory.max_usage_in_bytes`, v2's `memory.peak`; None on a v2 kernel older
+    /// than 5.19, which has no peak).
+    fn peak(&self) -> Option<u64> {
+        ["memory.max_usage_in_bytes", "memory.peak"].iter().find_map(|f| std::fs::read_to_string(self.dir.join(f)).ok()?.trim().parse().ok())
+    }
+
+    /// How many of its processes the kernel killed for outgrowing the limit (v1's
+    /// `memory.oom_control`, v2's `memory.events`: their `oom_kill` line).
+    fn oom_kills(&self) -> u64 {
+        ["memory.oom_control", "memory.events"]
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(self.dir.join(f)).ok())
+            .find_map(|s| s.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok()))
+            .expect("the cgroup counts its OOM kills")
+    }
+
     /// `cmd` started inside the cgroup: a shell moves itself in, then execs it.
     fn wrap(&self, cmd: &Command) -> Command {
         let mut c = Command::new("sh");
@@ -129,4 +146,61 @@ fn a_memory_limit_the_cgroup_cannot_hold_is_refused_and_the_default_fits_it() {
     // Outside the cgroup the default runs as before.
     env.land("2024-03", &csv(&balance("BR", 2023, 3.0)));
     assert_eq!(env.run(&["run"]).code, 0);
+}
+
+/// The point of the bound, under the kernel's enforcement: a first build that takes more
+/// memory than the unit's `MemoryMax=` allows, run inside a cgroup that small with the
+/// default limit, completes within it (DuckDB holds 3/4 of it and spills) instead of being
+/// killed; in one too small for the build, DuckDB fails the run cleanly first (exit 1,
+/// rolled back), the kernel kills nothing, and the next run builds.
+#[test]
+fn a_build_larger_than_its_cgroup_completes_within_it_and_one_too_small_fails_cleanly() {
+    let Some(real) = real_csv() else { return };
+    let Some(roomy) = MemoryCgroup::new(4 << 30) else { return };
+    let env = Env::new();
+    let real = String::from_utf8(real).unwrap();
+    for i in 0..12 {
+        env.land(&format!("{}-{:02}", 2023 + i / 12, i % 12 + 1), real.replacen(".0000\r\n", ".5000\r\n", i + 1).as_bytes());
+    }
+    let results = || {
+        env.rows("SELECT (SELECT count(*) FROM raw.psd), (SELECT count(*) FROM staging.psd_latest), (SELECT count(*) FROM serving.revisions), (SELECT sum(value) FROM serving.attribute_values)")
+    };
+    let build = |cgroup: &MemoryCgroup| {
+        let _ = std::fs::remove_file(env.data.join("lakehouse.duckdb"));
+        let mut cmd = env.cmd();
+        cmd.arg("run");
+        Run::from(cgroup.wrap(&cmd).output().unwrap())
+    };
+
+    // Unbounded by its cgroup (4 GiB: DuckDB's default 3 GiB), the build takes more than
+    // the small cgroup below allows, so that cgroup is a real constraint.
+    let run = build(&roomy);
+    assert_eq!(run.code, 0, "{run:?}");
+    let expected = results();
+    assert_eq!(expected[0].split('|').next(), Some((12 * 77_957).to_string().as_str()));
+    let Some(unbounded) = roomy.peak() else {
+        eprintln!("skipped: this kernel's cgroup keeps no peak memory to compare with");
+        return;
+    };
+    const SMALL: u64 = 192 << 20;
+    assert!(unbounded > SMALL * 5 / 4, "the build took {} MiB, not enough more than the cgroup's {} MiB to test it", unbounded >> 20, SMALL >> 20);
+    assert_eq!(roomy.oom_kills(), 0);
+
+    // Too small even for the build's bounded working set: DuckDB refuses an allocation
+    // before the kernel kills anything; nothing is left, and the next run builds.
+    let tiny = MemoryCgroup::new(128 << 20).unwrap();
+    let run = build(&tiny);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.error_line().contains("Out of Memory"), "{}", run.error_line());
+    assert!(run.stderr.contains("memory limit 96MiB: 3/4 of the 128 MiB this process may use"), "{}", run.stderr);
+    assert_eq!(tiny.oom_kills(), 0, "DuckDB failed the run, the kernel killed nothing");
+    assert!(!env.data.join("lakehouse.duckdb").exists(), "nothing half-written");
+
+    let small = MemoryCgroup::new(SMALL).unwrap();
+    let run = build(&small);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("memory limit 144MiB: 3/4 of the 192 MiB this process may use"), "{}", run.stderr);
+    assert_eq!(small.oom_kills(), 0, "not killed");
+    assert!(small.peak().unwrap() <= SMALL);
+    assert_eq!(results(), expected, "the same lakehouse as the unbounded build");
 }
