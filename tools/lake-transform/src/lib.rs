@@ -289,8 +289,8 @@ fn transform(
             }
             None
         }
-        conn => {
-            let conn = conn?.context("the lakehouse was not opened")?;
+        Err(e) => return Err(e),
+        Ok(Some(conn)) => {
             log::debug!("opened {} in {:?}", target.describe(), t.elapsed());
             memory.bound(&conn, &step.layout)?;
             run::sandbox(&conn, &landing, &target.data_paths())?;

@@ -150,8 +150,8 @@ fn a_memory_limit_the_cgroup_cannot_hold_is_refused_and_the_default_fits_it() {
 
 /// The point of the bound, under the kernel's enforcement: a first build that takes more
 /// memory than the unit's `MemoryMax=` allows, run inside a cgroup that small with the
-/// default limit, completes within it (DuckDB holds 3/4 of it and spills) instead of being
-/// killed; in one too small for the build, DuckDB fails the run cleanly first (exit 1,
+/// default limit, completes within it (DuckDB holds itself to 3/4 of it, spilling where it
+/// must) instead of being killed; in one too small for the build, DuckDB fails the run cleanly first (exit 1,
 /// rolled back), the kernel kills nothing, and the next run builds.
 #[test]
 fn a_build_larger_than_its_cgroup_completes_within_it_and_one_too_small_fails_cleanly() {
