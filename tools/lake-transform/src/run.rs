@@ -109,8 +109,12 @@ pub fn run(
         Ok(()) if !checkpoint => {}
         Ok(()) => {
             let t = Instant::now();
-            if let Err(e) = conn.execute_batch("CHECKPOINT") {
-                log::warn!("checkpoint after the run failed (the WAL keeps the data): {e}");
+            match conn.execute_batch("CHECKPOINT") {
+                Ok(()) => {}
+                // A new file is published only whole: its rows still in a WAL (DuckDB
+                // invalidates the database when a checkpoint fails, a full disk) fail the run.
+                Err(e) if commit == Commit::EachModel => out.failure = Some(anyhow!(e).context("checkpointing the new file")),
+                Err(e) => log::warn!("checkpoint after the run failed (the WAL keeps the data): {e}"),
             }
             log::debug!("checkpoint: {:?}", t.elapsed());
         }

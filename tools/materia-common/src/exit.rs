@@ -83,9 +83,29 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
 /// One line for an error: its chain joined by `: `, with control characters escaped so a
 /// hostile string from a server can never break the line.
 pub fn one_line(err: &anyhow::Error) -> String {
+    // A cause that only repeats the end of what its error said (rusqlite's errors show
+    // their source, then are followed by it: `disk is full: disk is full: Error code 13:
+    // disk is full`) is said once.
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        let said = |t: &str| parts.last().is_some_and(|p| p.ends_with(t));
+        if !said(&text) && !said(sqlite_code_stripped(&text)) {
+            parts.push(text);
+        }
+    }
     // duckdb-rs appends a generic code to every failure; it says nothing the text does not.
-    let s = format!("{err:#}").replace(": Error code 1: Unknown error code", "");
+    let s = parts.join(": ").replace(": Error code 1: Unknown error code", "");
     s.chars().flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect()
+}
+
+/// `Error code 13: database or disk is full` (SQLite's error, as rusqlite shows it) without
+/// its code; any other text as it is.
+fn sqlite_code_stripped(text: &str) -> &str {
+    text.strip_prefix("Error code ")
+        .and_then(|rest| rest.split_once(": "))
+        .filter(|(code, _)| !code.is_empty() && code.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(text, |(_, said)| said)
 }
 
 /// The body of every tool's `main`: take the secrets file's variables
@@ -129,5 +149,22 @@ mod tests {
         assert_eq!(line, "fetching: etag \"a\\nb\\u{0}\"");
         let duck = anyhow::anyhow!("IO Error: No space left on device: Error code 1: Unknown error code").context("copying");
         assert_eq!(one_line(&duck), "copying: IO Error: No space left on device");
+    }
+
+    #[test]
+    fn a_cause_that_repeats_its_error_is_said_once() {
+        // The real chain of a full disk under the state DB: SQLite's own error, rusqlite's,
+        // the state DB's (which shows its source), then the step's context.
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch("PRAGMA max_page_count = 2; CREATE TABLE t (x)").unwrap();
+        let full = conn.execute_batch("INSERT INTO t VALUES (zeroblob(100000))").unwrap_err();
+        let state = crate::state::StateError::Sqlite { path: "/data/landing/.state.sqlite".into(), source: full };
+        let e = anyhow::Error::new(state).context("recording the end of the run");
+        assert_eq!(one_line(&e), "recording the end of the run: state DB /data/landing/.state.sqlite: database or disk is full");
+        // A cause that says more than the end of its error is kept.
+        let e = anyhow::anyhow!("disk is full, writing x").context("landing: disk is full");
+        assert_eq!(one_line(&e), "landing: disk is full: disk is full, writing x");
+        assert_eq!(sqlite_code_stripped("Error code 13: database or disk is full"), "database or disk is full");
+        assert_eq!(sqlite_code_stripped("Error code x: y"), "Error code x: y");
     }
 }

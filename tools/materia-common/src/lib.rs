@@ -194,7 +194,18 @@ pub fn run_step(tool: &str, common: &CommonArgs, work: impl FnOnce(&mut Step) ->
             (state::RunStatus::Failed, code, format!("failed: {line}"), Some(line), serde_json::json!({}), Err(err))
         }
     };
-    step.db.finish_run(run_id, status, code, &summary, error.as_deref(), &stats).context("recording the end of the run")?;
+    if let Err(e) = step.db.finish_run(run_id, status, code, &summary, error.as_deref(), &stats) {
+        let record = anyhow::Error::new(e).context("recording the end of the run");
+        return Err(match ret {
+            // A run that failed keeps its own error (and exit code): the record's failure
+            // (a full disk fails both) is said beside it, never in its place.
+            Err(err) => {
+                log::error!("{}", exit::one_line(&record));
+                err
+            }
+            Ok(_) => record,
+        });
+    }
     ret
 }
 

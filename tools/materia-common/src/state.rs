@@ -320,7 +320,7 @@ impl StateDb {
         tx.execute(
             &format!(
                 "UPDATE runs SET status = 'aborted', finished_at = {NOW},
-                    error = 'process ended without finishing the run (killed?)'
+                    error = 'the run''s end was never recorded: its process was killed, or could not write the state DB (the journal says which)'
                  WHERE tool = ?1 AND status = 'running'"
             ),
             params![tool],

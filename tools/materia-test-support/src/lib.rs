@@ -3,8 +3,8 @@
 //! PSD Online, [`moto`] for S3, [`postgres`] for a DuckLake catalog, [`sshd`] for a git
 //! remote over SSH), the hermetic
 //! command every test runs a tool with ([`tool`]), each test's own directory
-//! ([`temp_dir`], kept when the test fails), [`wait_until`], and [`landing`]: landed
-//! files made by psd-extract itself.
+//! ([`temp_dir`], kept when the test fails), [`wait_until`], [`landing`]: landed
+//! files made by psd-extract itself, and [`tmpfs`]: a disk that fills up.
 //!
 //! Real parts only: the servers are real servers (ours speaks HTTP/1.1 over a real
 //! socket; moto and sshd are the real programs), nothing is mocked in-process.
@@ -16,6 +16,7 @@ pub mod postgres;
 pub mod psd_server;
 mod run;
 pub mod sshd;
+pub mod tmpfs;
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};

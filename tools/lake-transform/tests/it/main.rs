@@ -15,6 +15,7 @@ use materia_test_support::moto::Moto;
 use materia_test_support::postgres::Postgres;
 
 mod ducklake;
+mod failures;
 mod integrity;
 mod memory;
 mod models;

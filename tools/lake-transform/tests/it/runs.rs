@@ -1,5 +1,5 @@
-//! Runs: a first build of the real release, incremental releases, all-or-nothing on a
-//! failed audit or a `kill -9`, one writer, model kinds (the memory bound: memory.rs).
+//! Runs: a first build of the real release, incremental releases, one writer, model
+//! kinds (failed runs: failures.rs; the memory bound: memory.rs).
 
 use super::*;
 
@@ -124,101 +124,6 @@ fn a_new_release_is_ingested_incrementally_and_revisions_are_tracked() {
     );
     let after = std::fs::metadata(env.data.join("triggers/lakehouse.updated")).unwrap().modified().unwrap();
     assert!(after > before, "a changing run signals the next step");
-}
-
-#[test]
-fn a_blocking_audit_failure_rolls_the_whole_run_back() {
-    let (a, _) = two_releases();
-    let env = Env::new();
-    env.land("2024-01", &a);
-    assert_eq!(env.run(&["run"]).code, 0);
-    let before = env.snapshot();
-
-    // A release with a duplicated key: raw.psd's grain audit (one value per key in a
-    // file) must stop it.
-    let mut rows = balance("BR", 2022, 50.0);
-    rows.push(("BR", 2022, "028", 51.0));
-    env.land("2024-02", &csv(&rows));
-    let run = env.run(&["run"]);
-    assert_eq!(run.code, 5, "{run:?}");
-    let line = run.error_line();
-    assert!(line.contains("audit unique_combination_of_columns on raw.psd failed: 1 offending row") && line.contains("rolled back"), "{line}");
-    assert_eq!(env.snapshot(), before, "the lakehouse is exactly at the previous state");
-    assert_eq!(env.state_rows("SELECT status FROM runs ORDER BY run_id DESC LIMIT 1"), ["Text(\"failed\")"]);
-    assert_eq!(
-        env.state_rows("SELECT model, blocking, failing_rows FROM audit_results WHERE failing_rows > 0 AND run_id = (SELECT max(run_id) FROM runs)"),
-        ["Text(\"raw.psd\")|Integer(1)|Integer(1)"]
-    );
-    // Still failing on the next run (the bad file was not recorded as loaded).
-    assert_eq!(env.run(&["run"]).code, 5);
-
-    // A rebuild writes a new file: failing, it replaces nothing and leaves no file behind.
-    let run = env.run(&["run", "--rebuild"]);
-    assert_eq!(run.code, 5, "{run:?}");
-    assert!(run.error_line().contains("audit unique_combination_of_columns on raw.psd failed"), "{}", run.error_line());
-    assert_eq!(env.snapshot(), before, "the lakehouse is exactly at the previous state");
-    let names: Vec<String> = std::fs::read_dir(&env.data).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    assert!(!names.iter().any(|n| n.contains("-tmp-")), "{names:?}");
-}
-
-#[test]
-fn kill_9_mid_run_leaves_the_previous_state() {
-    let (a, _) = two_releases();
-    let env = Env::new();
-    env.land("2024-01", &a);
-    assert_eq!(env.run(&["run"]).code, 0);
-    let before = env.snapshot();
-
-    // A big second release, so the run is still busy when it is killed.
-    let mut rows: Vec<Row> = Vec::new();
-    let countries: Vec<&'static str> = (0..1000).map(|i| &*Box::leak(format!("X{i:03}").into_boxed_str())).collect();
-    for c in &countries {
-        for y in 1960..2024 {
-            rows.extend(balance(c, y, 1.0));
-        }
-    }
-    env.land("2024-02", &csv(&rows));
-    let mut child = env.cmd().arg("run").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(150));
-    let finished_early = child.try_wait().unwrap().is_some();
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(!finished_early, "the run finished before it could be killed");
-    assert_eq!(env.snapshot(), before, "a killed run leaves the last good state");
-
-    let run = env.run(&["run"]);
-    assert_eq!(run.code, 0, "{run:?}");
-    assert_eq!(env.rows("SELECT count(*) FROM serving.commodity_balance"), [(1000 * 64).to_string()], "the latest release only");
-    assert_eq!(
-        env.state_rows("SELECT status FROM runs WHERE tool = 'lake-transform' ORDER BY run_id"),
-        ["Text(\"success\")", "Text(\"aborted\")", "Text(\"success\")"]
-    );
-
-    // A rebuild builds a new file beside the lakehouse: killed, it leaves the lakehouse
-    // as it was, and the next run, with nothing to do, removes what it left.
-    let before = env.snapshot();
-    let served = serving_state(&env);
-    let temps = |env: &Env| -> Vec<String> {
-        std::fs::read_dir(&env.data).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.contains("-tmp-")).collect()
-    };
-    let mut child = env.cmd().args(["run", "--rebuild"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    materia_test_support::wait_until("the rebuild's new file", Duration::from_secs(30), || !temps(&env).is_empty());
-    std::thread::sleep(Duration::from_millis(100));
-    let finished_early = child.try_wait().unwrap().is_some();
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(!finished_early, "the rebuild finished before it could be killed");
-    let left = temps(&env); // the new file, and its WAL if it had committed a model yet
-    assert!(!left.is_empty() && left.iter().all(|n| n.starts_with(".lakehouse.build-tmp-")), "the killed rebuild's files: {left:?}");
-    assert_eq!(env.snapshot(), before, "a killed rebuild leaves the last good state");
-    let run = env.run(&["run"]);
-    assert_eq!(run.code, 3, "{run:?}");
-    assert!(run.stderr.contains("left by an interrupted run or maintain"), "{}", run.stderr);
-    assert_eq!(temps(&env), Vec::<String>::new());
-    let run = env.run(&["run", "--rebuild"]);
-    assert_eq!(run.code, 0, "{run:?}");
-    assert_eq!(serving_state(&env), served, "the rebuilt file holds what the runs built");
-    assert_eq!(temps(&env), Vec::<String>::new());
 }
 
 #[test]

@@ -170,32 +170,10 @@ fn an_export_spills_to_its_own_dir_and_clears_what_a_killed_one_spilled() {
     assert_eq!(env.read(&env.analytics()).0, 1);
 }
 
-/// A tmpfs mounted for one test, unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(path: &std::path::Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(path).unwrap();
-        let ok = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(path).status().is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs(path.to_owned()))
-    }
-
-    fn resize(&self, size: &str) {
-        let s = Command::new("mount").args(["-o", &format!("remount,size={size}")]).arg(&self.0).status().unwrap();
-        assert!(s.success());
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_full_disk_fails_the_export_and_keeps_the_published_file() {
     let env = Env::new();
-    let Some(fs) = Tmpfs::mount(&env.data, "256m") else {
+    let Some(fs) = materia_test_support::tmpfs::Tmpfs::mount(&env.data, "256m") else {
         eprintln!("SKIPPED: cannot mount a tmpfs here (needs root, as in CI)");
         return;
     };
@@ -214,14 +192,7 @@ fn a_full_disk_fails_the_export_and_keeps_the_published_file() {
         )
         .unwrap();
     }
-    let used_kib: u64 = String::from_utf8(Command::new("du").args(["-sk"]).arg(&env.data).output().unwrap().stdout)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    fs.resize(&format!("{}k", used_kib + 1024));
+    fs.leave_free(1024);
 
     let o = run(&[]);
     assert_eq!(o.status.code(), Some(1), "{o:?}");
