@@ -1,5 +1,5 @@
 //! Restores: every file and the state DB brought back and checked, a killed restore
-//! resumed, a changed object refused.
+//! resumed, one that filled the disk resumed, a changed object refused.
 
 use super::*;
 
@@ -105,6 +105,40 @@ fn a_killed_restore_resumes_and_a_changed_object_is_refused() {
     assert!(run.error_line().contains(&format!("{victim}: its content does not match its record")), "{}", run.error_line());
     assert!(!third.data.join("landing").join(victim).exists());
     assert_eq!(tree(&third.data.join("landing")).len(), original.len() - 1);
+}
+
+#[test]
+fn a_restore_that_fills_the_disk_fails_cleanly_and_resumes_with_room() {
+    let old = Env::new();
+    for i in 0..12 {
+        let body: Vec<u8> = (0..(2u32 << 20)).map(|b| (b.wrapping_mul(29).wrapping_add(i)) as u8).collect();
+        old.land(&format!("psd/2024/{:02}/f{i}.csv.gzip", i + 1), &body);
+    }
+    let target = format!("fs:{}", old.root.join("backup").display());
+    assert_eq!(old.run(&target, None, &["--state-snapshot"]).code, 0);
+
+    // A new server's disk with room for about half of the 24 MiB.
+    let new = Env::new();
+    let Some(disk) = materia_test_support::tmpfs::Tmpfs::mount(&new.data, "12m") else { return };
+    let run = new.run(&target, None, &["restore"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.error_line().contains("No space left on device"), "{}", run.error_line());
+    let original: std::collections::HashMap<String, Vec<u8>> = tree(&old.data.join("landing")).into_iter().collect();
+    let partial = tree(&new.data.join("landing"));
+    assert!(!partial.is_empty() && partial.len() < original.len(), "{} of {}", partial.len(), original.len());
+    for (rel, bytes) in &partial {
+        assert_eq!(Some(bytes), original.get(rel), "{rel} is complete under its final name");
+    }
+    assert!(new.data.join("landing/.restore-in-progress").exists());
+    let leftovers = Command::new("find").arg(new.data.join("landing")).args(["-name", "*.tmp-*"]).output().unwrap().stdout;
+    assert!(leftovers.is_empty(), "no temp file left: {}", String::from_utf8_lossy(&leftovers));
+
+    // With room, the same command fetches the rest.
+    disk.resize("64m");
+    let run = new.run(&target, None, &["restore"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(tree(&new.data.join("landing")), tree(&old.data.join("landing")));
+    assert!(!new.data.join("landing/.restore-in-progress").exists());
 }
 
 #[test]

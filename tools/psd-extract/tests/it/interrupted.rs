@@ -1,4 +1,5 @@
-//! Interrupted runs: a second instance, `kill -9` mid-download and mid-landing.
+//! Interrupted runs: a second instance, `kill -9` mid-download and mid-landing, a full
+//! disk.
 
 use super::*;
 
@@ -70,4 +71,32 @@ fn kill_9_while_landing_leaves_only_a_temp_file_that_the_next_run_clears() {
     let landed = env.landed();
     assert_eq!(landed, vec![format!("psd/{}/big.csv.gzip", current_month_dir())], "no temp file left");
     assert_eq!(env.count("SELECT rows FROM landed_files"), 400_001);
+}
+
+#[test]
+fn a_full_disk_fails_the_run_with_nothing_landed_and_the_next_run_lands_it() {
+    let s = Server::start();
+    s.set(COFFEE, Route::new(psd_zip(40, "current"), "\"cur-1\""));
+    let env = Env::new();
+    let Some(disk) = materia_test_support::tmpfs::Tmpfs::mount(&env.data, "64m") else { return };
+    assert_eq!(env.fetch(&s.url(), &[]).code, 0);
+    let before = env.landed();
+
+    // A new release larger than the room left: the download or the landing runs out of
+    // disk; what it wrote is freed, so the failure is recorded.
+    s.set(COFFEE, Route::new(psd_zip(200_000, "big"), "\"big\""));
+    disk.leave_free(256);
+    let run = env.fetch(&s.url(), &[]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.error_line().contains("No space left on device"), "{}", run.error_line());
+    assert_eq!(env.landed(), before, "nothing landed, no temp file left");
+    let (status, error) = env.last_run();
+    assert_eq!(status, "failed");
+    assert!(error.as_deref().is_some_and(|e| e.contains("No space left on device")), "{error:?}");
+
+    disk.resize("64m");
+    let run = env.fetch(&s.url(), &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(env.landed().len(), 2, "{:?}", env.landed());
+    assert_eq!(env.count("SELECT rows FROM landed_files WHERE path LIKE '%/big.csv.gzip'"), 200_001);
 }
