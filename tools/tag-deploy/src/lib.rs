@@ -237,13 +237,31 @@ fn deploy(step: &Step, app: &App, remote: &Remote, tag: &str, previous: Option<&
                 Ok(None) => {}
                 Err(undo_err) => detail = format!("{detail}; undoing it also failed: {}", materia_common::exit::one_line(&undo_err)),
             }
+            if let Some(hint) = low_disk(&app.dir) {
+                detail = format!("{detail}; {hint}");
+            }
+            let summary = format!("deploy of {tag} failed; {} stays deployed", previous.unwrap_or("nothing"));
+            // Said before it is recorded: a full disk can fail the record too.
+            log::error!("{summary}: {detail}");
             // Recorded once: a failed tag is not tried again until --clear-failed.
             records::record(step, tag, "failed", previous, false, Some(&detail))?;
-            let summary = format!("deploy of {tag} failed; {} stays deployed", previous.unwrap_or("nothing"));
-            log::error!("{summary}: {detail}");
             Ok(Report { outcome: Outcome::Changed, summary, stats: serde_json::json!({"tag": tag}), failure: Some(anyhow!(detail)) })
         }
     }
+}
+
+/// Free space under which a failed deploy says so: a release build's artifacts take
+/// about that much (a disk that filled fails the build, and the tag is recorded failed
+/// like any other, so the operator needs to know to free space, then --clear-failed).
+const LOW_DISK_BYTES: u64 = 1 << 30;
+
+/// A note for a failed deploy's record when the disk under `dir` is nearly full.
+fn low_disk(dir: &Path) -> Option<String> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    (free < LOW_DISK_BYTES).then(|| {
+        format!("the disk under {} has only {} MiB free: if that is why, free some, then run tag-deploy --clear-failed", dir.display(), free >> 20)
+    })
 }
 
 /// Every step of a deploy; returns whether the web hook ran.

@@ -78,6 +78,31 @@ fn a_failed_build_keeps_the_old_release_and_is_not_retried_until_cleared() {
 }
 
 #[test]
+fn a_build_that_fills_the_disk_says_so_and_deploys_once_cleared_with_room() {
+    let env = Env::new();
+    let Some(disk) = materia_test_support::tmpfs::Tmpfs::mount(&env.app, "16m") else { return };
+    env.tag("v1");
+    assert_eq!(env.poll(&[]).code, 0);
+    env.write("BIG", "", false);
+    env.commit("bigger artifacts");
+    env.tag("v2");
+    let run = env.poll(&[]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let line = run.error_line();
+    assert!(line.contains("build failed") && line.contains(&format!("the disk under {} has only", env.app.display())), "{line}");
+    assert!(line.contains("free some, then run tag-deploy --clear-failed"), "{line}");
+    assert_eq!(env.deployed_binary(), "v1");
+    assert_eq!(env.releases(), ["v1"], "nothing half-built left");
+
+    // Room made, the failure cleared: the same tag deploys.
+    disk.resize("256m");
+    let run = env.poll(&["--clear-failed"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(env.deployed_binary(), "v2");
+    assert_eq!(env.deploys(), ["v1 deployed", "v2 failed", "v2 deployed"]);
+}
+
+#[test]
 fn the_web_hook_runs_only_when_web_changed() {
     let env = Env::new();
     env.tag("v1");

@@ -14,7 +14,8 @@ use std::time::Duration;
 use materia_test_support::Run;
 use materia_test_support::sshd::{Sshd, keygen};
 
-/// The release's build: fails when FAIL exists, sleeps when SLOW exists, and makes
+/// The release's build: fails when FAIL exists, sleeps when SLOW exists, writes 64 MiB
+/// of artifacts when BIG exists, and makes
 /// every tool (`TOOLS` in its `for`) as a script that prints its tag.
 fn build_script() -> String {
     BUILD.replace("TOOLS", &materia_common::layout::TOOLS.join(" "))
@@ -26,6 +27,7 @@ if [ -e FAIL ]; then echo "build broken" >&2; exit 1; fi
 if [ -e "$MATERIA_RELEASE_DIR/../../BREAK" ]; then echo "build machine broken" >&2; exit 1; fi
 if [ -e SLOW ]; then sleep 3; fi
 mkdir -p "$CARGO_TARGET_DIR/release"
+if [ -e BIG ]; then head -c 64M /dev/zero > "$CARGO_TARGET_DIR/big"; fi
 for t in TOOLS; do
     printf '#!/bin/sh\necho %s\n' "$MATERIA_TAG" > "$CARGO_TARGET_DIR/release/$t"
     chmod +x "$CARGO_TARGET_DIR/release/$t"
