@@ -2,7 +2,7 @@
 //! (SSH with the deploy key and known_hosts, every call under a deadline), and
 //! writing a tag's tree into a directory.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,6 +16,28 @@ pub fn version(tag: &str) -> Option<Vec<u64>> {
         return None;
     }
     parts.iter().map(|p| if !p.is_empty() && p.len() <= 18 && p.bytes().all(|b| b.is_ascii_digit()) { p.parse().ok() } else { None }).collect()
+}
+
+/// A release tag on the remote.
+#[derive(Debug, Clone)]
+pub struct RemoteTag {
+    pub version: Vec<u64>,
+    pub name: String,
+    /// The commit it points at (an annotated tag's, peeled), as the remote lists it.
+    pub target: git2::Oid,
+}
+
+/// The commit the mirror at `repo` has for `tag`: the one fetched when the tag was last
+/// deployed or tried (only that tag is ever fetched). None when the mirror has no such tag.
+pub fn fetched_commit(repo: &Path, tag: &str) -> Option<git2::Oid> {
+    let repo = git2::Repository::open_bare(repo).ok()?;
+    let commit = repo.revparse_single(&format!("refs/tags/{tag}")).ok()?.peel_to_commit().ok()?;
+    Some(commit.id())
+}
+
+/// An object id as a log line shows it: its first 7 hex digits, as git does.
+pub fn short(oid: git2::Oid) -> String {
+    oid.to_string()[..7].to_owned()
 }
 
 /// How to reach the remote: its URL, the deploy key and known_hosts for SSH, and how
@@ -38,8 +60,8 @@ impl Remote {
         redact(&self.url)
     }
 
-    /// The remote's release tags (as `git ls-remote --tags`: nothing is fetched).
-    pub fn release_tags(&self, pattern: &str) -> anyhow::Result<Vec<(Vec<u64>, String)>> {
+    /// The remote's release tags, by version (as `git ls-remote --tags`: nothing is fetched).
+    pub fn release_tags(&self, pattern: &str) -> anyhow::Result<Vec<RemoteTag>> {
         let remote = self.clone();
         let pattern = pattern.to_owned();
         with_deadline(&format!("listing the tags of {}", self.display()), self.timeout, move || {
@@ -49,16 +71,26 @@ impl Remote {
                 .connect_auth(git2::Direction::Fetch, Some(cb), None)
                 .map_err(|e| explained(e, &why))
                 .with_context(|| format!("connecting to {}", remote.display()))?;
-            let mut tags: Vec<(Vec<u64>, String)> = origin
-                .list()?
-                .iter()
-                .filter_map(|h| h.name().strip_prefix("refs/tags/"))
-                .filter(|t| !t.ends_with("^{}") && materia_common::glob::wildcard(&pattern, t))
-                .filter_map(|t| version(t).map(|v| (v, t.to_owned())))
-                .collect();
+            // An annotated tag is listed twice: the tag object, then `name^{}`, the
+            // commit it peels to (what a deploy builds, and what the mirror is compared by).
+            let (mut direct, mut peeled) = (BTreeMap::new(), BTreeMap::new());
+            for h in origin.list()? {
+                let Some(name) = h.name().strip_prefix("refs/tags/") else { continue };
+                match name.strip_suffix("^{}") {
+                    Some(base) => peeled.insert(base.to_owned(), h.oid()),
+                    None => direct.insert(name.to_owned(), h.oid()),
+                };
+            }
             origin.disconnect()?;
-            tags.sort();
-            tags.dedup();
+            let mut tags: Vec<RemoteTag> = direct
+                .into_iter()
+                .filter(|(name, _)| materia_common::glob::wildcard(&pattern, name))
+                .filter_map(|(name, oid)| {
+                    let version = version(&name)?;
+                    Some(RemoteTag { target: peeled.get(&name).copied().unwrap_or(oid), version, name })
+                })
+                .collect();
+            tags.sort_by(|a, b| (&a.version, &a.name).cmp(&(&b.version, &b.name)));
             Ok(tags)
         })
     }

@@ -13,8 +13,10 @@
 //! Whatever step of a deploy fails (the tag does not peel to a commit, the checkout,
 //! the build, the install, the secrets, the hook, the health check), `current` stays
 //! or is switched back on the previous release, the secrets files are restored, the tag
-//! is recorded as failed once and not tried again until `--clear-failed`, and the run
-//! exits 1. Listing and fetching the remote, the build, the hook and the health check
+//! is recorded as failed once and not tried again until `--clear-failed` or until the
+//! tag is moved to another commit (the mirror keeps the commit that was tried), and the
+//! run exits 1. A deployed version is never deployed again: a poll that finds its tag
+//! moved says so. Listing and fetching the remote, the build, the hook and the health check
 //! each run under a deadline.
 //!
 //! When the release has `.env.prod.sops`, it is decrypted with `sops` into the secrets
@@ -178,24 +180,44 @@ fn poll(cli: &Cli) -> anyhow::Result<Outcome> {
         // Tags this mirror has not seen yet: fetched now, so each is judged once. One
         // that is older than the deployed release is refused (we never move back).
         let known = records::seen_tags(&step.db)?;
-        let new: Vec<&(Vec<u64>, String)> = tags.iter().filter(|(_, t)| !known.contains(t)).collect();
-        for (v, t) in &new {
-            if deployed_v.as_ref().is_some_and(|d| v < d) {
-                log::warn!("tag {t} is older than the deployed {}: refused", deployed.as_deref().unwrap_or("?"));
-                records::record(step, t, "refused", deployed.as_deref(), false, Some("older than the deployed release"))?;
+        let new: Vec<&git::RemoteTag> = tags.iter().filter(|t| !known.contains(&t.name)).collect();
+        for t in &new {
+            if deployed_v.as_ref().is_some_and(|d| &t.version < d) {
+                log::warn!("tag {} is older than the deployed {}: refused", t.name, deployed.as_deref().unwrap_or("?"));
+                records::record(step, &t.name, "refused", deployed.as_deref(), false, Some("older than the deployed release"))?;
             }
         }
-        records::mark_seen(&step.db, new.iter().map(|(_, t)| t.as_str()))?;
-        let next = tags.iter().rev().find(|(v, t)| deployed_v.as_ref().is_none_or(|d| v > d) && !failed.contains(t));
-        let Some((_, tag)) = next else {
+        records::mark_seen(&step.db, new.iter().map(|t| t.name.as_str()))?;
+        // A failed tag waits for --clear-failed, or for the tag to be moved to another
+        // commit (the fix tagged again as the same version): the mirror keeps the commit
+        // that was tried, so only that commit is never tried twice.
+        let moved = |t: &git::RemoteTag| git::fetched_commit(&app.repo(), &t.name).filter(|c| *c != t.target);
+        let next =
+            tags.iter().rev().find(|t| deployed_v.as_ref().is_none_or(|d| &t.version > d) && (!failed.contains(&t.name) || moved(t).is_some()));
+        let Some(next) = next else {
             let summary = match &deployed {
                 Some(d) => format!("no new release tag; {d} is deployed"),
                 None => "no release tag to deploy".to_owned(),
             };
-            log::info!("{summary}");
+            // A deployed version is never deployed again: a tag moved after its deploy is
+            // said on every poll until a newer version is tagged (or the tag put back).
+            let moved_deployed = tags.iter().find(|t| Some(&t.name) == deployed.as_ref()).and_then(|t| Some((t, moved(t)?)));
+            match moved_deployed {
+                Some((t, was)) => log::warn!(
+                    "{summary}, but the remote's {} now points at {}, not the deployed {}: a version deploys once; tag the change as a newer version",
+                    t.name,
+                    git::short(t.target),
+                    git::short(was)
+                ),
+                None => log::info!("{summary}"),
+            }
             return Ok(Report { outcome: Outcome::Unchanged, summary, stats: serde_json::json!({}), failure: None });
         };
-        deploy(step, &app, &remote, tag, deployed.as_deref(), args)
+        let tag = &next.name;
+        if let Some(was) = failed.contains(tag).then(|| moved(next)).flatten() {
+            log::info!("{tag} now points at {}, not {} where it failed: trying it again", git::short(next.target), git::short(was));
+        }
+        deploy(step, &app, &remote, next, deployed.as_deref(), args)
     })
 }
 
@@ -212,8 +234,9 @@ struct Done {
     switched_from: Option<Option<PathBuf>>,
 }
 
-fn deploy(step: &Step, app: &App, remote: &Remote, tag: &str, previous: Option<&str>, args: &PollArgs) -> anyhow::Result<Report> {
-    log::info!("deploying {tag} (deployed: {})", previous.unwrap_or("none"));
+fn deploy(step: &Step, app: &App, remote: &Remote, next: &git::RemoteTag, previous: Option<&str>, args: &PollArgs) -> anyhow::Result<Report> {
+    let tag = next.name.as_str();
+    log::info!("deploying {tag} at {} (deployed: {})", git::short(next.target), previous.unwrap_or("none"));
     let mut done = Done::default();
     let result = match remote.fetch_tag(&app.repo(), tag) {
         // The network's or the remote's fault, not the tag's: the next poll tries again.
@@ -224,6 +247,8 @@ fn deploy(step: &Step, app: &App, remote: &Remote, tag: &str, previous: Option<&
     match result {
         Ok(web_changed) => {
             records::record(step, tag, "deployed", previous, web_changed, None)?;
+            // Its earlier failures (at commits the tag no longer points at) are history.
+            records::clear_failed_of(&step.db, tag)?;
             app.prune(tag, previous, args.keep)?;
             println!("{tag}");
             let summary = format!("deployed {tag} (was {}){}", previous.unwrap_or("nothing"), if web_changed { "; web hook ran" } else { "" });

@@ -15,6 +15,12 @@ pub fn clear_failed(db: &StateDb) -> anyhow::Result<usize> {
     Ok(db.conn().execute("UPDATE deploys SET cleared = 1 WHERE status = 'failed' AND cleared = 0", []).map_err(|e| db.err(e))?)
 }
 
+/// Forget the recorded failures of `tag` (once it deployed).
+pub fn clear_failed_of(db: &StateDb, tag: &str) -> anyhow::Result<()> {
+    db.conn().execute("UPDATE deploys SET cleared = 1 WHERE tag = ?1 AND status = 'failed' AND cleared = 0", [tag]).map_err(|e| db.err(e))?;
+    Ok(())
+}
+
 /// Tags this mirror has judged already.
 pub fn seen_tags(db: &StateDb) -> anyhow::Result<std::collections::HashSet<String>> {
     let mut st = db.conn().prepare("SELECT tag FROM deploy_seen_tags").map_err(|e| db.err(e))?;

@@ -78,6 +78,66 @@ fn a_failed_build_keeps_the_old_release_and_is_not_retried_until_cleared() {
 }
 
 #[test]
+fn a_failed_tag_moved_to_its_fix_is_tried_again_but_never_the_same_commit_twice() {
+    let env = Env::new();
+    env.tag("v1");
+    assert_eq!(env.poll(&[]).code, 0);
+    env.write("FAIL", "", false);
+    env.commit("broken");
+    // Annotated: the remote lists the tag object and the commit it peels to.
+    env.git(&["tag", "-a", "v2", "-m", "v2"]);
+    assert_eq!(env.poll(&[]).code, 1);
+    assert_not_retried(&env, &["v1"]); // (a failing build logs nothing)
+    // The tag made again on the same commit (a new tag object): that commit failed.
+    env.git(&["tag", "-f", "-a", "v2", "-m", "v2 again"]);
+    assert_not_retried(&env, &["v1"]);
+
+    // The fix, tagged as the same version: tried once more, and deployed.
+    env.remove("FAIL");
+    env.commit("fixed");
+    env.git(&["tag", "-f", "-a", "v2", "-m", "v2, fixed"]);
+    let run = env.poll(&[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("v2 now points at ") && run.stderr.contains(" where it failed: trying it again"), "{}", run.stderr);
+    assert_eq!(env.deployed_binary(), "v2");
+    assert!(!env.app.join("releases/v2/FAIL").exists(), "the fixed commit is the one deployed");
+    assert_eq!(env.lines("builds.log"), ["v1", "v2"]);
+    assert_eq!(env.deploys(), ["v1 deployed", "v2 failed", "v2 deployed"]);
+    let o = env.cmd(&["status"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("failed:   -"), "a deployed tag's old failure is history");
+}
+
+#[test]
+fn a_deployed_tag_moved_is_never_deployed_again_and_the_poll_says_so() {
+    let env = Env::new();
+    env.tag("v1");
+    assert_eq!(env.poll(&[]).code, 0);
+    env.write("src/lib.rs", "// after v1", false);
+    env.commit("after v1");
+    env.git(&["tag", "-f", "v1"]);
+    for _ in 0..2 {
+        let run = env.poll(&[]);
+        assert_eq!(run.code, 3, "{run:?}");
+        assert!(
+            run.stderr.contains("no new release tag; v1 is deployed, but the remote's v1 now points at ")
+                && run.stderr.contains("a version deploys once; tag the change as a newer version"),
+            "{}",
+            run.stderr
+        );
+    }
+    assert_eq!(env.lines("builds.log"), ["v1"], "not built again");
+    // Put back where it was deployed: nothing to say.
+    env.git(&["tag", "-f", "v1", "HEAD~1"]);
+    let run = env.poll(&[]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(!run.stderr.contains("now points at"), "{}", run.stderr);
+    // The change, tagged as a newer version, deploys.
+    env.git(&["tag", "v2", "main"]);
+    assert_eq!(env.poll(&[]).code, 0);
+    assert_eq!(env.deploys(), ["v1 deployed", "v2 deployed"]);
+}
+
+#[test]
 fn a_build_that_fills_the_disk_says_so_and_deploys_once_cleared_with_room() {
     let env = Env::new();
     let Some(disk) = materia_test_support::tmpfs::Tmpfs::mount(&env.app, "16m") else { return };
