@@ -1,6 +1,8 @@
 //! The state DB (`landing/.state.sqlite`): one SQLite file, WAL mode, where every tool
 //! records its runs and what it did. Schema changes are numbered migrations applied on
-//! open (`PRAGMA user_version`), so any tool may be the first to open a fresh file.
+//! open (`PRAGMA user_version`), so any tool may be the first to open a fresh file. A
+//! tool opens a DB a newer tool migrated when every newer migration only added (the DB
+//! says so in `PRAGMA application_id`, from `BREAKING`), so a rolled-back release runs.
 //!
 //! One `runs` table serves every tool (`tool` names it); `extraction_runs` is the view
 //! the extractors' operators query:
@@ -40,7 +42,8 @@ pub enum StateError {
         /// Who owns it, as `uid N`.
         owner: String,
     },
-    /// The file was migrated by a newer tool.
+    /// The file was migrated by a newer tool, past a migration tools as old as this one
+    /// cannot live with (or by one that did not say which).
     #[error("state DB {}: schema version {found} is newer than this tool knows ({known}); upgrade the tool", path.display())]
     TooNew {
         /// The file.
@@ -217,6 +220,25 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// The schema versions whose migration older tools cannot live with: it drops or
+/// renames a table or column, adds a NOT NULL column without a default, or a CHECK that
+/// refuses what they write. Every other migration only adds (a table, an index, a
+/// nullable column, a value a CHECK allows), and a tool keeps using a DB migrated past
+/// it: a release rolled back to the code before a migration still runs.
+/// (Versions 2–7 only add. Tools built before this list was kept refuse any newer DB.)
+const BREAKING: &[usize] = &[1];
+
+/// `PRAGMA application_id` of a state DB: these high 16 bits, "MT", say it is one, and
+/// the low 16 bits the oldest schema version whose tools can use it
+/// ([`readers_from`]), written by the tool that migrated it.
+const APPLICATION_ID: i64 = 0x4D54_0000;
+
+/// The oldest schema version whose tools can use a DB at `version`: the last breaking
+/// migration up to it.
+fn readers_from(version: usize) -> usize {
+    BREAKING.iter().copied().filter(|&b| b <= version).max().unwrap_or(1)
+}
+
 /// SQL for "now" as stored everywhere: UTC, ISO 8601, milliseconds.
 pub const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
@@ -283,7 +305,18 @@ impl StateDb {
         conn.pragma_update(None, "foreign_keys", "ON").map_err(err)?;
         let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(err)?;
         if found > MIGRATIONS.len() as i64 {
-            return Err(StateError::TooNew { path: path.to_owned(), found, known: MIGRATIONS.len() });
+            // Migrated by a newer tool: used as it is when every migration past this
+            // tool's only added (the DB says so), refused otherwise.
+            let id: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0)).map_err(err)?;
+            let usable = id & !0xFFFF == APPLICATION_ID && (1..=MIGRATIONS.len() as i64).contains(&(id & 0xFFFF));
+            if !usable {
+                return Err(StateError::TooNew { path: path.to_owned(), found, known: MIGRATIONS.len() });
+            }
+            log::debug!(
+                "state DB {}: schema version {found}, newer than this tool's {}; its newer migrations only add, so it is used as it is",
+                path.display(),
+                MIGRATIONS.len()
+            );
         }
         migrate(&mut conn).map_err(err)?;
         Ok(Self { conn, path: path.to_owned() })
@@ -388,6 +421,15 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", i as i64 + 1)?;
     }
+    // Which tools can use it, said by the newest that knows (never by an older one
+    // using a newer DB).
+    if version <= MIGRATIONS.len() {
+        let id = APPLICATION_ID | readers_from(MIGRATIONS.len()) as i64;
+        let now: i64 = tx.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+        if now != id {
+            tx.pragma_update(None, "application_id", id)?;
+        }
+    }
     tx.commit()
 }
 
@@ -451,13 +493,49 @@ mod tests {
     }
 
     #[test]
+    fn a_newer_schema_that_only_added_is_used_and_one_past_a_breaking_migration_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        drop(StateDb::open(&path).unwrap());
+        let id = |p: &Path| Connection::open(p).unwrap().query_row("PRAGMA application_id", [], |r| r.get::<_, i64>(0)).unwrap();
+        assert_eq!(id(&path), APPLICATION_ID | readers_from(MIGRATIONS.len()) as i64, "said by the tool that migrated it");
+
+        // A newer tool's migration that only added: a table and a nullable column.
+        let known = MIGRATIONS.len() as i64;
+        let newer = Connection::open(&path).unwrap();
+        newer.execute_batch("CREATE TABLE later (x INTEGER); ALTER TABLE runs ADD COLUMN later TEXT;").unwrap();
+        newer.pragma_update(None, "user_version", known + 1).unwrap();
+        newer.pragma_update(None, "application_id", APPLICATION_ID | 2).unwrap(); // its own floor, within ours
+        drop(newer);
+        let db = StateDb::open(&path).expect("a newer DB whose newer migrations only add is used");
+        let run = db.begin_run("psd-extract").unwrap();
+        db.finish_run(run, RunStatus::Success, 0, "landed", None, &serde_json::json!({})).unwrap();
+        drop(db);
+        assert_eq!(id(&path), APPLICATION_ID | 2, "an older tool leaves what the newer one said");
+        let version: i64 = Connection::open(&path).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, known + 1, "nor moves its version back");
+
+        // One past a migration tools this old cannot live with.
+        Connection::open(&path).unwrap().pragma_update(None, "application_id", APPLICATION_ID | (known + 1)).unwrap();
+        let err = StateDb::open(&path).unwrap_err();
+        assert!(err.to_string().contains(&format!("schema version {} is newer than this tool knows", known + 1)), "{err}");
+    }
+
+    #[test]
     fn a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sqlite");
         drop(StateDb::open(&path).unwrap());
-        Connection::open(&path).unwrap().pragma_update(None, "user_version", 999).unwrap();
+        let newer = Connection::open(&path).unwrap();
+        newer.pragma_update(None, "user_version", 999).unwrap();
+        newer.pragma_update(None, "application_id", 0).unwrap();
+        drop(newer);
         let err = StateDb::open(&path).unwrap_err();
-        assert_eq!(err.to_string(), format!("state DB {}: schema version 999 is newer than this tool knows (7); upgrade the tool", path.display()));
+        assert_eq!(
+            err.to_string(),
+            format!("state DB {}: schema version 999 is newer than this tool knows (7); upgrade the tool", path.display()),
+            "without the DB saying older tools can use it"
+        );
     }
 
     #[test]
