@@ -27,14 +27,6 @@ pub struct RemoteTag {
     pub target: git2::Oid,
 }
 
-/// The commit the mirror at `repo` has for `tag`: the one fetched when the tag was last
-/// deployed or tried (only that tag is ever fetched). None when the mirror has no such tag.
-pub fn fetched_commit(repo: &Path, tag: &str) -> Option<git2::Oid> {
-    let repo = git2::Repository::open_bare(repo).ok()?;
-    let commit = repo.revparse_single(&format!("refs/tags/{tag}")).ok()?.peel_to_commit().ok()?;
-    Some(commit.id())
-}
-
 /// An object id as a log line shows it: its first 7 hex digits, as git does.
 pub fn short(oid: git2::Oid) -> String {
     oid.to_string()[..7].to_owned()

@@ -14,7 +14,7 @@
 //! the build, the install, the secrets, the hook, the health check), `current` stays
 //! or is switched back on the previous release, the secrets files are restored, the tag
 //! is recorded as failed once and not tried again until `--clear-failed` or until the
-//! tag is moved to another commit (the mirror keeps the commit that was tried), and the
+//! tag is moved to a commit that has not failed as it (the mirror keeps those), and the
 //! run exits 1. A deployed version is never deployed again: a poll that finds its tag
 //! moved says so. Listing and fetching the remote, the build, the hook and the health check
 //! each run under a deadline.
@@ -28,6 +28,7 @@
 //! path or a command; the tag reaches the build and hooks only as `MATERIA_TAG`.
 
 pub mod git;
+mod mirror;
 mod records;
 pub mod release;
 mod secrets;
@@ -166,6 +167,7 @@ fn poll(cli: &Cli) -> anyhow::Result<Outcome> {
         app.sweep()?;
         if args.clear_failed {
             let n = records::clear_failed(&step.db)?;
+            mirror::clear_failed(&app.repo())?;
             log::info!("cleared {n} recorded failure(s)");
         }
         if git2::Repository::open_bare(app.repo()).is_err() {
@@ -188,21 +190,14 @@ fn poll(cli: &Cli) -> anyhow::Result<Outcome> {
             }
         }
         records::mark_seen(&step.db, new.iter().map(|t| t.name.as_str()))?;
-        // A failed tag waits for --clear-failed, or for the tag to be moved to another
-        // commit (the fix tagged again as the same version): the mirror keeps the commit
-        // that was tried, so only that commit is never tried twice.
-        let moved = |t: &git::RemoteTag| git::fetched_commit(&app.repo(), &t.name).filter(|c| *c != t.target);
-        let next =
-            tags.iter().rev().find(|t| deployed_v.as_ref().is_none_or(|d| &t.version > d) && (!failed.contains(&t.name) || moved(t).is_some()));
-        let Some(next) = next else {
+        let pick = mirror::pick(&app.repo(), &tags, deployed.as_deref(), &failed);
+        let Some((next, failed_at)) = pick.next else {
             let summary = match &deployed {
                 Some(d) => format!("no new release tag; {d} is deployed"),
                 None => "no release tag to deploy".to_owned(),
             };
-            // A deployed version is never deployed again: a tag moved after its deploy is
-            // said on every poll until a newer version is tagged (or the tag put back).
-            let moved_deployed = tags.iter().find(|t| Some(&t.name) == deployed.as_ref()).and_then(|t| Some((t, moved(t)?)));
-            match moved_deployed {
+            // Said on every poll until a newer version is tagged (or the tag put back).
+            match pick.moved_deployed {
                 Some((t, was)) => log::warn!(
                     "{summary}, but the remote's {} now points at {}, not the deployed {}: a version deploys once; tag the change as a newer version",
                     t.name,
@@ -213,9 +208,8 @@ fn poll(cli: &Cli) -> anyhow::Result<Outcome> {
             }
             return Ok(Report { outcome: Outcome::Unchanged, summary, stats: serde_json::json!({}), failure: None });
         };
-        let tag = &next.name;
-        if let Some(was) = failed.contains(tag).then(|| moved(next)).flatten() {
-            log::info!("{tag} now points at {}, not {} where it failed: trying it again", git::short(next.target), git::short(was));
+        if let Some(was) = failed_at {
+            log::info!("{} now points at {}, not {} where it failed: trying it again", next.name, git::short(next.target), git::short(was));
         }
         deploy(step, &app, &remote, next, deployed.as_deref(), args)
     })
@@ -262,31 +256,23 @@ fn deploy(step: &Step, app: &App, remote: &Remote, next: &git::RemoteTag, previo
                 Ok(None) => {}
                 Err(undo_err) => detail = format!("{detail}; undoing it also failed: {}", materia_common::exit::one_line(&undo_err)),
             }
-            if let Some(hint) = low_disk(&app.dir) {
+            if let Some(hint) = release::low_disk(&app.dir) {
                 detail = format!("{detail}; {hint}");
             }
             let summary = format!("deploy of {tag} failed; {} stays deployed", previous.unwrap_or("nothing"));
             // Said before it is recorded: a full disk can fail the record too.
             log::error!("{summary}: {detail}");
-            // Recorded once: a failed tag is not tried again until --clear-failed.
+            // Recorded once: a failed tag is not tried again until --clear-failed, nor
+            // the commit it failed at (the one fetched, when the fetch got that far).
+            if let Some(commit) = mirror::fetched_commit(&app.repo(), tag)
+                && let Err(e) = mirror::mark_failed(&app.repo(), tag, commit)
+            {
+                log::warn!("could not keep {} as a failed commit of {tag} in the mirror: {e:#}", git::short(commit));
+            }
             records::record(step, tag, "failed", previous, false, Some(&detail))?;
             Ok(Report { outcome: Outcome::Changed, summary, stats: serde_json::json!({"tag": tag}), failure: Some(anyhow!(detail)) })
         }
     }
-}
-
-/// Free space under which a failed deploy says so: a release build's artifacts take
-/// about that much (a disk that filled fails the build, and the tag is recorded failed
-/// like any other, so the operator needs to know to free space, then --clear-failed).
-const LOW_DISK_BYTES: u64 = 1 << 30;
-
-/// A note for a failed deploy's record when the disk under `dir` is nearly full.
-fn low_disk(dir: &Path) -> Option<String> {
-    let st = rustix::fs::statvfs(dir).ok()?;
-    let free = st.f_bavail.saturating_mul(st.f_frsize);
-    (free < LOW_DISK_BYTES).then(|| {
-        format!("the disk under {} has only {} MiB free: if that is why, free some, then run tag-deploy --clear-failed", dir.display(), free >> 20)
-    })
 }
 
 /// Every step of a deploy; returns whether the web hook ran.

@@ -1,9 +1,9 @@
 //! The app dir and what lives in it: releases, the `current` link, the build dir and
 //! target dir, and the commands a deploy runs (build, hook, health check), each in its
-//! own process group under a deadline.
+//! own process group under a deadline; and how much room is left under it.
 //!
 //! ```text
-//! APP_DIR/repo.git            bare mirror of the remote's tags
+//! APP_DIR/repo.git            bare mirror of the fetched tags and the commits that failed (mirror.rs)
 //! APP_DIR/build/              the tag being built, kept file by file from tag to tag
 //! APP_DIR/target/             cargo's target dir, shared by every build
 //! APP_DIR/releases/<tag>/     a release: the tag's tree, bin/, lib/ (see README, "A server")
@@ -250,4 +250,18 @@ pub fn run(app: &App, c: &Cmd<'_>) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Free space under which a failed deploy says so: a release build's artifacts take
+/// about that much (a disk that filled fails the build, and the tag is recorded failed
+/// like any other, so the operator needs to know to free space, then --clear-failed).
+const LOW_DISK_BYTES: u64 = 1 << 30;
+
+/// A note for a failed deploy's record when the disk under `dir` is nearly full.
+pub fn low_disk(dir: &Path) -> Option<String> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    (free < LOW_DISK_BYTES).then(|| {
+        format!("the disk under {} has only {} MiB free: if that is why, free some, then run tag-deploy --clear-failed", dir.display(), free >> 20)
+    })
 }

@@ -78,7 +78,7 @@ fn a_failed_build_keeps_the_old_release_and_is_not_retried_until_cleared() {
 }
 
 #[test]
-fn a_failed_tag_moved_to_its_fix_is_tried_again_but_never_the_same_commit_twice() {
+fn a_failed_tag_moved_to_its_fix_is_tried_again_but_never_a_commit_that_failed() {
     let env = Env::new();
     env.tag("v1");
     assert_eq!(env.poll(&[]).code, 0);
@@ -91,6 +91,13 @@ fn a_failed_tag_moved_to_its_fix_is_tried_again_but_never_the_same_commit_twice(
     // The tag made again on the same commit (a new tag object): that commit failed.
     env.git(&["tag", "-f", "-a", "v2", "-m", "v2 again"]);
     assert_not_retried(&env, &["v1"]);
+    // Moved to another broken commit: tried, failed; moved back: that commit failed already.
+    env.write("src/lib.rs", "// still broken", false);
+    env.commit("still broken");
+    env.git(&["tag", "-f", "-a", "v2", "-m", "v2, still broken"]);
+    assert_eq!(env.poll(&[]).code, 1);
+    env.git(&["tag", "-f", "-a", "v2", "-m", "v2, back", "HEAD~1"]);
+    assert_not_retried(&env, &["v1"]);
 
     // The fix, tagged as the same version: tried once more, and deployed.
     env.remove("FAIL");
@@ -102,9 +109,9 @@ fn a_failed_tag_moved_to_its_fix_is_tried_again_but_never_the_same_commit_twice(
     assert_eq!(env.deployed_binary(), "v2");
     assert!(!env.app.join("releases/v2/FAIL").exists(), "the fixed commit is the one deployed");
     assert_eq!(env.lines("builds.log"), ["v1", "v2"]);
-    assert_eq!(env.deploys(), ["v1 deployed", "v2 failed", "v2 deployed"]);
+    assert_eq!(env.deploys(), ["v1 deployed", "v2 failed", "v2 failed", "v2 deployed"]);
     let o = env.cmd(&["status"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&o.stdout).contains("failed:   -"), "a deployed tag's old failure is history");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("failed:   -"), "a deployed tag's old failures are history");
 }
 
 #[test]
@@ -224,6 +231,28 @@ fn a_cleared_failure_is_tried_again() {
     let run = env.poll(&["--clear-failed"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(env.deployed_binary(), "v1");
+}
+
+#[test]
+fn clearing_failures_forgets_the_failed_commits_too() {
+    let env = Env::new();
+    env.tag("v1");
+    assert_eq!(env.poll(&[]).code, 0);
+    std::fs::write(env.app.join("BREAK"), "").unwrap();
+    env.write("src/lib.rs", "// a", false);
+    env.commit("a");
+    env.tag("v2");
+    assert_eq!(env.poll(&[]).code, 1, "v2 fails at a");
+    env.write("src/lib.rs", "// b", false);
+    env.commit("b");
+    env.git(&["tag", "-f", "v2"]);
+    assert_eq!(env.poll(&["--clear-failed"]).code, 1, "v2 fails at b");
+    // Back at a, which failed before the failures were cleared: tried again.
+    std::fs::remove_file(env.app.join("BREAK")).unwrap();
+    env.git(&["tag", "-f", "v2", "HEAD~1"]);
+    let run = env.poll(&[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(std::fs::read_to_string(env.app.join("releases/v2/src/lib.rs")).unwrap(), "// a");
 }
 
 #[test]
