@@ -218,6 +218,12 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE model_runs;
     ALTER TABLE model_runs_7 RENAME TO model_runs;
     "#,
+    // 8: the object a deploy was of: the commit the remote's tag pointed at (an annotated
+    // tag's, peeled), as hex, so a failed tag moved elsewhere is known moved even when
+    // nothing of it was fetched. NULL in rows recorded before.
+    r#"
+    ALTER TABLE deploys ADD COLUMN target TEXT;
+    "#,
 ];
 
 /// The schema versions whose migration older tools cannot live with: it drops or
@@ -225,7 +231,7 @@ const MIGRATIONS: &[&str] = &[
 /// refuses what they write. Every other migration only adds (a table, an index, a
 /// nullable column, a value a CHECK allows), and a tool keeps using a DB migrated past
 /// it: a release rolled back to the code before a migration still runs.
-/// (Versions 2–7 only add. Tools built before this list was kept refuse any newer DB.)
+/// (Versions 2–8 only add. Tools built before this list was kept refuse any newer DB.)
 const BREAKING: &[usize] = &[1];
 
 /// `PRAGMA application_id` of a state DB: these high 16 bits, "MT", say it is one, and
@@ -308,8 +314,7 @@ impl StateDb {
             // Migrated by a newer tool: used as it is when every migration past this
             // tool's only added (the DB says so), refused otherwise.
             let id: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0)).map_err(err)?;
-            let usable = id & !0xFFFF == APPLICATION_ID && (1..=MIGRATIONS.len() as i64).contains(&(id & 0xFFFF));
-            if !usable {
+            if !usable_by(id, MIGRATIONS.len()) {
                 return Err(StateError::TooNew { path: path.to_owned(), found, known: MIGRATIONS.len() });
             }
             log::debug!(
@@ -410,6 +415,12 @@ impl StateDb {
     pub fn run_status(&self, run_id: i64) -> Result<Option<String>> {
         self.conn.query_row("SELECT status FROM runs WHERE run_id = ?1", params![run_id], |r| r.get(0)).optional().map_err(|e| self.err(e))
     }
+}
+
+/// Can a tool that knows `known` migrations use a newer DB whose `PRAGMA application_id`
+/// is `id`? Only when the DB says tools that old can (see [`APPLICATION_ID`]).
+fn usable_by(id: i64, known: usize) -> bool {
+    id & !0xFFFF == APPLICATION_ID && (1..=known as i64).contains(&(id & 0xFFFF))
 }
 
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
@@ -533,9 +544,41 @@ mod tests {
         let err = StateDb::open(&path).unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("state DB {}: schema version 999 is newer than this tool knows (7); upgrade the tool", path.display()),
+            format!("state DB {}: schema version 999 is newer than this tool knows ({}); upgrade the tool", path.display(), MIGRATIONS.len()),
             "without the DB saying older tools can use it"
         );
+    }
+
+    #[test]
+    fn migration_8_leaves_a_db_the_tools_of_7_still_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        // A state DB as a tool of schema 7 left it, with a failed deploy recorded.
+        let mut conn = Connection::open(&path).unwrap();
+        let tx = conn.transaction().unwrap();
+        for sql in &MIGRATIONS[..7] {
+            tx.execute_batch(sql).unwrap();
+        }
+        tx.pragma_update(None, "user_version", 7).unwrap();
+        tx.pragma_update(None, "application_id", APPLICATION_ID | 1).unwrap();
+        tx.execute("INSERT INTO runs (tool, status, started_at, pid) VALUES ('tag-deploy', 'failed', 'x', 1)", []).unwrap();
+        // What a tool of 7 writes, in its own words.
+        let older_insert =
+            "INSERT INTO deploys (run_id, tag, status, previous_tag, web_hook, detail, at) VALUES (1, 'v2', 'failed', 'v1', 0, 'build failed', 'x')";
+        tx.execute(older_insert, []).unwrap();
+        tx.commit().unwrap();
+        drop(conn);
+
+        let db = StateDb::open(&path).unwrap();
+        let version: i64 = db.conn().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, 8);
+        let target: Option<String> = db.conn().query_row("SELECT target FROM deploys", [], |r| r.get(0)).unwrap();
+        assert_eq!(target, None, "a row from before says nothing of its commit");
+        // A tool of 7 (the previous release, after a rollback) uses the DB and still writes.
+        let id: i64 = db.conn().query_row("PRAGMA application_id", [], |r| r.get(0)).unwrap();
+        assert!(usable_by(id, 7), "migration 8 only adds: {id:#x}");
+        db.conn().execute(older_insert, []).unwrap();
+        assert!(!usable_by(id & !0xFFFF | 8, 7), "a DB that said 8 was breaking would be refused");
     }
 
     #[test]

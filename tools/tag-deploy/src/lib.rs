@@ -178,7 +178,7 @@ fn poll(cli: &Cli) -> anyhow::Result<Outcome> {
         let tags = remote.release_tags(&args.tag_pattern)?;
         let deployed = app.deployed();
         let deployed_v = deployed.as_deref().and_then(version);
-        let failed = records::failed_tags(&step.db)?;
+        let failed = records::failures(&step.db)?;
         // Tags this mirror has not seen yet: fetched now, so each is judged once. One
         // that is older than the deployed release is refused (we never move back).
         let known = records::seen_tags(&step.db)?;
@@ -186,7 +186,15 @@ fn poll(cli: &Cli) -> anyhow::Result<Outcome> {
         for t in &new {
             if deployed_v.as_ref().is_some_and(|d| &t.version < d) {
                 log::warn!("tag {} is older than the deployed {}: refused", t.name, deployed.as_deref().unwrap_or("?"));
-                records::record(step, &t.name, "refused", deployed.as_deref(), false, Some("older than the deployed release"))?;
+                let row = records::Row {
+                    tag: &t.name,
+                    target: t.target,
+                    status: "refused",
+                    previous: deployed.as_deref(),
+                    web: false,
+                    detail: Some("older than the deployed release"),
+                };
+                records::record(step, &row)?;
             }
         }
         records::mark_seen(&step.db, new.iter().map(|t| t.name.as_str()))?;
@@ -232,15 +240,18 @@ fn deploy(step: &Step, app: &App, remote: &Remote, next: &git::RemoteTag, previo
     let tag = next.name.as_str();
     log::info!("deploying {tag} at {} (deployed: {})", git::short(next.target), previous.unwrap_or("none"));
     let mut done = Done::default();
-    let result = match remote.fetch_tag(&app.repo(), tag) {
+    // The commit this deploy is of: the one fetched (the remote may have moved the tag
+    // since it listed it), or the one listed when the fetch failed.
+    let (result, target) = match remote.fetch_tag(&app.repo(), tag) {
         // The network's or the remote's fault, not the tag's: the next poll tries again.
         Err(e) if git::is_unreachable(&e) => return Err(e),
-        Err(e) => Err(e.context(format!("fetching {tag}"))),
-        Ok(()) => attempt(app, tag, previous, args, &mut done),
+        Err(e) => (Err(e.context(format!("fetching {tag}"))), next.target),
+        Ok(()) => (attempt(app, tag, previous, args, &mut done), mirror::fetched_commit(&app.repo(), tag).unwrap_or(next.target)),
     };
+    let row = |status, web, detail| records::Row { tag, target, status, previous, web, detail };
     match result {
         Ok(web_changed) => {
-            records::record(step, tag, "deployed", previous, web_changed, None)?;
+            records::record(step, &row("deployed", web_changed, None))?;
             // Its earlier failures (at commits the tag no longer points at) are history.
             records::clear_failed_of(&step.db, tag)?;
             app.prune(tag, previous, args.keep)?;
@@ -262,14 +273,9 @@ fn deploy(step: &Step, app: &App, remote: &Remote, next: &git::RemoteTag, previo
             let summary = format!("deploy of {tag} failed; {} stays deployed", previous.unwrap_or("nothing"));
             // Said before it is recorded: a full disk can fail the record too.
             log::error!("{summary}: {detail}");
-            // Recorded once: a failed tag is not tried again until --clear-failed, nor
-            // the commit it failed at (the one fetched, when the fetch got that far).
-            if let Some(commit) = mirror::fetched_commit(&app.repo(), tag)
-                && let Err(e) = mirror::mark_failed(&app.repo(), tag, commit)
-            {
-                log::warn!("could not keep {} as a failed commit of {tag} in the mirror: {e:#}", git::short(commit));
-            }
-            records::record(step, tag, "failed", previous, false, Some(&detail))?;
+            // Recorded once, with its commit: the tag is not tried again there until
+            // --clear-failed, only once moved to a commit that has not failed as it.
+            records::record(step, &row("failed", false, Some(&detail)))?;
             Ok(Report { outcome: Outcome::Changed, summary, stats: serde_json::json!({"tag": tag}), failure: Some(anyhow!(detail)) })
         }
     }

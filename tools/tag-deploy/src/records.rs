@@ -1,13 +1,29 @@
 //! What tag-deploy keeps in the state DB: `deploys` (every deployed, failed or refused
 //! tag, once) and `deploy_seen_tags` (tags already judged), and `tag-deploy status`.
 
+use std::collections::BTreeMap;
+
 use materia_common::{StateDb, Step};
 
-/// Tags that failed and were not cleared with `--clear-failed`.
-pub fn failed_tags(db: &StateDb) -> anyhow::Result<Vec<String>> {
-    let mut st = db.conn().prepare("SELECT DISTINCT tag FROM deploys WHERE status = 'failed' AND cleared = 0").map_err(|e| db.err(e))?;
-    let rows = st.query_map([], |r| r.get(0)).map_err(|e| db.err(e))?;
-    rows.collect::<Result<_, _>>().map_err(|e| db.err(e).into())
+/// Tags that failed and were not cleared with `--clear-failed`, each with the commits it
+/// failed at, oldest first: empty when every failure of it was recorded before `deploys`
+/// kept the commit (schema 8).
+pub fn failures(db: &StateDb) -> anyhow::Result<BTreeMap<String, Vec<git2::Oid>>> {
+    let mut st =
+        db.conn().prepare("SELECT tag, target FROM deploys WHERE status = 'failed' AND cleared = 0 ORDER BY rowid").map_err(|e| db.err(e))?;
+    let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))).map_err(|e| db.err(e))?;
+    let mut failed: BTreeMap<String, Vec<git2::Oid>> = BTreeMap::new();
+    for row in rows {
+        let (tag, target) = row.map_err(|e| db.err(e))?;
+        let at = failed.entry(tag).or_default();
+        // A target that is not an object id was not written by tag-deploy: ignored.
+        if let Some(oid) = target.as_deref().and_then(|t| git2::Oid::from_str(t).ok())
+            && !at.contains(&oid)
+        {
+            at.push(oid);
+        }
+    }
+    Ok(failed)
 }
 
 /// Forget the recorded failures; returns how many.
@@ -42,22 +58,33 @@ pub fn mark_seen<'a>(db: &StateDb, tags: impl Iterator<Item = &'a str>) -> anyho
     Ok(())
 }
 
-/// One row of `deploys`.
-pub fn record(step: &Step, tag: &str, status: &str, previous: Option<&str>, web: bool, detail: Option<&str>) -> anyhow::Result<()> {
+/// One row of `deploys`: `tag` at `target` (the commit deployed or tried).
+pub struct Row<'a> {
+    pub tag: &'a str,
+    pub target: git2::Oid,
+    pub status: &'a str,
+    pub previous: Option<&'a str>,
+    pub web: bool,
+    pub detail: Option<&'a str>,
+}
+
+/// Record one row of `deploys`.
+pub fn record(step: &Step, row: &Row<'_>) -> anyhow::Result<()> {
     step.db
         .conn()
         .execute(
             &format!(
-                "INSERT INTO deploys (run_id, tag, status, previous_tag, web_hook, detail, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, {})",
+                "INSERT INTO deploys (run_id, tag, target, status, previous_tag, web_hook, detail, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, {})",
                 materia_common::state::NOW
             ),
-            rusqlite::params![step.run_id, tag, status, previous, web, detail],
+            rusqlite::params![step.run_id, row.tag, row.target.to_string(), row.status, row.previous, row.web, row.detail],
         )
         .map_err(|e| step.db.err(e))?;
     Ok(())
 }
 
-/// `tag-deploy status`: the deployed tag, since when, the previous one, failed tags.
+/// `tag-deploy status`: the deployed tag, since when, the previous one, failed tags (each
+/// with the commit it last failed at, when recorded).
 pub fn print_status(db: Option<&StateDb>, deployed: Option<&str>) -> anyhow::Result<()> {
     let (mut when, mut prev, mut failed) = (None, None, Vec::new());
     if let Some(db) = db {
@@ -73,7 +100,13 @@ pub fn print_status(db: Option<&StateDb>, deployed: Option<&str>) -> anyhow::Res
                 prev = p;
             }
         }
-        failed = failed_tags(db)?;
+        failed = failures(db)?
+            .into_iter()
+            .map(|(tag, at)| match at.last() {
+                Some(c) => format!("{tag} (at {})", crate::git::short(*c)),
+                None => tag,
+            })
+            .collect();
     }
     println!("deployed: {}", deployed.unwrap_or("none"));
     println!("since:    {}", when.as_deref().unwrap_or("-"));

@@ -115,6 +115,52 @@ fn a_failed_tag_moved_to_its_fix_is_tried_again_but_never_a_commit_that_failed()
 }
 
 #[test]
+fn a_failed_tag_of_which_no_commit_was_fetched_is_tried_again_once_moved() {
+    let env = Env::new();
+    env.tag("v1");
+    assert_eq!(env.poll(&[]).code, 0);
+    // A tag at a tree: the mirror never holds a commit of it, only the state DB can say
+    // where it failed.
+    env.git(&["tag", "v2", "HEAD^{tree}"]);
+    assert_eq!(env.poll(&[]).code, 1);
+    assert_not_retried(&env, &["v1"]);
+    let tree = env.git(&["rev-parse", "HEAD^{tree}"]);
+    let status = String::from_utf8_lossy(&env.cmd(&["status"]).output().unwrap().stdout).into_owned();
+    assert!(status.contains(&format!("failed:   v2 (at {})", &tree[..7])), "{status}");
+
+    env.write("src/lib.rs", "// v2", false);
+    env.commit("v2 as a commit");
+    env.git(&["tag", "-f", "v2"]);
+    let run = env.poll(&[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains(&format!("not {} where it failed: trying it again", &tree[..7])), "{}", run.stderr);
+    assert_eq!(env.deploys(), ["v1 deployed", "v2 failed", "v2 deployed"]);
+    let head = env.git(&["rev-parse", "HEAD"]);
+    assert_eq!(env.deploy_targets(), [env.git(&["rev-parse", "HEAD~1"]), tree, head], "each row names the commit it was of");
+}
+
+#[test]
+fn a_failure_recorded_without_its_commit_still_holds_the_tag_until_it_moves() {
+    // As a release before the state DB kept the commit (schema 8) recorded it.
+    let env = Env::new();
+    env.tag("v1");
+    assert_eq!(env.poll(&[]).code, 0);
+    env.write("FAIL", "", false);
+    env.commit("broken");
+    env.tag("v2");
+    assert_eq!(env.poll(&[]).code, 1);
+    rusqlite::Connection::open(env.data.join("landing/.state.sqlite")).unwrap().execute("UPDATE deploys SET target = NULL", []).unwrap();
+    assert_not_retried(&env, &["v1"]);
+    // Moved: the mirror's fetched commit says where it failed.
+    env.remove("FAIL");
+    env.commit("fixed");
+    env.git(&["tag", "-f", "v2"]);
+    let run = env.poll(&[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(env.deployed_binary(), "v2");
+}
+
+#[test]
 fn a_deployed_tag_moved_is_never_deployed_again_and_the_poll_says_so() {
     let env = Env::new();
     env.tag("v1");

@@ -59,7 +59,8 @@ impl Env {
         env
     }
 
-    fn git(&self, args: &[&str]) {
+    /// Run git in the source repo; its stdout, trimmed.
+    fn git(&self, args: &[&str]) -> String {
         let o = Command::new("git")
             .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "tag.gpgSign=false", "-c", "commit.gpgSign=false"])
             .args(args)
@@ -67,6 +68,7 @@ impl Env {
             .output()
             .unwrap();
         assert!(o.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
     }
 
     fn write(&self, rel: &str, text: &str, exec: bool) {
@@ -126,6 +128,13 @@ impl Env {
             std::fs::read_dir(self.app.join("releases")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         v.sort();
         v
+    }
+
+    /// Each `deploys` row's target (the commit it was of), in order.
+    fn deploy_targets(&self) -> Vec<String> {
+        let c = rusqlite::Connection::open(self.data.join("landing/.state.sqlite")).unwrap();
+        let mut st = c.prepare("SELECT target FROM deploys ORDER BY rowid").unwrap();
+        st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
     }
 
     fn deploys(&self) -> Vec<String> {
