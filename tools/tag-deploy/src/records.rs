@@ -83,32 +83,33 @@ pub fn record(step: &Step, row: &Row<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `tag-deploy status`: the deployed tag, since when, the previous one, failed tags (each
-/// with the commit it last failed at, when recorded).
+/// `tag-deploy status`: the deployed tag (with its commit, when recorded), since when, the
+/// previous one, failed tags (each with the commit it last failed at, when recorded).
 pub fn print_status(db: Option<&StateDb>, deployed: Option<&str>) -> anyhow::Result<()> {
-    let (mut when, mut prev, mut failed) = (None, None, Vec::new());
+    let at = |tag: &str, target: Option<&str>| match target {
+        Some(t) => format!("{tag} (at {})", &t[..t.len().min(7)]),
+        None => tag.to_owned(),
+    };
+    let (mut shown, mut when, mut prev, mut failed) = (deployed.map(str::to_owned), None, None, Vec::new());
     if let Some(db) = db {
         if let Some(tag) = deployed {
-            let row: Option<(String, Option<String>)> = db
+            let row: Option<(String, Option<String>, Option<String>)> = db
                 .conn()
-                .query_row("SELECT at, previous_tag FROM deploys WHERE tag = ?1 AND status = 'deployed' ORDER BY rowid DESC LIMIT 1", [tag], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
+                .query_row(
+                    "SELECT at, previous_tag, target FROM deploys WHERE tag = ?1 AND status = 'deployed' ORDER BY rowid DESC LIMIT 1",
+                    [tag],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
                 .ok();
-            if let Some((at, p)) = row {
-                when = Some(at);
+            if let Some((since, p, target)) = row {
+                when = Some(since);
                 prev = p;
+                shown = Some(at(tag, target.as_deref()));
             }
         }
-        failed = failures(db)?
-            .into_iter()
-            .map(|(tag, at)| match at.last() {
-                Some(c) => format!("{tag} (at {})", crate::git::short(*c)),
-                None => tag,
-            })
-            .collect();
+        failed = failures(db)?.into_iter().map(|(tag, c)| at(&tag, c.last().map(|c| c.to_string()).as_deref())).collect();
     }
-    println!("deployed: {}", deployed.unwrap_or("none"));
+    println!("deployed: {}", shown.as_deref().unwrap_or("none"));
     println!("since:    {}", when.as_deref().unwrap_or("-"));
     println!("previous: {}", prev.as_deref().unwrap_or("-"));
     println!("failed:   {}", if failed.is_empty() { "-".to_owned() } else { failed.join(" ") });

@@ -22,7 +22,8 @@ fn first_deploy_then_a_poll_with_no_new_tag_builds_nothing() {
 
     let o = env.cmd(&["status"]).output().unwrap();
     let status = String::from_utf8_lossy(&o.stdout);
-    assert!(status.contains("deployed: v1") && status.contains("previous: -") && status.contains("failed:   -"), "{status}");
+    let head = env.git(&["rev-parse", "--short=7", "HEAD"]);
+    assert!(status.contains(&format!("deployed: v1 (at {head})")) && status.contains("previous: -") && status.contains("failed:   -"), "{status}");
 }
 
 #[test]
