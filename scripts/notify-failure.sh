@@ -4,11 +4,49 @@
 # Run by materia-notify@UNIT.service (OnFailure= of every Materia unit): logs the
 # failed unit's last journal lines, and POSTs them to MATERIA_NOTIFY_URL when it is set
 # (a healthchecks.io-style /fail URL, or any webhook that takes a text body).
+#
+# One report a failure, not one a timer tick: a unit that fails again as it failed the
+# last time it was reported (the same error line), with no success in between, is
+# logged but not reported again until MATERIA_NOTIFY_REPEAT_HOURS (default 24) have
+# passed since that report. What was reported is kept in STATE_DIRECTORY (the unit's
+# StateDirectory=, /var/lib/materia-notify), one file a unit; ping.sh removes it when the
+# step succeeds. Run without STATE_DIRECTORY (by hand), every failure is reported.
 set -euo pipefail
 unit=${1:?usage: notify-failure.sh UNIT}
+if [[ ! $unit =~ ^[A-Za-z0-9@:_-][A-Za-z0-9@:._-]*$ ]]; then
+    echo "notify-failure.sh: bad unit name '$unit'" >&2
+    exit 2
+fi
+repeat_hours=${MATERIA_NOTIFY_REPEAT_HOURS:-24}
+if [[ ! $repeat_hours =~ ^[0-9]+$ ]]; then
+    echo "notify-failure.sh: MATERIA_NOTIFY_REPEAT_HOURS must be a whole number of hours, not '$repeat_hours'; using 24" >&2
+    repeat_hours=24
+fi
 lines=$(journalctl --unit "$unit" --lines 30 --no-pager --output short-iso 2>&1 || true)
 echo "materia: $unit failed; its last journal lines:"
 echo "$lines"
+
+# What this failure is: the tool's one error line (`tool: error: …`), else the last line
+# systemd said of the unit (its result: an exit code, a timeout, a signal). Only this
+# start's lines count: those after systemd's last `Starting …` line (no tool logs one).
+messages=$(journalctl --unit "$unit" --lines 200 --no-pager --output cat 2>/dev/null |
+    awk '/^Starting .*\.\.\.$/ { run = ""; next } { run = run $0 "\n" } END { printf "%s", run }' || true)
+what=$(grep -E ': error: ' <<<"$messages" | tail -n 1 || true)
+[[ -n $what ]] || what=$(tail -n 1 <<<"$messages")
+digest=$(printf '%s' "$what" | sha256sum | cut -c1-64)
+now=$(date +%s)
+record=
+if [[ -n ${STATE_DIRECTORY:-} ]]; then
+    record=${STATE_DIRECTORY%%:*}/$unit
+    if [[ -f $record ]]; then
+        read -r at was <"$record" || true
+        if [[ ${was:-} == "$digest" && ${at:-} =~ ^[0-9]+$ ]] && ((now - at < repeat_hours * 3600)); then
+            echo "materia: $unit failed again as reported at $(date -u -d "@$at" '+%Y-%m-%d %H:%M UTC'), with no success since: not reported again before $repeat_hours h after that"
+            exit 0
+        fi
+    fi
+fi
+
 if [[ -n ${MATERIA_NOTIFY_URL:-} ]]; then
     # The URL (it may hold a key) reaches curl in a config on a pipe, never on its
     # command line, which every local user can read in /proc.
@@ -17,4 +55,8 @@ if [[ -n ${MATERIA_NOTIFY_URL:-} ]]; then
         curl --fail --silent --show-error --max-time 20 --retry 3 --data-binary @- \
             --config <(printf 'url = "%s"\n' "${url//\"/\\\"}") >/dev/null
     echo "materia: reported to the notify URL"
+fi
+# Kept once reported (a report that failed is tried again at the next failure).
+if [[ -n $record ]]; then
+    printf '%s %s\n' "$now" "$digest" >"$record.tmp" && mv -f "$record.tmp" "$record"
 fi

@@ -6,7 +6,8 @@
 # set (units: /etc/materia/monitoring.env), pings healthchecks.io-style URLs, one check per step:
 #   MATERIA_PING_URL/STEP/start, MATERIA_PING_URL/STEP, MATERIA_PING_URL/STEP/fail
 # (e.g. MATERIA_PING_URL=https://hc-ping.com/<ping-key>, checks named by slug).
-# Unset: does nothing. A failed ping is logged and never fails anything (exit 0).
+# Unset: no ping. A failed ping is logged and never fails anything (exit 0). A success
+# also clears what notify-failure.sh reported of the step (below).
 set -euo pipefail
 arg=${1:?usage: ping.sh STEP:EVENT}
 step=${arg%%:*}
@@ -23,6 +24,11 @@ esac
 if [[ ! $step =~ ^[a-z0-9-]+$ ]]; then
     echo "ping.sh: bad step name '$step'" >&2
     exit 2
+fi
+# A success ends the step's failure as notify-failure.sh reported it: its next failure is
+# reported at once (the record is shared through the units' StateDirectory=).
+if [[ $event == success && -n ${STATE_DIRECTORY:-} ]]; then
+    rm -f -- "${STATE_DIRECTORY%%:*}/$step.service"
 fi
 [[ -n ${MATERIA_PING_URL:-} ]] || exit 0
 # The URL holds the ping key: it is not logged. At most ~30 s in all (a step waits for

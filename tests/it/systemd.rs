@@ -477,6 +477,22 @@ fn the_release_lifecycle_under_a_real_systemd() {
     c.wait_for("the success ping", Duration::from_secs(30), || pings().contains(&"/ping/PINGKEY7/psd-extract".to_owned()));
     assert_eq!(pings()[2..], ["/ping/PINGKEY7/psd-extract/start", "/ping/PINGKEY7/psd-extract"]);
     assert!(!c.journal("materia-ping@psd-extract:success.service").contains("PINGKEY7"), "the ping URL is not logged");
+    // A failure is reported once, not at every tick of its timer: the same failure again
+    // is logged, not POSTed; once the step has succeeded, its next failure is.
+    let reports = || std::fs::read_to_string(&received).unwrap_or_default().matches("landing-backup.service failed on").count();
+    assert_eq!(reports(), 1);
+    assert_ne!(c.exec(&["systemctl", "start", "landing-backup.service"]).0, 0);
+    c.wait_for("the notifier to see the repeat", Duration::from_secs(30), || {
+        c.journal(notifier).contains("landing-backup.service failed again as reported at")
+    });
+    assert_eq!(reports(), 1, "a repeat is not reported: {}", c.journal(notifier));
+    let config_env = c.read("/etc/materia/config.env");
+    c.write("/etc/materia/config.env", &format!("{config_env}BACKUP_TARGET=fs:/tmp/backup\n")); // the unit's private /tmp
+    c.ok(&["systemctl", "start", "landing-backup.service"]);
+    c.wait_for("its success ping", Duration::from_secs(30), || pings().contains(&"/ping/PINGKEY7/landing-backup".to_owned()));
+    c.write("/etc/materia/config.env", &config_env);
+    assert_ne!(c.exec(&["systemctl", "start", "landing-backup.service"]).0, 0);
+    c.wait_for("the failure after a success to be reported", Duration::from_secs(30), || reports() == 2);
     drop(hook);
     let config = || ["config.env", "deploy.env", "monitoring.env"].map(|f| c.read(&format!("/etc/materia/{f}")));
     let config_before = config();

@@ -57,6 +57,7 @@
 //! | `LAKE_TRANSFORM_FAULT` | lake-transform maintain | tests only: `alter-compact` makes the compacted copy differ, `corrupt-compact-midway` breaks a block the copy reads back, to exercise its check and blame |
 //! | `MATERIA_BIN_DIR`, `MATERIA_IMPORT`, `MATERIA_RELEASE`, `MATERIA_DOTENV` | scripts/run-all.sh | prebuilt tools; offline import; the dotenv file it reads (default `.env`) |
 //! | `MATERIA_NOTIFY_URL` | scripts/notify-failure.sh (materia-notify@) | webhook for a failed unit's journal lines |
+//! | `MATERIA_NOTIFY_REPEAT_HOURS` | scripts/notify-failure.sh (materia-notify@) | hours before a failure repeating is reported again (default 24) |
 //! | `MATERIA_PING_URL` | scripts/ping.sh (materia-ping@) | healthchecks.io-style base URL: `/STEP/start`, `/STEP`, `/STEP/fail` |
 //! | `MATERIA_TEST_VENV` | setup-dev.sh, tests | where the test tools (moto, sops) are installed (default `~/.cache/materia-test-venv`) |
 
@@ -187,6 +188,7 @@ pub const ENV_VARS: &[&str] = &[
     "MATERIA_RELEASE",
     "MATERIA_DOTENV",
     "MATERIA_NOTIFY_URL",
+    "MATERIA_NOTIFY_REPEAT_HOURS",
     "MATERIA_PING_URL",
     "MATERIA_TEST_VENV",
 ];
