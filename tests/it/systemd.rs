@@ -493,6 +493,11 @@ fn the_release_lifecycle_under_a_real_systemd() {
     c.write("/etc/materia/config.env", &config_env);
     assert_ne!(c.exec(&["systemctl", "start", "landing-backup.service"]).0, 0);
     c.wait_for("the failure after a success to be reported", Duration::from_secs(30), || reports() == 2);
+    // Another failure, with no success between, is reported at once.
+    c.write("/etc/materia/config.env", &format!("{config_env}BACKUP_TARGET=nowhere\n"));
+    assert_ne!(c.exec(&["systemctl", "start", "landing-backup.service"]).0, 0);
+    c.wait_for("another failure to be reported", Duration::from_secs(30), || reports() == 3);
+    c.write("/etc/materia/config.env", &config_env);
     drop(hook);
     let config = || ["config.env", "deploy.env", "monitoring.env"].map(|f| c.read(&format!("/etc/materia/{f}")));
     let config_before = config();
