@@ -549,25 +549,33 @@ mod tests {
         );
     }
 
+    /// A state DB at `path` as a tool that knew `version` migrations left it (the
+    /// record of its readers included from 7 on, when tools began writing it), with `rows`.
+    fn left_by_a_tool_of(path: &Path, version: usize, rows: &[&str]) {
+        let mut conn = Connection::open(path).unwrap();
+        let tx = conn.transaction().unwrap();
+        for sql in &MIGRATIONS[..version] {
+            tx.execute_batch(sql).unwrap();
+        }
+        tx.pragma_update(None, "user_version", version as i64).unwrap();
+        if version >= 7 {
+            tx.pragma_update(None, "application_id", APPLICATION_ID | 1).unwrap();
+        }
+        for sql in rows {
+            tx.execute(sql, []).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+
     #[test]
     fn migration_8_leaves_a_db_the_tools_of_7_still_use() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sqlite");
-        // A state DB as a tool of schema 7 left it, with a failed deploy recorded.
-        let mut conn = Connection::open(&path).unwrap();
-        let tx = conn.transaction().unwrap();
-        for sql in &MIGRATIONS[..7] {
-            tx.execute_batch(sql).unwrap();
-        }
-        tx.pragma_update(None, "user_version", 7).unwrap();
-        tx.pragma_update(None, "application_id", APPLICATION_ID | 1).unwrap();
-        tx.execute("INSERT INTO runs (tool, status, started_at, pid) VALUES ('tag-deploy', 'failed', 'x', 1)", []).unwrap();
-        // What a tool of 7 writes, in its own words.
+        // A state DB as a tool of schema 7 left it, with a failed deploy recorded in the
+        // words a tool of 7 writes it.
         let older_insert =
             "INSERT INTO deploys (run_id, tag, status, previous_tag, web_hook, detail, at) VALUES (1, 'v2', 'failed', 'v1', 0, 'build failed', 'x')";
-        tx.execute(older_insert, []).unwrap();
-        tx.commit().unwrap();
-        drop(conn);
+        left_by_a_tool_of(&path, 7, &["INSERT INTO runs (tool, status, started_at, pid) VALUES ('tag-deploy', 'failed', 'x', 1)", older_insert]);
 
         let db = StateDb::open(&path).unwrap();
         let version: i64 = db.conn().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
@@ -586,16 +594,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sqlite");
         // A state DB as a tool of schema 6 left it, with a recorded model run.
-        let mut conn = Connection::open(&path).unwrap();
-        let tx = conn.transaction().unwrap();
-        for sql in &MIGRATIONS[..6] {
-            tx.execute_batch(sql).unwrap();
-        }
-        tx.pragma_update(None, "user_version", 6).unwrap();
-        tx.execute("INSERT INTO runs (tool, status, started_at, pid) VALUES ('lake-transform', 'success', 'x', 1)", []).unwrap();
-        tx.execute("INSERT INTO model_runs VALUES (1, 'staging.psd_changes', 'build', 'new model', 5, 7)", []).unwrap();
-        tx.commit().unwrap();
-        drop(conn);
+        left_by_a_tool_of(
+            &path,
+            6,
+            &[
+                "INSERT INTO runs (tool, status, started_at, pid) VALUES ('lake-transform', 'success', 'x', 1)",
+                "INSERT INTO model_runs VALUES (1, 'staging.psd_changes', 'build', 'new model', 5, 7)",
+            ],
+        );
         let db = StateDb::open(&path).unwrap();
         db.conn().execute("INSERT INTO model_runs VALUES (1, 'staging.psd_changes', 'drop', 'its model file is gone', NULL, 1)", []).unwrap();
         let rows: Vec<(String, String)> = db
