@@ -55,8 +55,9 @@ if [[ -n ${MATERIA_NOTIFY_URL:-} ]]; then
         curl --fail --silent --show-error --max-time 20 --retry 3 --data-binary @- \
             --config <(printf 'url = "%s"\n' "${url//\"/\\\"}") >/dev/null
     echo "materia: reported to the notify URL"
-fi
-# Kept once reported (a report that failed is tried again at the next failure).
-if [[ -n $record ]]; then
-    printf '%s %s\n' "$now" "$digest" >"$record.tmp" && mv -f "$record.tmp" "$record"
+    # Kept once reported (a report that failed is tried again at the next failure; with
+    # no URL nothing is reported, so nothing is kept).
+    if [[ -n $record ]]; then
+        printf '%s %s\n' "$now" "$digest" >"$record.tmp" && mv -f "$record.tmp" "$record"
+    fi
 fi

@@ -1,4 +1,4 @@
-//! The scripts as they run: the monitoring ping's own rules, the secrets workflow with
+//! The scripts as they run: the monitoring ping's and the notifier's own rules, the secrets workflow with
 //! the real sops and age, the CI tag job under gitlab-ci-local, the Pulumi program.
 //! The rules every file follows (shellcheck, rustfmt, docs) are in house.rs.
 //!
@@ -33,6 +33,30 @@ fn the_ping_does_nothing_unconfigured_and_never_fails_a_step() {
     let (code, out) = ping("psd-extract:fail", Some("http://127.0.0.1:9/SECRETKEY"));
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("the fail ping of psd-extract failed (ignored)") && !out.contains("SECRETKEY"), "{out}");
+}
+
+#[test]
+fn the_notifier_keeps_only_what_it_reported() {
+    // What notify-failure.sh keeps holds back the next report of the same failure, so it
+    // keeps nothing it did not report: with no URL, or when the POST failed. (What it
+    // keeps, and a success clearing it, is tested under systemd.)
+    let state = materia_test_support::temp_dir();
+    let notify = |url: Option<&str>| {
+        let mut cmd = materia_test_support::tool(repo().join("scripts/notify-failure.sh"));
+        cmd.arg("x.service").env("STATE_DIRECTORY", state.path());
+        if let Some(u) = url {
+            cmd.env("MATERIA_NOTIFY_URL", u);
+        }
+        cmd.output().unwrap()
+    };
+    let kept = || std::fs::read_dir(state.path()).unwrap().count();
+    assert!(notify(None).status.success());
+    assert_eq!(kept(), 0, "nothing reported without a URL");
+    // Nothing listens on port 9: the report fails, the unit fails, and is tried again next time.
+    assert!(!notify(Some("http://127.0.0.1:9/fail")).status.success());
+    assert_eq!(kept(), 0, "a report that failed is not kept");
+    let o = materia_test_support::tool(repo().join("scripts/notify-failure.sh")).arg("../x").output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "a unit name never reaches a path unchecked");
 }
 
 /// Every process's command line, as any local user can read it.
