@@ -493,6 +493,9 @@ fn the_release_lifecycle_under_a_real_systemd() {
     c.write("/etc/materia/config.env", &config_env);
     assert_ne!(c.exec(&["systemctl", "start", "landing-backup.service"]).0, 0);
     c.wait_for("the failure after a success to be reported", Duration::from_secs(30), || reports() == 2);
+    // What the notifier reads as one start's lines: those after systemd's `Starting …`.
+    let starts = c.sh("journalctl --unit landing-backup.service --output cat | grep -c '^Starting .*[.][.][.]$' || true");
+    assert!(starts.trim().parse::<u32>().unwrap_or(0) >= 4, "systemd marks each start as notify-failure.sh expects: {starts}");
     // Another failure, with no success between, is reported at once.
     c.write("/etc/materia/config.env", &format!("{config_env}BACKUP_TARGET=nowhere\n"));
     assert_ne!(c.exec(&["systemctl", "start", "landing-backup.service"]).0, 0);

@@ -87,7 +87,7 @@ pub fn record(step: &Step, row: &Row<'_>) -> anyhow::Result<()> {
 /// previous one, failed tags (each with the commit it last failed at, when recorded).
 pub fn print_status(db: Option<&StateDb>, deployed: Option<&str>) -> anyhow::Result<()> {
     let at = |tag: &str, target: Option<&str>| match target {
-        Some(t) => format!("{tag} (at {})", &t[..t.len().min(7)]),
+        Some(t) => format!("{tag} (at {})", t.chars().take(7).collect::<String>()),
         None => tag.to_owned(),
     };
     let (mut shown, mut when, mut prev, mut failed) = (deployed.map(str::to_owned), None, None, Vec::new());
