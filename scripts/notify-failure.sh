@@ -9,8 +9,9 @@
 # last time it was reported (the same error line), with no success in between, is
 # logged but not reported again until MATERIA_NOTIFY_REPEAT_HOURS (default 24) have
 # passed since that report. What was reported is kept in STATE_DIRECTORY (the unit's
-# StateDirectory=, /var/lib/materia-notify), one file a unit; ping.sh removes it when the
-# step succeeds. Run without STATE_DIRECTORY (by hand), every failure is reported.
+# StateDirectory=, /var/lib/materia-notify), one file a service; ping.sh removes it when
+# the step succeeds. A path unit's every failure is reported, as is every failure run
+# without STATE_DIRECTORY (by hand).
 set -euo pipefail
 unit=${1:?usage: notify-failure.sh UNIT}
 if [[ ! $unit =~ ^[A-Za-z0-9@:_-][A-Za-z0-9@:._-]*$ ]]; then
@@ -26,17 +27,22 @@ lines=$(journalctl --unit "$unit" --lines 30 --no-pager --output short-iso 2>&1 
 echo "materia: $unit failed; its last journal lines:"
 echo "$lines"
 
-# What this failure is: the tool's one error line (`tool: error: …`), else the last line
-# systemd said of the unit (its result: an exit code, a timeout, a signal). Only this
-# start's lines count: those after systemd's last `Starting …` line (no tool logs one).
+# What this failure is: the tool's one error line (`tool: error: …`), else systemd's word
+# on how it ended (`Main process exited, code=killed, status=15/TERM` and `Failed with
+# result 'timeout'`), else its last line but the resource accounting (`Consumed 1.2s CPU
+# time`, different every time). Only this start's lines count: those after systemd's
+# last `Starting …` line (no tool logs one).
 messages=$(journalctl --unit "$unit" --lines 200 --no-pager --output cat 2>/dev/null |
     awk '/^Starting .*\.\.\.$/ { run = ""; next } { run = run $0 "\n" } END { printf "%s", run }' || true)
 what=$(grep -E ': error: ' <<<"$messages" | tail -n 1 || true)
-[[ -n $what ]] || what=$(tail -n 1 <<<"$messages")
+[[ -n $what ]] || what=$(grep -E "process exited, code=|Failed with result '" <<<"$messages" | tail -n 2 || true)
+[[ -n $what ]] || what=$(grep -vE ': Consumed ' <<<"$messages" | tail -n 1 || true)
 digest=$(printf '%s' "$what" | sha256sum | cut -c1-64)
 now=$(date +%s)
 record=
-if [[ -n ${STATE_DIRECTORY:-} ]]; then
+# Only a service can fail again by itself (its timer or trigger starts it again): a path
+# unit that failed stays stopped until someone starts it, so each of its failures is news.
+if [[ -n ${STATE_DIRECTORY:-} && $unit == *.service ]]; then
     record=${STATE_DIRECTORY%%:*}/$unit
     if [[ -f $record ]]; then
         read -r at was <"$record" || true

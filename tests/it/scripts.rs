@@ -59,6 +59,37 @@ fn the_notifier_keeps_only_what_it_reported() {
     assert_eq!(o.status.code(), Some(2), "a unit name never reaches a path unchecked");
 }
 
+#[test]
+fn the_notifier_reports_a_service_failing_again_once_and_every_failure_of_a_path_unit() {
+    // A service fails again by itself (its timer starts it again): the same failure is
+    // reported once. A path unit that failed stays stopped until someone starts it again,
+    // and it has no success ping to clear a record: each of its failures is reported.
+    let tmp = materia_test_support::temp_dir();
+    let state = tmp.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let received = tmp.path().join("received.txt");
+    let (_hook, url) = crate::systemd::webhook(&received);
+    let notify = |unit: &str| {
+        let o = materia_test_support::tool(repo().join("scripts/notify-failure.sh"))
+            .arg(unit)
+            .env("STATE_DIRECTORY", &state)
+            .env("MATERIA_NOTIFY_URL", format!("{url}/fail"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let reports = |unit: &str| std::fs::read_to_string(&received).unwrap_or_default().matches(&format!("{unit} failed on")).count();
+    notify("x.service");
+    assert!(notify("x.service").contains("x.service failed again as reported at"));
+    assert_eq!(reports("x.service"), 1);
+    notify("x.path");
+    assert!(notify("x.path").contains("reported to the notify URL"));
+    assert_eq!(reports("x.path"), 2);
+    let kept: Vec<_> = std::fs::read_dir(&state).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(kept, ["x.service"], "nothing kept of a path unit");
+}
+
 /// Every process's command line, as any local user can read it.
 fn command_lines() -> Vec<String> {
     std::fs::read_dir("/proc")

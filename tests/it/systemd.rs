@@ -118,7 +118,7 @@ impl Drop for Container {
     }
 }
 
-struct Server(Child);
+pub(crate) struct Server(Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -169,7 +169,7 @@ print(s.server_address[1], flush=True)
 s.serve_forever()
 "#;
 
-fn webhook(received: &Path) -> (Server, String) {
+pub(crate) fn webhook(received: &Path) -> (Server, String) {
     let child = Command::new("python3").args(["-c", NOTIFY_RECEIVER]).arg(received).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let mut hook = Server(child);
     let mut port_line = String::new();
@@ -501,6 +501,21 @@ fn the_release_lifecycle_under_a_real_systemd() {
     assert_ne!(c.exec(&["systemctl", "start", "landing-backup.service"]).0, 0);
     c.wait_for("another failure to be reported", Duration::from_secs(30), || reports() == 3);
     c.write("/etc/materia/config.env", &config_env);
+    // A failure with no error line (a hang, killed at its timeout) is told by systemd's
+    // word on how it ended, not by its last line (the CPU time it used, new each time):
+    // reported once, then held as the same failure.
+    let hang = "/etc/systemd/system/landing-backup.service.d/hang.conf";
+    c.write(hang, "[Service]\nTimeoutStartSec=2s\nExecStartPre=/bin/sleep 60\n");
+    c.reload();
+    assert_ne!(c.exec(&["systemctl", "start", "landing-backup.service"]).0, 0);
+    c.wait_for("the timeout to be reported", Duration::from_secs(30), || reports() == 4);
+    let held = || c.journal(notifier).matches("landing-backup.service failed again as reported at").count();
+    let held_before = held();
+    assert_ne!(c.exec(&["systemctl", "start", "landing-backup.service"]).0, 0);
+    c.wait_for("the notifier to see the timeout again", Duration::from_secs(30), || held() == held_before + 1);
+    assert_eq!(reports(), 4, "the same timeout is not reported again: {}", c.journal("landing-backup.service"));
+    std::fs::remove_file(c.path(hang)).unwrap();
+    c.reload();
     drop(hook);
     let config = || ["config.env", "deploy.env", "monitoring.env"].map(|f| c.read(&format!("/etc/materia/{f}")));
     let config_before = config();
