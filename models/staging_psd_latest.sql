@@ -5,9 +5,15 @@ MODEL (
   grain (commodity_code, country_code, market_year, attribute_id),
   columns (
     commodity_code VARCHAR, country_code VARCHAR, market_year INTEGER, attribute_id VARCHAR,
-    attribute VARCHAR, release DATE, value DOUBLE, previous_release DATE, previous_value DOUBLE
+    attribute VARCHAR, release DATE, value DOUBLE, previous_release DATE, previous_value DOUBLE,
+    min_value DOUBLE, max_value DOUBLE, value_missing BOOLEAN
   ),
-  description 'For every commodity, country, market year and attribute: its latest release and value, and the release and value before. The state that lets a new release find its previous values without reading the history: a run that only adds newer releases reads this table and the new rows.',
+  description 'For every commodity, country, market year and attribute: its latest release and value, and the release and value before. The state that lets a new release find its previous values without reading the history: a run that only adds newer releases reads this table and the new rows. And the least and greatest value it had in any release: a key whose every release had the same value has no revision, and serving.revisions'' build leaves its rows out of its window.',
+  column_descriptions (
+    min_value = 'the least value of any release (NULL when no release had one)',
+    max_value = 'the greatest value of any release',
+    value_missing = 'some release had no value (an empty Value)'
+  ),
   audits (
     unique_combination_of_columns(columns := (commodity_code, country_code, market_year, attribute_id)),
     not_null(columns := (commodity_code, country_code, market_year, attribute_id, release))
@@ -17,14 +23,16 @@ MODEL (
 -- Build: the last two rows of each history (an aggregate: 5x faster than a window).
 (WITH last_two AS (
   SELECT commodity_code, country_code, market_year, attribute_id,
-         max_by({'attribute': attribute, 'release': release, 'value': value}, release, 2) AS top
+         max_by({'attribute': attribute, 'release': release, 'value': value}, release, 2) AS top,
+         min(value) AS min_value, max(value) AS max_value, bool_or(value IS NULL) AS value_missing
   FROM staging.psd_values
   WHERE NOT @is_incremental
   GROUP BY commodity_code, country_code, market_year, attribute_id
 )
 SELECT commodity_code, country_code, market_year, attribute_id, top[1].attribute AS attribute,
        top[1].release AS release, top[1].value AS value,
-       top[2].release AS previous_release, top[2].value AS previous_value
+       top[2].release AS previous_release, top[2].value AS previous_value,
+       min_value, max_value, value_missing
 FROM last_two)
 
 UNION ALL
@@ -54,12 +62,16 @@ UNION ALL
   -- (at 2M rows the window was a third of this merge). @is_incremental in both: the
   -- scalar subquery keeps DuckDB from stopping a build's read at the empty `forward`.
   SELECT commodity_code, country_code, market_year, attribute_id, attribute, release, value,
-         NULL::DATE AS new_previous_release, NULL::DOUBLE AS new_previous_value
+         NULL::DATE AS new_previous_release, NULL::DOUBLE AS new_previous_value,
+         value AS new_min_value, value AS new_max_value, value IS NULL AS new_value_missing
   FROM staging.psd_values WHERE @is_incremental AND _run_id = @run_id AND commodity_code IN (SELECT commodity_code FROM forward)
     AND (SELECT yes FROM one_release)
   UNION ALL
   SELECT commodity_code, country_code, market_year, attribute_id, attribute, release, value,
-         lag(release) OVER w AS new_previous_release, lag(value) OVER w AS new_previous_value
+         lag(release) OVER w AS new_previous_release, lag(value) OVER w AS new_previous_value,
+         -- At the newest row (the one kept) the window's frame is every new row of the key.
+         min(value) OVER w AS new_min_value, max(value) OVER w AS new_max_value,
+         bool_or(value IS NULL) OVER w AS new_value_missing
   FROM staging.psd_values WHERE @is_incremental AND _run_id = @run_id AND commodity_code IN (SELECT commodity_code FROM forward)
     AND NOT (SELECT yes FROM one_release)
   WINDOW w AS (PARTITION BY commodity_code, country_code, market_year, attribute_id ORDER BY release)
@@ -77,7 +89,11 @@ UNION ALL
               ELSE s.release END AS previous_release,
          CASE WHEN n.release IS NULL THEN s.previous_value
               WHEN n.new_previous_release IS NOT NULL THEN n.new_previous_value
-              ELSE s.value END AS previous_value
+              ELSE s.value END AS previous_value,
+         -- least() and greatest() skip a NULL: a key new in this run, or one with no value yet.
+         least(s.min_value, n.new_min_value) AS min_value,
+         greatest(s.max_value, n.new_max_value) AS max_value,
+         coalesce(s.value_missing, false) OR coalesce(n.new_value_missing, false) AS value_missing
   FROM new_rows n
   FULL JOIN (SELECT * FROM @this_model WHERE commodity_code IN (SELECT commodity_code FROM forward)) s
     USING (commodity_code, country_code, market_year, attribute_id)
@@ -89,7 +105,8 @@ UNION ALL
 -- materialised it once for both: every release in memory (7.8M rows, 0.3-0.4 s and half
 -- of a 100-release coffee build's peak memory).
 SELECT commodity_code, country_code, market_year, attribute_id, attribute, release, value,
-       lag(release) OVER w AS previous_release, lag(value) OVER w AS previous_value
+       lag(release) OVER w AS previous_release, lag(value) OVER w AS previous_value,
+       min(value) OVER w AS min_value, max(value) OVER w AS max_value, bool_or(value IS NULL) OVER w AS value_missing
 FROM staging.psd_values
 WHERE @is_incremental AND commodity_code IN (SELECT commodity_code FROM history)
 WINDOW w AS (PARTITION BY commodity_code, country_code, market_year, attribute_id ORDER BY release)

@@ -116,6 +116,13 @@ fn a_build_reads_the_releases_once_per_model_and_a_new_release_reads_no_older_on
     for model in ["serving.releases", "staging.psd_picks", "staging.psd_latest", "serving.revisions"] {
         assert!(readers.iter().any(|r| r == model), "{model} does not read raw.psd in a build? readers: {readers:?}");
     }
+    // serving.revisions' build sorts only the rows of keys whose value differed between
+    // releases (by their least and greatest in staging.psd_latest): here 3 keys in 50.
+    let (_, revisions) =
+        profiles(&build).into_iter().find(|(n, _)| n.ends_with("-serving.revisions.build.json")).expect("serving.revisions' build profiled");
+    let windowed =
+        operators(&revisions).into_iter().filter(|o| o["operator_type"] == "WINDOW").filter_map(|o| o["operator_cardinality"].as_u64()).max();
+    assert!(windowed.is_some_and(|w| w > 0 && w <= total / 10), "serving.revisions' build sorts {windowed:?} of {total} rows:\n{revisions:#}");
 
     // A new release: each raw.psd read of a model's statements prunes every older
     // release's row groups by their min/max (a run's cost follows the new data, not the
