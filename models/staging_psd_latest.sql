@@ -6,13 +6,11 @@ MODEL (
   columns (
     commodity_code VARCHAR, country_code VARCHAR, market_year INTEGER, attribute_id VARCHAR,
     attribute VARCHAR, release DATE, value DOUBLE, previous_release DATE, previous_value DOUBLE,
-    min_value DOUBLE, max_value DOUBLE, value_missing BOOLEAN
+    revised BOOLEAN
   ),
-  description 'For every commodity, country, market year and attribute: its latest release and value, and the release and value before. The state that lets a new release find its previous values without reading the history: a run that only adds newer releases reads this table and the new rows. And the least and greatest value it had in any release: a key whose every release had the same value has no revision, and serving.revisions'' build leaves its rows out of its window.',
+  description 'For every commodity, country, market year and attribute: its latest release and value, and the release and value before. The state that lets a new release find its previous values without reading the history: a run that only adds newer releases reads this table and the new rows. And whether its value ever changed: serving.revisions'' build leaves the keys never revised out of its window.',
   column_descriptions (
-    min_value = 'the least value of any release (NULL when no release had one)',
-    max_value = 'the greatest value of any release',
-    value_missing = 'some release had no value (an empty Value)'
+    revised = 'its value differed between two of its releases (a value after none, or none after one, counts): it has a row in serving.revisions'
   ),
   audits (
     unique_combination_of_columns(columns := (commodity_code, country_code, market_year, attribute_id)),
@@ -24,15 +22,15 @@ MODEL (
 (WITH last_two AS (
   SELECT commodity_code, country_code, market_year, attribute_id,
          max_by({'attribute': attribute, 'release': release, 'value': value}, release, 2) AS top,
-         min(value) AS min_value, max(value) AS max_value, bool_or(value IS NULL) AS value_missing
+         -- Not all one value: two values, or a value and none (min and max skip NULLs).
+         min(value) IS NOT NULL AND (min(value) <> max(value) OR bool_or(value IS NULL)) AS revised
   FROM staging.psd_values
   WHERE NOT @is_incremental
   GROUP BY commodity_code, country_code, market_year, attribute_id
 )
 SELECT commodity_code, country_code, market_year, attribute_id, top[1].attribute AS attribute,
        top[1].release AS release, top[1].value AS value,
-       top[2].release AS previous_release, top[2].value AS previous_value,
-       min_value, max_value, value_missing
+       top[2].release AS previous_release, top[2].value AS previous_value, revised
 FROM last_two)
 
 UNION ALL
@@ -63,15 +61,15 @@ UNION ALL
   -- scalar subquery keeps DuckDB from stopping a build's read at the empty `forward`.
   SELECT commodity_code, country_code, market_year, attribute_id, attribute, release, value,
          NULL::DATE AS new_previous_release, NULL::DOUBLE AS new_previous_value,
-         value AS new_min_value, value AS new_max_value, value IS NULL AS new_value_missing
+         false AS new_revised
   FROM staging.psd_values WHERE @is_incremental AND _run_id = @run_id AND commodity_code IN (SELECT commodity_code FROM forward)
     AND (SELECT yes FROM one_release)
   UNION ALL
   SELECT commodity_code, country_code, market_year, attribute_id, attribute, release, value,
          lag(release) OVER w AS new_previous_release, lag(value) OVER w AS new_previous_value,
-         -- At the newest row (the one kept) the window's frame is every new row of the key.
-         min(value) OVER w AS new_min_value, max(value) OVER w AS new_max_value,
-         bool_or(value IS NULL) OVER w AS new_value_missing
+         -- At the newest row (the one kept) the window's frame is every new row of the key:
+         -- whether they differ among themselves.
+         min(value) OVER w IS NOT NULL AND (min(value) OVER w <> max(value) OVER w OR bool_or(value IS NULL) OVER w) AS new_revised
   FROM staging.psd_values WHERE @is_incremental AND _run_id = @run_id AND commodity_code IN (SELECT commodity_code FROM forward)
     AND NOT (SELECT yes FROM one_release)
   WINDOW w AS (PARTITION BY commodity_code, country_code, market_year, attribute_id ORDER BY release)
@@ -90,10 +88,11 @@ UNION ALL
          CASE WHEN n.release IS NULL THEN s.previous_value
               WHEN n.new_previous_release IS NOT NULL THEN n.new_previous_value
               ELSE s.value END AS previous_value,
-         -- least() and greatest() skip a NULL: a key new in this run, or one with no value yet.
-         least(s.min_value, n.new_min_value) AS min_value,
-         greatest(s.max_value, n.new_max_value) AS max_value,
-         coalesce(s.value_missing, false) OR coalesce(n.new_value_missing, false) AS value_missing
+         -- Revised before, among the new rows, or from the stored latest value to the new
+         -- ones (which, when they do not differ among themselves, are all the newest's).
+         CASE WHEN n.release IS NULL THEN s.revised
+              ELSE coalesce(s.revised, false) OR n.new_revised
+                   OR (s.release IS NOT NULL AND n.value IS DISTINCT FROM s.value) END AS revised
   FROM new_rows n
   FULL JOIN (SELECT * FROM @this_model WHERE commodity_code IN (SELECT commodity_code FROM forward)) s
     USING (commodity_code, country_code, market_year, attribute_id)
@@ -106,7 +105,7 @@ UNION ALL
 -- of a 100-release coffee build's peak memory).
 SELECT commodity_code, country_code, market_year, attribute_id, attribute, release, value,
        lag(release) OVER w AS previous_release, lag(value) OVER w AS previous_value,
-       min(value) OVER w AS min_value, max(value) OVER w AS max_value, bool_or(value IS NULL) OVER w AS value_missing
+       min(value) OVER w IS NOT NULL AND (min(value) OVER w <> max(value) OVER w OR bool_or(value IS NULL) OVER w) AS revised
 FROM staging.psd_values
 WHERE @is_incremental AND commodity_code IN (SELECT commodity_code FROM history)
 WINDOW w AS (PARTITION BY commodity_code, country_code, market_year, attribute_id ORDER BY release)

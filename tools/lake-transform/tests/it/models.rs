@@ -127,7 +127,7 @@ fn every_shipped_model_has_a_passing_unit_test() {
     let env = Env::new();
     let run = env.run(&["test"]);
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.ends_with("18 passed, 0 failed\n"), "{}", run.stdout);
+    assert!(run.stdout.ends_with("19 passed, 0 failed\n"), "{}", run.stdout);
     let tests = std::fs::read_to_string(env.models.join("tests/psd.toml")).unwrap();
     let mut models = 0;
     for f in std::fs::read_dir(&env.models).unwrap() {
@@ -142,7 +142,7 @@ fn every_shipped_model_has_a_passing_unit_test() {
     // And on a DuckLake catalog: the models' SQL on the lake's tables.
     let run = env.run(&["test", "--ducklake"]);
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.ends_with("18 passed, 0 failed\n"), "{}", run.stdout);
+    assert!(run.stdout.ends_with("19 passed, 0 failed\n"), "{}", run.stdout);
     assert!(!env.data.exists(), "unit tests never touch the data dir");
 }
 
@@ -157,7 +157,7 @@ fn the_unit_tests_run_on_a_postgresql_catalog_each_in_a_schema_dropped_after_it(
     let leftovers = || pg.query("tests", "SELECT count(*) FROM information_schema.schemata WHERE schema_name LIKE 'materia_test_%'");
     let run = Run::from(env.cmd().args(["test", &catalog]).env("PGPASSWORD", "pg-test-s3cret").output().unwrap());
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.ends_with("18 passed, 0 failed\n"), "{}", run.stdout);
+    assert!(run.stdout.ends_with("19 passed, 0 failed\n"), "{}", run.stdout);
     assert_eq!(leftovers(), "0", "every test's metadata schema is dropped");
     // A failing test fails there too, and leaves nothing either.
     let path = models.join("tests/psd.toml");
