@@ -14,7 +14,8 @@ MODEL (
   ),
   audits (
     unique_combination_of_columns(columns := (commodity_code, country_code, market_year, attribute_id)),
-    not_null(columns := (commodity_code, country_code, market_year, attribute_id, release))
+    -- revised too: serving.revisions' build would leave a NULL's key out unseen.
+    not_null(columns := (commodity_code, country_code, market_year, attribute_id, release, revised))
   )
 );
 
