@@ -27,17 +27,8 @@ lines=$(journalctl --unit "$unit" --lines 30 --no-pager --output short-iso 2>&1 
 echo "materia: $unit failed; its last journal lines:"
 echo "$lines"
 
-# What this failure is: the tool's one error line (`tool: error: …`), else systemd's word
-# on how it ended (`Main process exited, code=killed, status=15/TERM` and `Failed with
-# result 'timeout'`), else its last line but the resource accounting (`Consumed 1.2s CPU
-# time`, different every time). Only this start's lines count: those after systemd's
-# last `Starting …` line (no tool logs one).
-messages=$(journalctl --unit "$unit" --lines 200 --no-pager --output cat 2>/dev/null |
-    awk '/^Starting .*\.\.\.$/ { run = ""; next } { run = run $0 "\n" } END { printf "%s", run }' || true)
-what=$(grep -E ': error: ' <<<"$messages" | tail -n 1 || true)
-[[ -n $what ]] || what=$(grep -E "process exited, code=|Failed with result '" <<<"$messages" | tail -n 2 || true)
-[[ -n $what ]] || what=$(grep -vE ': Consumed ' <<<"$messages" | tail -n 1 || true)
-digest=$(printf '%s' "$what" | sha256sum | cut -c1-64)
+# What this failure is (failure-digest.sh: its error line, or how systemd says it ended).
+digest=$(journalctl --unit "$unit" --lines 200 --no-pager --output cat 2>/dev/null | "$(dirname "$0")/failure-digest.sh" || true)
 now=$(date +%s)
 record=
 # Only a service can fail again by itself (its timer or trigger starts it again): a path

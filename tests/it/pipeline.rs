@@ -9,7 +9,7 @@ use std::process::Command;
 use crate::repo;
 
 /// The tools `cargo test --workspace` built beside this test binary (target/debug).
-fn bin_dir() -> PathBuf {
+pub(crate) fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap().to_owned(); // target/debug/deps -> target/debug
     assert!(
@@ -20,7 +20,7 @@ fn bin_dir() -> PathBuf {
     dir
 }
 
-fn fixture() -> Option<PathBuf> {
+pub(crate) fn fixture() -> Option<PathBuf> {
     let p = repo().join("../shared/fixtures/psd_coffee_csv.zip");
     if p.exists() {
         Some(p)

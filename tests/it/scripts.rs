@@ -90,6 +90,47 @@ fn the_notifier_reports_a_service_failing_again_once_and_every_failure_of_a_path
     assert_eq!(kept, ["x.service"], "nothing kept of a path unit");
 }
 
+#[test]
+fn a_failure_is_the_same_again_whatever_temp_file_its_run_named() {
+    // lake-transform's first build on a full disk, twice: each run's error line names
+    // its own temp file, with its pid. For the notifier both are one failure (else the
+    // catch-up timer's every run would be reported), and another error is another.
+    let Some(zip) = crate::pipeline::fixture() else { return };
+    let tmp = materia_test_support::temp_dir();
+    let data = tmp.path().join("data");
+    let Some(_disk) = materia_test_support::tmpfs::Tmpfs::mount(&data, "2500k") else { return };
+    let tool = |name: &str, args: &[&str]| {
+        let o = Command::new(crate::pipeline::bin_dir().join(name)).arg("--data-dir").arg(&data).args(args).output().unwrap();
+        (o.status.code().unwrap(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (code, out) = tool("psd-extract", &["import", zip.to_str().unwrap(), "--release", "2022-12"]);
+    assert_eq!(code, 0, "the release lands in the room there is: {out}");
+    let models = repo().join("models");
+    let failures: Vec<String> = (0..2)
+        .map(|_| {
+            let (code, out) = tool("lake-transform", &["--models", models.to_str().unwrap(), "run"]);
+            assert_eq!(code, 1, "{out}");
+            assert!(out.contains("No space left on device"), "{out}");
+            out
+        })
+        .collect();
+    assert_ne!(failures[0], failures[1], "each run names its own temp file");
+    let digest = |journal: &str| {
+        let mut child = materia_test_support::tool(repo().join("scripts/failure-digest.sh"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), journal.as_bytes()).unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success());
+        String::from_utf8(o.stdout).unwrap()
+    };
+    assert_eq!(digest(&failures[0]), digest(&failures[1]), "{failures:?}");
+    assert_ne!(digest(&failures[0]), digest("lake-transform: error: no models folder\n"));
+    assert_eq!(digest(&failures[0]).trim().len(), 64);
+}
+
 /// Every process's command line, as any local user can read it.
 fn command_lines() -> Vec<String> {
     std::fs::read_dir("/proc")

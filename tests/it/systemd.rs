@@ -393,7 +393,13 @@ fn the_release_lifecycle_under_a_real_systemd() {
         let line = ext.lines().find(|l| l.starts_with(&format!("{name}\t"))).unwrap_or_else(|| panic!("{name}: {ext}"));
         assert!(line.contains("/opt/materia/releases/v1/lib/extensions/"), "{line}");
     }
-    for f in ["models/serving_world_balance.sql", "scripts/ping.sh", "scripts/notify-failure.sh", "units/lake-transform.service"] {
+    for f in [
+        "models/serving_world_balance.sql",
+        "scripts/ping.sh",
+        "scripts/notify-failure.sh",
+        "scripts/failure-digest.sh",
+        "units/lake-transform.service",
+    ] {
         assert!(c.path(&format!("/opt/materia/releases/v1/{f}")).exists(), "{f} in the release");
     }
     assert!(!c.path("/opt/materia/bootstrap").exists(), "bootstrap's deployer is gone once a release is deployed");
