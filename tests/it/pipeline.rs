@@ -9,7 +9,7 @@ use std::process::Command;
 use crate::repo;
 
 /// The tools `cargo test --workspace` built beside this test binary (target/debug).
-pub(crate) fn bin_dir() -> PathBuf {
+fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap().to_owned(); // target/debug/deps -> target/debug
     assert!(
@@ -258,7 +258,7 @@ for t, in c.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = 
 }
 
 /// One tool from the build, on `data`, with `env`; (exit code, stderr).
-fn tool(data: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+pub(crate) fn tool(data: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let mut c = materia_test_support::tool(bin_dir().join(name));
     let o = c.arg("--data-dir").arg(data).args(args).envs(env.iter().copied()).output().unwrap();
     (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned())

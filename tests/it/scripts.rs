@@ -99,10 +99,7 @@ fn a_failure_is_the_same_again_whatever_temp_file_its_run_named() {
     let tmp = materia_test_support::temp_dir();
     let data = tmp.path().join("data");
     let Some(_disk) = materia_test_support::tmpfs::Tmpfs::mount(&data, "2500k") else { return };
-    let tool = |name: &str, args: &[&str]| {
-        let o = Command::new(crate::pipeline::bin_dir().join(name)).arg("--data-dir").arg(&data).args(args).output().unwrap();
-        (o.status.code().unwrap(), String::from_utf8_lossy(&o.stderr).into_owned())
-    };
+    let tool = |name: &str, args: &[&str]| crate::pipeline::tool(&data, name, args, &[]);
     let (code, out) = tool("psd-extract", &["import", zip.to_str().unwrap(), "--release", "2022-12"]);
     assert_eq!(code, 0, "the release lands in the room there is: {out}");
     let models = repo().join("models");

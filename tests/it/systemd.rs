@@ -508,8 +508,8 @@ fn the_release_lifecycle_under_a_real_systemd() {
     c.wait_for("another failure to be reported", Duration::from_secs(30), || reports() == 3);
     c.write("/etc/materia/config.env", &config_env);
     // A failure with no error line (a hang, killed at its timeout) is told by systemd's
-    // word on how it ended, not by its last line (the CPU time it used, new each time):
-    // reported once, then held as the same failure.
+    // word on how it ended, not by its last line (on a server with CPU accounting, the
+    // CPU time it used, new each time): reported once, then held as the same failure.
     let hang = "/etc/systemd/system/landing-backup.service.d/hang.conf";
     c.write(hang, "[Service]\nTimeoutStartSec=2s\nExecStartPre=/bin/sleep 60\n");
     c.reload();

@@ -117,7 +117,7 @@ fn a_build_reads_the_releases_once_per_model_and_a_new_release_reads_no_older_on
         assert!(readers.iter().any(|r| r == model), "{model} does not read raw.psd in a build? readers: {readers:?}");
     }
     // serving.revisions' build sorts only the rows of keys whose value differed between
-    // releases (by their least and greatest in staging.psd_latest): here 3 keys in 50.
+    // releases (staging.psd_latest's `revised`): here 3 keys in 50.
     let (_, revisions) =
         profiles(&build).into_iter().find(|(n, _)| n.ends_with("-serving.revisions.build.json")).expect("serving.revisions' build profiled");
     let windowed =
