@@ -112,20 +112,45 @@ fn a_failure_is_the_same_again_whatever_temp_file_its_run_named() {
         })
         .collect();
     assert_ne!(failures[0], failures[1], "each run names its own temp file");
-    let digest = |journal: &str| {
-        let mut child = materia_test_support::tool(repo().join("scripts/failure-digest.sh"))
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), journal.as_bytes()).unwrap();
-        let o = child.wait_with_output().unwrap();
-        assert!(o.status.success());
-        String::from_utf8(o.stdout).unwrap()
-    };
     assert_eq!(digest(&failures[0]), digest(&failures[1]), "{failures:?}");
     assert_ne!(digest(&failures[0]), digest("lake-transform: error: no models folder\n"));
     assert_eq!(digest(&failures[0]).trim().len(), 64);
+}
+
+/// failure-digest.sh's digest of the unit journal `journal`.
+fn digest(journal: &str) -> String {
+    let mut child = materia_test_support::tool(repo().join("scripts/failure-digest.sh"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), journal.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success());
+    String::from_utf8(o.stdout).unwrap()
+}
+
+#[test]
+fn a_failure_with_no_error_line_is_the_same_whatever_cpu_time_it_took() {
+    // A failure with no error line (a timeout), on a server with CPU accounting, where
+    // systemd ends each run's messages with the CPU time it took: new every run. The test
+    // systemd logs no such line (no cgroup controllers in its namespace), so these
+    // journals are written here, in the words systemd 252 uses.
+    let timed_out = |cpu: &str, ended: &[&str]| {
+        let mut journal = String::from("Starting materia-landing-backup.service - Back the landing zone up...\n");
+        for line in ended {
+            journal += &format!("materia-landing-backup.service: {line}\n");
+        }
+        journal += &format!("materia-landing-backup.service: Consumed {cpu} CPU time.\n");
+        journal
+    };
+    let killed = ["start operation timed out. Terminating.", "Main process exited, code=killed, status=15/TERM", "Failed with result 'timeout'."];
+    assert_eq!(digest(&timed_out("1.234s", &killed)), digest(&timed_out("2min 3.456s", &killed)), "the CPU time is not the failure");
+    let exited = ["Main process exited, code=exited, status=1/FAILURE", "Failed with result 'exit-code'."];
+    assert_ne!(digest(&timed_out("1.234s", &killed)), digest(&timed_out("1.234s", &exited)), "how it ended is");
+    // Without systemd's lines on how it ended, the last line but the accounting.
+    assert_eq!(digest(&timed_out("1.234s", &["Stopping."])), digest(&timed_out("9.9s", &["Stopping."])));
+    assert_ne!(digest(&timed_out("1.234s", &["Stopping."])), digest(&timed_out("1.234s", &["Stopped."])));
 }
 
 /// Every process's command line, as any local user can read it.
