@@ -117,6 +117,31 @@ fn a_failure_is_the_same_again_whatever_temp_file_its_run_named() {
     assert_eq!(digest(&failures[0]).trim().len(), 64);
 }
 
+#[test]
+fn an_out_of_memory_failure_is_the_same_whatever_sizes_it_names() {
+    // DuckDB's out-of-memory error says how much memory was in use and allowed, which
+    // moves between runs of a large build (and with the limit): lake-transform under two
+    // limits too small for one release, the same failure for the notifier.
+    let Some(zip) = crate::pipeline::fixture() else { return };
+    let tmp = materia_test_support::temp_dir();
+    let data = tmp.path().join("data");
+    let tool = |name: &str, args: &[&str]| crate::pipeline::tool(&data, name, args, &[]);
+    assert_eq!(tool("psd-extract", &["import", zip.to_str().unwrap(), "--release", "2022-12"]).0, 0);
+    let models = repo().join("models");
+    let failures: Vec<String> = ["8MB", "16MB"]
+        .iter()
+        .map(|limit| {
+            let (code, out) = tool("lake-transform", &["--models", models.to_str().unwrap(), "run", "--memory-limit", limit]);
+            assert_eq!(code, 1, "{out}");
+            assert!(out.contains("Out of Memory Error: could not allocate block of size"), "{out}");
+            out
+        })
+        .collect();
+    assert_ne!(failures[0], failures[1], "each names its own sizes");
+    assert_eq!(digest(&failures[0]), digest(&failures[1]), "{failures:?}");
+    assert_ne!(digest(&failures[0]), digest(&failures[0].replace("Out of Memory", "IO")), "another error is another failure");
+}
+
 /// failure-digest.sh's digest of the unit journal `journal`.
 fn digest(journal: &str) -> String {
     let mut child = materia_test_support::tool(repo().join("scripts/failure-digest.sh"))
