@@ -99,18 +99,9 @@ fn a_failure_is_the_same_again_whatever_temp_file_its_run_named() {
     let tmp = materia_test_support::temp_dir();
     let data = tmp.path().join("data");
     let Some(_disk) = materia_test_support::tmpfs::Tmpfs::mount(&data, "2500k") else { return };
-    let tool = |name: &str, args: &[&str]| crate::pipeline::tool(&data, name, args, &[]);
-    let (code, out) = tool("psd-extract", &["import", zip.to_str().unwrap(), "--release", "2022-12"]);
+    let (code, out) = crate::pipeline::tool(&data, "psd-extract", &["import", zip.to_str().unwrap(), "--release", "2022-12"], &[]);
     assert_eq!(code, 0, "the release lands in the room there is: {out}");
-    let models = repo().join("models");
-    let failures: Vec<String> = (0..2)
-        .map(|_| {
-            let (code, out) = tool("lake-transform", &["--models", models.to_str().unwrap(), "run"]);
-            assert_eq!(code, 1, "{out}");
-            assert!(out.contains("No space left on device"), "{out}");
-            out
-        })
-        .collect();
+    let failures = failing_transforms(&data, &[&[], &[]], "No space left on device");
     assert_ne!(failures[0], failures[1], "each run names its own temp file");
     assert_eq!(digest(&failures[0]), digest(&failures[1]), "{failures:?}");
     assert_ne!(digest(&failures[0]), digest("lake-transform: error: no models folder\n"));
@@ -125,21 +116,27 @@ fn an_out_of_memory_failure_is_the_same_whatever_sizes_it_names() {
     let Some(zip) = crate::pipeline::fixture() else { return };
     let tmp = materia_test_support::temp_dir();
     let data = tmp.path().join("data");
-    let tool = |name: &str, args: &[&str]| crate::pipeline::tool(&data, name, args, &[]);
-    assert_eq!(tool("psd-extract", &["import", zip.to_str().unwrap(), "--release", "2022-12"]).0, 0);
-    let models = repo().join("models");
-    let failures: Vec<String> = ["8MB", "16MB"]
-        .iter()
-        .map(|limit| {
-            let (code, out) = tool("lake-transform", &["--models", models.to_str().unwrap(), "run", "--memory-limit", limit]);
-            assert_eq!(code, 1, "{out}");
-            assert!(out.contains("Out of Memory Error: could not allocate block of size"), "{out}");
-            out
-        })
-        .collect();
+    assert_eq!(crate::pipeline::tool(&data, "psd-extract", &["import", zip.to_str().unwrap(), "--release", "2022-12"], &[]).0, 0);
+    let limits: [&[&str]; 2] = [&["--memory-limit", "8MB"], &["--memory-limit", "16MB"]];
+    let failures = failing_transforms(&data, &limits, "Out of Memory Error: could not allocate block of size");
     assert_ne!(failures[0], failures[1], "each names its own sizes");
     assert_eq!(digest(&failures[0]), digest(&failures[1]), "{failures:?}");
     assert_ne!(digest(&failures[0]), digest(&failures[0].replace("Out of Memory", "IO")), "another error is another failure");
+}
+
+/// What lake-transform says running this repository's models on `data` once for each
+/// of `runs` (more flags of `run`), each failing with an error that says `says`.
+fn failing_transforms(data: &Path, runs: &[&[&str]], says: &str) -> Vec<String> {
+    let models = repo().join("models");
+    runs.iter()
+        .map(|flags| {
+            let args = [&["--models", models.to_str().unwrap(), "run"], *flags].concat();
+            let (code, out) = crate::pipeline::tool(data, "lake-transform", &args, &[]);
+            assert_eq!(code, 1, "{out}");
+            assert!(out.contains(says), "{out}");
+            out
+        })
+        .collect()
 }
 
 /// failure-digest.sh's digest of the unit journal `journal`.
